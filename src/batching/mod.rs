@@ -1,0 +1,8 @@
+//! The queue (token budget, request limit, priorities, deadlines) and the device worker that
+//! drains it.
+
+pub mod queue;
+pub mod worker;
+
+pub use queue::{BatchLimits, InferError, Priority, Queue};
+pub use worker::{LoadedSummary, WorkerConfig, WorkerHealth};

@@ -1,0 +1,325 @@
+//! The one queue between everything and the device worker.
+//!
+//! Two lanes: online requests and batch-job lines. A batch is filled from the online lane first,
+//! so an online request never waits behind job lines that are still queued; job lines fill what
+//! is left of the token budget, so the device never idles while a job has lines.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::tokenize::Encoded;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Online,
+    Batch,
+}
+
+/// Why an accepted input got no embedding. Every accepted input ends with a vector or one of
+/// these: nothing is dropped silently.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum InferError {
+    #[error("the input waited {0:?} in the queue, longer than --max-queue-time")]
+    QueueTimeout(Duration),
+    #[error("the server is shutting down and the drain deadline passed; retry on another replica")]
+    DrainDeadline,
+    #[error("the model failed on this batch: {0}")]
+    Backend(String),
+    #[error("the device worker has stopped")]
+    WorkerStopped,
+}
+
+pub type Reply = oneshot::Sender<Result<Vec<f32>, InferError>>;
+
+pub struct Entry {
+    pub encoded: Encoded,
+    pub enqueued: Instant,
+    pub reply: Reply,
+}
+
+/// A batch taken off the queue for the device.
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    pub padded_tokens: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_batch_tokens: usize,
+    pub max_batch_requests: usize,
+    pub max_queue_time: Duration,
+}
+
+struct Lanes {
+    online: VecDeque<Entry>,
+    batch: VecDeque<Entry>,
+    closed: bool,
+    /// A batch is on the device.
+    computing: bool,
+}
+
+pub struct Queue {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+    limits: BatchLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    pub fn new(limits: BatchLimits, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            lanes: Mutex::new(Lanes {
+                online: VecDeque::new(),
+                batch: VecDeque::new(),
+                closed: false,
+                computing: false,
+            }),
+            ready: Condvar::new(),
+            limits,
+            metrics,
+        })
+    }
+
+    pub fn limits(&self) -> BatchLimits {
+        self.limits
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lanes> {
+        // A panic while holding the lock cannot leave the lanes inconsistent (every mutation is
+        // a single push/pop), so a poisoned lock is still usable.
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enqueues inputs; returns receivers in input order. After `close` the entries are answered
+    /// with `DrainDeadline` at once.
+    pub fn submit(
+        &self,
+        inputs: Vec<Encoded>,
+        priority: Priority,
+    ) -> Vec<oneshot::Receiver<Result<Vec<f32>, InferError>>> {
+        let now = Instant::now();
+        let mut rxs = Vec::with_capacity(inputs.len());
+        let mut lanes = self.lock();
+        for encoded in inputs {
+            let (reply, rx) = oneshot::channel();
+            rxs.push(rx);
+            if lanes.closed {
+                let _ = reply.send(Err(InferError::DrainDeadline));
+                continue;
+            }
+            let entry = Entry {
+                encoded,
+                enqueued: now,
+                reply,
+            };
+            match priority {
+                Priority::Online => lanes.online.push_back(entry),
+                Priority::Batch => lanes.batch.push_back(entry),
+            }
+        }
+        self.update_depth(&lanes);
+        drop(lanes);
+        self.ready.notify_one();
+        rxs
+    }
+
+    fn update_depth(&self, lanes: &Lanes) {
+        self.metrics.queue_depth.set(lanes.online.len() as i64);
+    }
+
+    /// Blocks until a batch is ready or the queue is closed and empty (`None`).
+    pub fn next_batch(&self) -> Option<Batch> {
+        let mut lanes = self.lock();
+        loop {
+            lanes.computing = false;
+            self.expire(&mut lanes);
+            if !lanes.online.is_empty() || !lanes.batch.is_empty() {
+                let batch = self.take(&mut lanes);
+                lanes.computing = true;
+                self.update_depth(&lanes);
+                return Some(batch);
+            }
+            if lanes.closed {
+                return None;
+            }
+            // Wake periodically so queue-time deadlines fire even without new arrivals.
+            lanes = self
+                .ready
+                .wait_timeout(lanes, Duration::from_millis(250))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Answers entries that waited longer than `max_queue_time` (online lane only: job lines
+    /// are resumable work and wait as long as it takes).
+    fn expire(&self, lanes: &mut Lanes) {
+        let max = self.limits.max_queue_time;
+        while let Some(front) = lanes.online.front() {
+            let waited = front.enqueued.elapsed();
+            if waited <= max {
+                break;
+            }
+            if let Some(e) = lanes.online.pop_front() {
+                self.metrics
+                    .rejected_total
+                    .with_label_values(&["deadline"])
+                    .inc();
+                let _ = e.reply.send(Err(InferError::QueueTimeout(waited)));
+            }
+        }
+    }
+
+    /// Fills one batch under the token budget (padded tokens: inputs x longest) and the
+    /// request limit, online lane first.
+    fn take(&self, lanes: &mut Lanes) -> Batch {
+        let lim = self.limits;
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut max_len = 0usize;
+        for lane in [&mut lanes.online, &mut lanes.batch] {
+            while let Some(front) = lane.front() {
+                let len = front.encoded.ids.len();
+                let new_max = max_len.max(len);
+                let fits = (entries.len() + 1) * new_max <= lim.max_batch_tokens
+                    && entries.len() < lim.max_batch_requests;
+                // The first input always goes, even alone over budget, so nothing starves.
+                if !fits && !entries.is_empty() {
+                    break;
+                }
+                if let Some(e) = lane.pop_front() {
+                    max_len = new_max;
+                    entries.push(e);
+                }
+            }
+            if entries.len() >= lim.max_batch_requests {
+                break;
+            }
+        }
+        Batch {
+            padded_tokens: entries.len() * max_len,
+            entries,
+        }
+    }
+
+    /// Stops accepting: later submissions are answered at once.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// Answers everything still queued with `err` (the drain deadline). Returns how many.
+    pub fn fail_pending(&self, err: InferError) -> usize {
+        let mut lanes = self.lock();
+        let mut n = 0;
+        let lanes_ref = &mut *lanes;
+        for lane in [&mut lanes_ref.online, &mut lanes_ref.batch] {
+            for e in lane.drain(..) {
+                let _ = e.reply.send(Err(err.clone()));
+                n += 1;
+            }
+        }
+        self.update_depth(&lanes);
+        n
+    }
+
+    /// Nothing queued and nothing on the device.
+    pub fn is_idle(&self) -> bool {
+        let lanes = self.lock();
+        lanes.online.is_empty() && lanes.batch.is_empty() && !lanes.computing
+    }
+
+    /// (online, batch) inputs waiting.
+    pub fn depths(&self) -> (usize, usize) {
+        let lanes = self.lock();
+        (lanes.online.len(), lanes.batch.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(len: usize) -> Encoded {
+        Encoded {
+            ids: vec![1; len],
+            type_ids: vec![0; len],
+        }
+    }
+
+    fn queue(tokens: usize, requests: usize) -> Arc<Queue> {
+        Queue::new(
+            BatchLimits {
+                max_batch_tokens: tokens,
+                max_batch_requests: requests,
+                max_queue_time: Duration::from_secs(30),
+            },
+            Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn batches_respect_padded_token_budget() {
+        let q = queue(100, 1000);
+        let _rx = q.submit(vec![enc(10), enc(10), enc(40), enc(10)], Priority::Online);
+        // 2 x 10 fits; adding the 40-token input makes 3 x 40 = 120 > 100.
+        let b = q.next_batch().unwrap();
+        assert_eq!(b.entries.len(), 2);
+        assert_eq!(b.padded_tokens, 20);
+        let b = q.next_batch().unwrap();
+        assert_eq!(b.entries.len(), 2);
+        assert_eq!(b.padded_tokens, 80);
+    }
+
+    #[test]
+    fn online_goes_before_batch_lines_and_lines_fill_the_rest() {
+        let q = queue(1000, 3);
+        let _b = q.submit(vec![enc(5), enc(5)], Priority::Batch);
+        let _o = q.submit(vec![enc(5), enc(5)], Priority::Online);
+        let b = q.next_batch().unwrap();
+        assert_eq!(b.entries.len(), 3);
+        assert_eq!(q.depths(), (0, 1));
+    }
+
+    #[test]
+    fn an_input_over_budget_still_runs_alone() {
+        let q = queue(10, 8);
+        let _rx = q.submit(vec![enc(50), enc(1)], Priority::Online);
+        assert_eq!(q.next_batch().unwrap().entries.len(), 1);
+        assert_eq!(q.next_batch().unwrap().entries.len(), 1);
+    }
+
+    #[test]
+    fn expired_and_drained_entries_are_answered_not_dropped() {
+        let q = Queue::new(
+            BatchLimits {
+                max_batch_tokens: 100,
+                max_batch_requests: 10,
+                max_queue_time: Duration::from_millis(0),
+            },
+            Metrics::new(),
+        );
+        let mut rx = q.submit(vec![enc(3)], Priority::Online);
+        std::thread::sleep(Duration::from_millis(2));
+        q.close();
+        assert!(q.next_batch().is_none());
+        assert!(matches!(
+            rx.remove(0).try_recv(),
+            Ok(Err(InferError::QueueTimeout(_)))
+        ));
+        let mut late = q.submit(vec![enc(3)], Priority::Online);
+        assert_eq!(
+            late.remove(0).try_recv(),
+            Ok(Err(InferError::DrainDeadline))
+        );
+
+        let q = queue(100, 10);
+        let mut rx = q.submit(vec![enc(3)], Priority::Batch);
+        assert_eq!(q.fail_pending(InferError::DrainDeadline), 1);
+        assert_eq!(rx.remove(0).try_recv(), Ok(Err(InferError::DrainDeadline)));
+        assert!(q.is_idle());
+    }
+}

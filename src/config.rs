@@ -1,0 +1,427 @@
+//! Every command-line flag, its environment variable and its default, in one place.
+//!
+//! Flag names and defaults follow TEI's `text-embeddings-router` wherever TEI has the flag, so a
+//! TEI Deployment's args carry over. The one deliberate difference: the bind address is read from
+//! `SPOTINFER_HOSTNAME`, not `HOSTNAME`, because Kubernetes sets `HOSTNAME` to the pod name and
+//! TEI then silently binds to whatever that resolves to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spotinfer",
+    version,
+    about = "Embedding inference server for Kubernetes GPU node pools that survives spot preemption",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a model over HTTP (OpenAI- and TEI-compatible routes, Prometheus metrics).
+    Serve(Box<ServeArgs>),
+    /// Download a model's files into the Hub cache (for an init container or an image layer).
+    Download(ModelArgs),
+}
+
+/// Where the model comes from and how it runs: shared by every subcommand that loads one.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Hugging Face Hub repository id, or a path to a local folder holding config.json,
+    /// tokenizer.json and model.safetensors.
+    #[arg(long, env = "MODEL_ID", default_value = DEFAULT_MODEL_ID)]
+    pub model_id: String,
+
+    /// Hub revision (branch, tag or commit hash) to pin. Ignored for a local folder.
+    #[arg(long, env = "REVISION", default_value = "main")]
+    pub revision: String,
+
+    /// Hub cache folder. Defaults to $HF_HOME/hub or ~/.cache/huggingface/hub.
+    #[arg(long, env = "HUGGINGFACE_HUB_CACHE")]
+    pub huggingface_hub_cache: Option<PathBuf>,
+
+    /// Weight and activation dtype. Default: float16 on CUDA, float32 on CPU.
+    #[arg(long, env = "DTYPE", value_enum)]
+    pub dtype: Option<DTypeArg>,
+
+    /// Device: `auto` (first CUDA device when built with `cuda` and one exists, else CPU),
+    /// `cpu`, or `cuda:N`.
+    #[arg(long, env = "DEVICE", default_value = "auto")]
+    pub device: DeviceArg,
+
+    /// Pooling method. Default: the model's 1_Pooling/config.json, else mean.
+    #[arg(long, env = "POOLING", value_enum)]
+    pub pooling: Option<PoolingArg>,
+
+    /// Print logs as JSON lines (for log collectors) instead of human-readable text.
+    #[arg(long, env = "JSON_OUTPUT", default_value_t = false)]
+    pub json_output: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Address to bind. Read from SPOTINFER_HOSTNAME, not HOSTNAME: Kubernetes sets HOSTNAME to
+    /// the pod name.
+    #[arg(long, env = "SPOTINFER_HOSTNAME", default_value = "0.0.0.0")]
+    pub hostname: String,
+
+    /// HTTP port for the API, probes and /metrics. 0 picks a free port (logged at start).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Port of the separate Prometheus listener (metrics also stay on /metrics of the main
+    /// port). 0 picks a free port.
+    #[arg(long, env = "PROMETHEUS_PORT", default_value_t = 9000)]
+    pub prometheus_port: u16,
+
+    /// Inputs (not requests) admitted at once; beyond it requests get 429 with Retry-After.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    pub max_concurrent_requests: usize,
+
+    /// Token budget of one device batch, counting padded tokens (inputs x longest input).
+    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+
+    /// Most inputs in one device batch. Default: no limit other than the token budget.
+    #[arg(long, env = "MAX_BATCH_REQUESTS")]
+    pub max_batch_requests: Option<usize>,
+
+    /// Most inputs one client request may carry (413-free 422 beyond it, like TEI).
+    #[arg(long, env = "MAX_CLIENT_BATCH_SIZE", default_value_t = 32)]
+    pub max_client_batch_size: usize,
+
+    /// Truncate inputs longer than the model's maximum instead of rejecting them with 422.
+    #[arg(long, env = "AUTO_TRUNCATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_truncate: bool,
+
+    /// Model name reported in responses and /info. Default: the model id.
+    #[arg(long, env = "SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+
+    /// Tokenizer threads. Default: a quarter of the CPU cores, at least 1.
+    #[arg(long, env = "TOKENIZATION_WORKERS")]
+    pub tokenization_workers: Option<usize>,
+
+    /// Largest request body in bytes; larger bodies get 413.
+    #[arg(long, env = "PAYLOAD_LIMIT", default_value_t = 2_000_000)]
+    pub payload_limit: usize,
+
+    /// When set, inference routes need `Authorization: Bearer <key>`; probes and metrics don't.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Seconds after SIGTERM during which requests are still served normally (endpoint
+    /// removal races with SIGTERM in Kubernetes).
+    #[arg(long, env = "DRAIN_DELAY", default_value = "5", value_parser = parse_seconds)]
+    pub drain_delay: Duration,
+
+    /// Seconds after SIGTERM by which all work ends; whatever is still queued then gets 503
+    /// with Retry-After. Keep preStop + this + margin below terminationGracePeriodSeconds.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "25", value_parser = parse_seconds)]
+    pub drain_timeout: Duration,
+
+    /// Seconds a request may wait in the queue before it gets 503 with Retry-After.
+    #[arg(long, env = "MAX_QUEUE_TIME", default_value = "30", value_parser = parse_seconds)]
+    pub max_queue_time: Duration,
+
+    /// Poll the cloud's instance metadata for spot interruption notices (off, aws, gcp, azure,
+    /// auto). SIGTERM stays the primary signal: IMDS is often unreachable from pods.
+    #[arg(long, env = "SPOT_PROVIDER", value_enum, default_value = "off")]
+    pub spot_provider: SpotProvider,
+
+    /// Base URL of the metadata service (default: the provider's link-local address).
+    #[arg(long, env = "SPOT_METADATA_URL")]
+    pub spot_metadata_url: Option<String>,
+
+    /// Seconds between metadata polls.
+    #[arg(long, env = "SPOT_POLL_INTERVAL", default_value = "5", value_parser = parse_seconds)]
+    pub spot_poll_interval: Duration,
+
+    /// Folder for batch-job files, metadata and checkpoints (a PVC in Kubernetes).
+    #[arg(long, env = "STATE_DIR", default_value = "./spotinfer-state")]
+    pub state_dir: PathBuf,
+
+    /// Dollars per hour for this pod's share of the node; enables the cost metrics. 0 = off.
+    #[arg(long, env = "COST_PER_HOUR", default_value_t = 0.0)]
+    pub cost_per_hour: f64,
+
+    /// Testing only: sleep this many milliseconds in the device worker after each batch, to
+    /// make requests really be in flight in drain tests. Never set in production.
+    #[arg(long, env = "SPOTINFER_TEST_BATCH_DELAY_MS", default_value_t = 0)]
+    pub test_batch_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// OpenAI batch input: one `{"custom_id","method","url","body"}` JSON object per line.
+    #[arg(long)]
+    pub input: PathBuf,
+
+    /// Output JSONL. A checkpoint file `<output>.ckpt` beside it makes reruns resume.
+    #[arg(long)]
+    pub output: PathBuf,
+
+    /// Token budget of one device batch.
+    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+
+    /// Input lines per checkpoint.
+    #[arg(long, default_value_t = 256)]
+    pub chunk_lines: usize,
+
+    /// Hide the progress bar.
+    #[arg(long, default_value_t = false)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// Hub repository id or local folder (only config.json and safetensors headers are read).
+    #[arg(long, env = "MODEL_ID", default_value = DEFAULT_MODEL_ID)]
+    pub model_id: String,
+
+    #[arg(long, env = "REVISION", default_value = "main")]
+    pub revision: String,
+
+    /// Hub cache folder.
+    #[arg(long, env = "HUGGINGFACE_HUB_CACHE")]
+    pub huggingface_hub_cache: Option<PathBuf>,
+
+    /// Dtype the weights will run at (default float16, as on a GPU).
+    #[arg(long, value_enum, default_value = "float16")]
+    pub dtype: DTypeArg,
+
+    /// Target GPU.
+    #[arg(long, value_enum, default_value = "a10g")]
+    pub gpu: GpuKind,
+
+    /// Replicas sharing one GPU through time-slicing.
+    #[arg(long, default_value_t = 1)]
+    pub replicas_per_gpu: usize,
+
+    /// Token budget of one device batch (drives activation memory).
+    #[arg(long, default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+
+    /// Measured per-pod throughput in requests/s (from `spotinfer bench`), for the KEDA
+    /// threshold. Default: an estimate from the GPU's FLOP rate.
+    #[arg(long)]
+    pub throughput: Option<f64>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: PlanOutput,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Base URL of a running server.
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+
+    /// Concurrency levels to run, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+    pub concurrency: Vec<usize>,
+
+    /// Texts in the generated corpus.
+    #[arg(long, default_value_t = 4096)]
+    pub corpus_size: usize,
+
+    /// Requests per concurrency level (bounded), default the corpus size.
+    #[arg(long)]
+    pub requests: Option<usize>,
+
+    /// Time limit per concurrency level in seconds.
+    #[arg(long, default_value = "120", value_parser = parse_seconds)]
+    pub max_time: Duration,
+
+    /// PID of the server, to report its CPU seconds per request (Linux /proc).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// Write results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Write the corpus as JSON lines to this file and exit.
+    #[arg(long)]
+    pub dump_corpus: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DTypeArg {
+    Float32,
+    Float16,
+    Bfloat16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolingArg {
+    Cls,
+    Mean,
+    LastToken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpotProvider {
+    Off,
+    Aws,
+    Gcp,
+    Azure,
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GpuKind {
+    A10g,
+    L4,
+    #[value(name = "a100-40gb")]
+    A100_40gb,
+    #[value(name = "a100-80gb")]
+    A100_80gb,
+    #[value(name = "h100-80gb")]
+    H100_80gb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanOutput {
+    Text,
+    Json,
+    Kustomize,
+}
+
+/// `--device`: parsed once so a typo fails at start, not at model load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("`{s}` is not a device: use auto, cpu or cuda:N")),
+        }
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("`{s}` is out of range (0 to 86400 seconds)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl ServeArgs {
+    /// Cross-flag checks that clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch_tokens == 0 {
+            return Err("--max-batch-tokens must be at least 1".into());
+        }
+        if self.max_batch_requests == Some(0) {
+            return Err("--max-batch-requests must be at least 1".into());
+        }
+        if self.max_client_batch_size == 0 || self.max_concurrent_requests == 0 {
+            return Err(
+                "--max-client-batch-size and --max-concurrent-requests must be at least 1".into(),
+            );
+        }
+        if self.drain_delay > self.drain_timeout {
+            return Err(format!(
+                "--drain-delay ({:?}) must not exceed --drain-timeout ({:?})",
+                self.drain_delay, self.drain_timeout
+            ));
+        }
+        if self.cost_per_hour < 0.0 || !self.cost_per_hour.is_finite() {
+            return Err("--cost-per-hour must be a non-negative number".into());
+        }
+        Ok(())
+    }
+
+    pub fn tokenization_workers(&self) -> usize {
+        self.tokenization_workers
+            .unwrap_or_else(|| (num_cpus::get() / 4).max(1))
+            .max(1)
+    }
+
+    pub fn served_model_name(&self) -> String {
+        self.served_model_name
+            .clone()
+            .unwrap_or_else(|| self.model.model_id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_arg_parses_all_forms() {
+        assert_eq!("auto".parse::<DeviceArg>(), Ok(DeviceArg::Auto));
+        assert_eq!("cpu".parse::<DeviceArg>(), Ok(DeviceArg::Cpu));
+        assert_eq!("cuda".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(0)));
+        assert_eq!("cuda:3".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(3)));
+        assert!("gpu".parse::<DeviceArg>().is_err());
+        assert!("cuda:x".parse::<DeviceArg>().is_err());
+    }
+
+    #[test]
+    fn seconds_accept_fractions_and_suffix() {
+        assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_seconds("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn hostname_env_is_not_kubernetes_hostname() {
+        // Kubernetes sets HOSTNAME to the pod name; it must not become the bind address.
+        let cli = Cli::try_parse_from(["spotinfer", "serve"]).map_err(|e| e.to_string());
+        let Ok(Cli {
+            command: Command::Serve(args),
+        }) = cli
+        else {
+            panic!("serve must parse with defaults: {cli:?}");
+        };
+        if std::env::var("SPOTINFER_HOSTNAME").is_err() {
+            assert_eq!(args.hostname, "0.0.0.0");
+        }
+        assert_eq!(args.port, 3000);
+        assert_eq!(args.max_batch_tokens, 16384);
+        assert!(args.auto_truncate);
+        assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

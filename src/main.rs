@@ -1,0 +1,65 @@
+//! The `spotinfer` binary: parse flags, set up logging, run the subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use spotinfer::config::{Cli, Command, ModelArgs};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,hf_hub=warn,reqwest=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn download(args: ModelArgs) -> anyhow::Result<()> {
+    let files = spotinfer::model::resolve(&spotinfer::model::ResolveOptions {
+        model_id: args.model_id.clone(),
+        revision: args.revision.clone(),
+        cache_dir: args.huggingface_hub_cache.clone(),
+        progress: true,
+    })
+    .await?;
+    tracing::info!(source = %files.source, config = %files.config.display(), "model files are in the cache");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = match &cli.command {
+        Command::Serve(a) => a.model.json_output,
+        Command::Download(a) => a.json_output,
+    };
+    init_logging(json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => spotinfer::serve::run(*args).await,
+            Command::Download(args) => download(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The Prometheus registry: every metric's name, help text and buckets, declared once here.
+//!
+//! Everything is registered (and every known label combination touched) at start, so the first
+//! scrape already shows zeros: KEDA queries on an absent series return nothing and a ScaledObject
+//! without a value falls back or errors.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// 1 ms to 60 s, dense enough below 100 ms to resolve single milliseconds for embeddings.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+    0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+const BATCH_TOKEN_BUCKETS: &[f64] = &[
+    16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0,
+];
+
+/// The routes that carry inference traffic; labels are pre-created for each.
+pub const ROUTES: &[&str] = &[
+    "/v1/embeddings",
+    "/embed",
+    "/tokenize",
+    "/decode",
+    "/v1/batches",
+    "/v1/files",
+];
+pub const REJECT_REASONS: &[&str] = &["draining", "overloaded", "deadline"];
+pub const ERROR_REASONS: &[&str] = &[
+    "validation",
+    "too_large",
+    "empty",
+    "unauthorized",
+    "overloaded",
+    "unavailable",
+    "deadline",
+    "backend",
+];
+pub const LIFECYCLE_STATES: &[&str] = &["starting", "ready", "draining", "stopped"];
+pub const BATCH_JOB_STATUSES: &[&str] = &[
+    "validating",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "failed",
+    "cancelling",
+    "cancelled",
+];
+pub const BATCH_LINE_OUTCOMES: &[&str] = &["succeeded", "failed"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub request_duration: HistogramVec,
+    pub requests_total: IntCounterVec,
+    pub requests_inflight: IntGauge,
+    pub errors_total: IntCounterVec,
+    pub rejected_total: IntCounterVec,
+    pub queue_time: Histogram,
+    pub compute_time: Histogram,
+    pub queue_depth: IntGauge,
+    pub batch_queue_depth: IntGauge,
+    pub batch_size: Histogram,
+    pub batch_tokens: Histogram,
+    pub tokens_total: IntCounter,
+    pub embeddings_total: IntCounter,
+    pub build_info: IntGaugeVec,
+    pub device_busy_ratio: Gauge,
+    pub gpu_utilization_ratio: Gauge,
+    pub gpu_memory_used_bytes: Gauge,
+    pub gpu_memory_total_bytes: Gauge,
+    pub cost_dollars_total: Counter,
+    pub cost_per_million_embeddings: Gauge,
+    pub lifecycle_state: IntGaugeVec,
+    pub spot_interruption_pending: IntGauge,
+    pub spot_interruption_deadline: Gauge,
+    pub drain_duration: Gauge,
+    pub batch_jobs: IntGaugeVec,
+    pub batch_lines_total: IntCounterVec,
+    pub batch_checkpoints_total: IntCounter,
+}
+
+/// Registering a metric only fails on a duplicate name or invalid label set: both programming
+/// errors caught by the unit test below, so `new` panics rather than returning an error.
+fn reg<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    #[allow(clippy::expect_used)]
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique and valid");
+    metric
+}
+
+fn hist(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(buckets.to_vec())
+}
+
+impl Metrics {
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        let e = "metric definitions are valid";
+        let m = Metrics {
+            request_duration: reg(
+                &r,
+                HistogramVec::new(
+                    hist(
+                        "inference_request_duration_seconds",
+                        "Time from receiving an inference request to its response, by route and status class.",
+                        LATENCY_BUCKETS,
+                    ),
+                    &["route", "status"],
+                )
+                .expect(e),
+            ),
+            requests_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("inference_requests_total", "Inference requests answered, by route and HTTP status code."),
+                    &["route", "code"],
+                )
+                .expect(e),
+            ),
+            requests_inflight: reg(
+                &r,
+                IntGauge::new("inference_requests_inflight", "Inference requests being handled right now.").expect(e),
+            ),
+            errors_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("inference_errors_total", "Requests that ended in an error, by reason."),
+                    &["reason"],
+                )
+                .expect(e),
+            ),
+            rejected_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "inference_requests_rejected_total",
+                        "Requests refused with 429/503 before computing: draining, overloaded (queue full) or deadline (waited longer than --max-queue-time or past the drain timeout).",
+                    ),
+                    &["reason"],
+                )
+                .expect(e),
+            ),
+            queue_time: reg(
+                &r,
+                Histogram::with_opts(hist(
+                    "inference_queue_time_seconds",
+                    "Time an input waited in the queue before its batch started on the device.",
+                    LATENCY_BUCKETS,
+                ))
+                .expect(e),
+            ),
+            compute_time: reg(
+                &r,
+                Histogram::with_opts(hist(
+                    "inference_compute_time_seconds",
+                    "Time the device spent on one batch (forward pass and pooling).",
+                    LATENCY_BUCKETS,
+                ))
+                .expect(e),
+            ),
+            queue_depth: reg(
+                &r,
+                IntGauge::new("inference_queue_depth", "Online inputs waiting for the device (excludes batch-job lines).").expect(e),
+            ),
+            batch_queue_depth: reg(
+                &r,
+                IntGauge::new(
+                    "inference_batch_queue_depth",
+                    "Batch-job input lines waiting to run (queued plus not yet read from in-progress jobs).",
+                )
+                .expect(e),
+            ),
+            batch_size: reg(
+                &r,
+                Histogram::with_opts(hist("inference_batch_size", "Inputs per device batch.", BATCH_SIZE_BUCKETS)).expect(e),
+            ),
+            batch_tokens: reg(
+                &r,
+                Histogram::with_opts(hist(
+                    "inference_batch_tokens",
+                    "Real (unpadded) tokens per device batch.",
+                    BATCH_TOKEN_BUCKETS,
+                ))
+                .expect(e),
+            ),
+            tokens_total: reg(
+                &r,
+                IntCounter::new("inference_tokens_total", "Tokens processed by the device.").expect(e),
+            ),
+            embeddings_total: reg(
+                &r,
+                IntCounter::new("inference_embeddings_total", "Inputs embedded (online and batch jobs).").expect(e),
+            ),
+            build_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("inference_build_info", "Always 1; labels say what is running."),
+                    &["version", "model", "revision", "dtype", "device"],
+                )
+                .expect(e),
+            ),
+            device_busy_ratio: reg(
+                &r,
+                Gauge::new(
+                    "inference_device_busy_ratio",
+                    "Fraction of the last 10 seconds the device worker spent computing (works without DCGM).",
+                )
+                .expect(e),
+            ),
+            gpu_utilization_ratio: Gauge::new(
+                "inference_gpu_utilization_ratio",
+                "GPU utilisation reported by NVML (0-1); CUDA only.",
+            )
+            .expect(e),
+            gpu_memory_used_bytes: Gauge::new(
+                "inference_gpu_memory_used_bytes",
+                "GPU memory used on the device, from NVML; CUDA only.",
+            )
+            .expect(e),
+            gpu_memory_total_bytes: Gauge::new(
+                "inference_gpu_memory_total_bytes",
+                "GPU memory on the device, from NVML; CUDA only.",
+            )
+            .expect(e),
+            cost_dollars_total: reg(
+                &r,
+                Counter::new(
+                    "inference_cost_dollars_total",
+                    "Dollars spent by this pod since start (--cost-per-hour x uptime).",
+                )
+                .expect(e),
+            ),
+            cost_per_million_embeddings: reg(
+                &r,
+                Gauge::new(
+                    "inference_cost_per_million_embeddings_dollars",
+                    "Dollars per million embeddings over the last 5 minutes (0 when idle or cost is off).",
+                )
+                .expect(e),
+            ),
+            lifecycle_state: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("inference_lifecycle_state", "1 for the current lifecycle state, 0 for the others."),
+                    &["state"],
+                )
+                .expect(e),
+            ),
+            spot_interruption_pending: reg(
+                &r,
+                IntGauge::new(
+                    "inference_spot_interruption_pending",
+                    "1 once the cloud announced an interruption of this node (or SIGTERM arrived).",
+                )
+                .expect(e),
+            ),
+            spot_interruption_deadline: reg(
+                &r,
+                Gauge::new(
+                    "inference_spot_interruption_deadline_seconds",
+                    "Unix time at which the announced interruption happens (0 when none).",
+                )
+                .expect(e),
+            ),
+            drain_duration: reg(
+                &r,
+                Gauge::new(
+                    "inference_drain_duration_seconds",
+                    "Seconds the drain has taken so far (0 before SIGTERM).",
+                )
+                .expect(e),
+            ),
+            batch_jobs: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("inference_batch_jobs", "Batch jobs in the state directory, by status."),
+                    &["status"],
+                )
+                .expect(e),
+            ),
+            batch_lines_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("inference_batch_lines_total", "Batch-job lines finished, by outcome."),
+                    &["outcome"],
+                )
+                .expect(e),
+            ),
+            batch_checkpoints_total: reg(
+                &r,
+                IntCounter::new("inference_batch_checkpoints_total", "Batch-job checkpoints written durably.").expect(e),
+            ),
+            registry: r,
+        };
+        for route in ROUTES {
+            m.requests_total.with_label_values(&[route, "200"]);
+            for class in ["2xx", "4xx", "5xx"] {
+                m.request_duration.with_label_values(&[route, class]);
+            }
+        }
+        for reason in REJECT_REASONS {
+            m.rejected_total.with_label_values(&[reason]);
+        }
+        for reason in ERROR_REASONS {
+            m.errors_total.with_label_values(&[reason]);
+        }
+        for state in LIFECYCLE_STATES {
+            m.lifecycle_state.with_label_values(&[state]);
+        }
+        m.lifecycle_state.with_label_values(&["starting"]).set(1);
+        for status in BATCH_JOB_STATUSES {
+            m.batch_jobs.with_label_values(&[status]);
+        }
+        for outcome in BATCH_LINE_OUTCOMES {
+            m.batch_lines_total.with_label_values(&[outcome]);
+        }
+        Arc::new(m)
+    }
+
+    /// GPU gauges exist only on CUDA builds with a GPU: registered when NVML is found.
+    pub fn register_gpu_gauges(&self) {
+        for g in [
+            &self.gpu_utilization_ratio,
+            &self.gpu_memory_used_bytes,
+            &self.gpu_memory_total_bytes,
+        ] {
+            // Registering twice is the only failure; ignore it so this is idempotent.
+            let _ = self.registry.register(Box::new(g.clone()));
+        }
+    }
+
+    pub fn set_lifecycle_state(&self, state: &str) {
+        for s in LIFECYCLE_STATES {
+            self.lifecycle_state
+                .with_label_values(&[s])
+                .set(i64::from(*s == state));
+        }
+    }
+
+    /// Records one answered inference request.
+    pub fn observe_request(&self, route: &str, code: u16, seconds: f64) {
+        let class = match code {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.request_duration
+            .with_label_values(&[route, class])
+            .observe(seconds);
+        self.requests_total
+            .with_label_values(&[route, &code.to_string()])
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(err) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(%err, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_present_from_the_first_scrape() {
+        let m = Metrics::new();
+        let text = m.render();
+        for name in [
+            "inference_request_duration_seconds_count",
+            "inference_requests_total",
+            "inference_queue_depth",
+            "inference_batch_queue_depth",
+            "inference_batch_size_count",
+            "inference_batch_tokens_count",
+            "inference_queue_time_seconds_count",
+            "inference_compute_time_seconds_count",
+            "inference_requests_inflight",
+            "inference_tokens_total",
+            "inference_errors_total",
+            "inference_device_busy_ratio",
+            "inference_cost_dollars_total",
+            "inference_cost_per_million_embeddings_dollars",
+            "inference_lifecycle_state{state=\"starting\"} 1",
+            "inference_spot_interruption_pending",
+            "inference_requests_rejected_total{reason=\"draining\"}",
+            "inference_batch_jobs{status=\"in_progress\"}",
+            "inference_batch_lines_total{outcome=\"failed\"}",
+            "inference_batch_checkpoints_total",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+        // GPU gauges appear only once NVML is found.
+        assert!(!text.contains("inference_gpu_memory_used_bytes"));
+        m.register_gpu_gauges();
+        m.register_gpu_gauges();
+        assert!(m.render().contains("inference_gpu_memory_used_bytes"));
+    }
+
+    #[test]
+    fn lifecycle_gauge_is_one_hot() {
+        let m = Metrics::new();
+        m.set_lifecycle_state("draining");
+        let text = m.render();
+        assert!(text.contains("inference_lifecycle_state{state=\"draining\"} 1"));
+        assert!(text.contains("inference_lifecycle_state{state=\"starting\"} 0"));
+    }
+
+    #[test]
+    fn request_observation_counts_by_code_and_class() {
+        let m = Metrics::new();
+        m.observe_request("/embed", 422, 0.004);
+        let text = m.render();
+        assert!(text.contains("inference_requests_total{code=\"422\",route=\"/embed\"} 1"));
+        assert!(text.contains(
+            "inference_request_duration_seconds_count{route=\"/embed\",status=\"4xx\"} 1"
+        ));
+    }
+}

@@ -1,0 +1,340 @@
+//! Finds a model's files: a local folder, or a Hub repository through `hf-hub` and its cache.
+//!
+//! Environment honoured (the same names as the Python `huggingface_hub`): `HF_ENDPOINT` (a
+//! mirror), `HF_HOME` and `HUGGINGFACE_HUB_CACHE`/`HF_HUB_CACHE` (cache location), `HF_TOKEN`
+//! (gated or private repos), `HF_HUB_OFFLINE=1` (cache only, never the network).
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::tokio::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::{Cache, Repo, RepoType};
+use serde::Deserialize;
+
+use super::ModelError;
+
+/// Paths of everything a model needs, all local once resolved.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub tokenizer: PathBuf,
+    /// One file, or every shard listed in model.safetensors.index.json.
+    pub weights: Vec<PathBuf>,
+    /// Sentence-transformers files, when the repo has them.
+    pub modules: Option<PathBuf>,
+    pub pooling_config: Option<PathBuf>,
+    pub sentence_bert_config: Option<PathBuf>,
+    pub st_config: Option<PathBuf>,
+    /// Where they came from, for logs and /info.
+    pub source: String,
+}
+
+/// What to resolve and how.
+#[derive(Debug, Clone)]
+pub struct ResolveOptions {
+    pub model_id: String,
+    pub revision: String,
+    pub cache_dir: Option<PathBuf>,
+    pub progress: bool,
+}
+
+const OPTIONAL_ST_FILES: &[&str] = &[
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+];
+
+/// Folder of the Hub cache: the flag, then the standard environment variables.
+pub fn hub_cache_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    for var in ["HUGGINGFACE_HUB_CACHE", "HF_HUB_CACHE"] {
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return PathBuf::from(v);
+        }
+    }
+    if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join("hub");
+    }
+    // hf-hub's own default panics without a home directory (distroless, odd UIDs): fall back
+    // to a relative folder instead.
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+        .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"))
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name)
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+/// Resolves `model_id` to local files, downloading what the cache lacks unless offline.
+pub async fn resolve(opts: &ResolveOptions) -> Result<ModelFiles, ModelError> {
+    let local = Path::new(&opts.model_id);
+    if local.is_dir() {
+        return resolve_local(local);
+    }
+    if opts.model_id.starts_with('/') || opts.model_id.starts_with('.') {
+        return Err(ModelError::Missing {
+            file: opts.model_id.clone(),
+            hint: "no such folder: give an existing local folder or a Hub repository id".into(),
+        });
+    }
+    let cache = Cache::new(hub_cache_dir(opts.cache_dir.as_deref()));
+    let repo = Repo::with_revision(
+        opts.model_id.clone(),
+        RepoType::Model,
+        opts.revision.clone(),
+    );
+    let fetcher = if env_flag("HF_HUB_OFFLINE") {
+        Fetcher::Offline(cache.repo(repo))
+    } else {
+        let mut builder = ApiBuilder::from_cache(cache.clone())
+            .with_progress(opts.progress)
+            .with_user_agent("spotinfer", env!("CARGO_PKG_VERSION"));
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+        }
+        if let Some(token) = std::env::var("HF_TOKEN")
+            .ok()
+            .or_else(|| std::env::var("HUGGING_FACE_HUB_TOKEN").ok())
+            .filter(|t| !t.is_empty())
+        {
+            builder = builder.with_token(Some(token));
+        }
+        let api = builder
+            .build()
+            .map_err(|e| ModelError::Hub(format!("cannot start the Hub client: {e}")))?;
+        Fetcher::Online(api.repo(repo))
+    };
+    let files = resolve_with(&fetcher, &opts.model_id).await?;
+    Ok(ModelFiles {
+        source: format!(
+            "{}@{} ({})",
+            opts.model_id,
+            opts.revision,
+            fetcher.describe()
+        ),
+        ..files
+    })
+}
+
+fn resolve_local(dir: &Path) -> Result<ModelFiles, ModelError> {
+    let required = |name: &str| -> Result<PathBuf, ModelError> {
+        let p = dir.join(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(ModelError::Missing {
+                file: p.display().to_string(),
+                hint: format!("the model folder must hold {name} (as on the Hub)"),
+            })
+        }
+    };
+    let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+    let config = required("config.json")?;
+    let tokenizer = required("tokenizer.json")?;
+    let weights = if let Some(index) = optional("model.safetensors.index.json") {
+        shard_names(&index)?
+            .into_iter()
+            .map(|n| required(&n))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        vec![
+            required("model.safetensors").map_err(|_| ModelError::Missing {
+                file: dir.join("model.safetensors").display().to_string(),
+                hint: "safetensors weights are required (model.safetensors or a sharded \
+                   model.safetensors.index.json); convert pytorch_model.bin with \
+                   `safetensors` first"
+                    .into(),
+            })?,
+        ]
+    };
+    let modules = optional("modules.json");
+    let pooling_config = pooling_dir(modules.as_deref())
+        .map(|d| dir.join(d).join("config.json"))
+        .or_else(|| Some(dir.join("1_Pooling/config.json")))
+        .filter(|p| p.is_file());
+    Ok(ModelFiles {
+        config,
+        tokenizer,
+        weights,
+        modules,
+        pooling_config,
+        sentence_bert_config: optional("sentence_bert_config.json"),
+        st_config: optional("config_sentence_transformers.json"),
+        source: format!("local folder {}", dir.display()),
+    })
+}
+
+/// Hub access, online (cache first, then network) or offline (cache only).
+enum Fetcher {
+    Online(ApiRepo),
+    Offline(hf_hub::CacheRepo),
+}
+
+impl Fetcher {
+    fn describe(&self) -> &'static str {
+        match self {
+            Fetcher::Online(_) => "Hub",
+            Fetcher::Offline(_) => "Hub cache, offline",
+        }
+    }
+
+    /// `Ok(None)` when the repo does not have the file.
+    async fn get(&self, name: &str) -> Result<Option<PathBuf>, ModelError> {
+        match self {
+            Fetcher::Offline(cache) => Ok(cache.get(name)),
+            Fetcher::Online(repo) => match repo.get(name).await {
+                Ok(p) => Ok(Some(p)),
+                Err(ApiError::RequestError(e)) if e.status().map(|s| s.as_u16()) == Some(404) => {
+                    Ok(None)
+                }
+                Err(e) => Err(ModelError::Hub(format!("downloading {name}: {e}"))),
+            },
+        }
+    }
+
+    async fn require(&self, name: &str, model_id: &str) -> Result<PathBuf, ModelError> {
+        self.get(name).await?.ok_or_else(|| {
+            let hint = match self {
+                Fetcher::Offline(_) => format!(
+                    "HF_HUB_OFFLINE is set and the cache lacks it: run `spotinfer download \
+                     --model-id {model_id}` with network access first"
+                ),
+                Fetcher::Online(_) => format!(
+                    "the repository {model_id} has no {name}: is it a sentence-embedding model \
+                     with safetensors weights?"
+                ),
+            };
+            ModelError::Missing {
+                file: name.to_string(),
+                hint,
+            }
+        })
+    }
+}
+
+async fn resolve_with(f: &Fetcher, model_id: &str) -> Result<ModelFiles, ModelError> {
+    let config = f.require("config.json", model_id).await?;
+    let tokenizer = f.require("tokenizer.json", model_id).await?;
+    let weights = match f.get("model.safetensors.index.json").await? {
+        Some(index) => {
+            let mut out = Vec::new();
+            for shard in shard_names(&index)? {
+                out.push(f.require(&shard, model_id).await?);
+            }
+            out
+        }
+        None => vec![f.require("model.safetensors", model_id).await?],
+    };
+    let mut optional = Vec::new();
+    for name in OPTIONAL_ST_FILES {
+        optional.push(f.get(name).await?);
+    }
+    let [modules, sentence_bert_config, st_config]: [Option<PathBuf>; 3] = optional
+        .try_into()
+        .map_err(|_| ModelError::Hub("internal: optional file list".into()))?;
+    let pooling_name = format!(
+        "{}/config.json",
+        pooling_dir(modules.as_deref()).unwrap_or_else(|| "1_Pooling".into())
+    );
+    let pooling_config = f.get(&pooling_name).await?;
+    Ok(ModelFiles {
+        config,
+        tokenizer,
+        weights,
+        modules,
+        pooling_config,
+        sentence_bert_config,
+        st_config,
+        source: String::new(),
+    })
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: std::collections::BTreeMap<String, String>,
+}
+
+/// The distinct shard file names of a sharded checkpoint, in order.
+fn shard_names(index: &Path) -> Result<Vec<String>, ModelError> {
+    let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+    let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
+        file: index.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut names: Vec<String> = parsed.weight_map.into_values().collect();
+    names.sort();
+    names.dedup();
+    if names.iter().any(|n| n.contains("..") || n.starts_with('/')) {
+        return Err(ModelError::Corrupt {
+            file: index.display().to_string(),
+            reason: "a shard name points outside the model folder".into(),
+        });
+    }
+    Ok(names)
+}
+
+#[derive(Deserialize)]
+struct StModule {
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// The Pooling module's folder named in modules.json (usually `1_Pooling`).
+fn pooling_dir(modules: Option<&Path>) -> Option<String> {
+    let text = std::fs::read_to_string(modules?).ok()?;
+    let modules: Vec<StModule> = serde_json::from_str(&text).ok()?;
+    modules
+        .into_iter()
+        .find(|m| m.kind.ends_with("Pooling"))
+        .map(|m| m.path)
+        .filter(|p| !p.is_empty() && !p.contains(".."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_folder_missing_weights_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("spotinfer-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+        let err = resolve_local(&dir).unwrap_err().to_string();
+        assert!(err.contains("model.safetensors"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn shard_index_lists_distinct_files() {
+        let dir = std::env::temp_dir().join(format!("spotinfer-shards-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let idx = dir.join("model.safetensors.index.json");
+        std::fs::write(
+            &idx,
+            r#"{"metadata":{},"weight_map":{"a":"m-2.safetensors","b":"m-1.safetensors","c":"m-2.safetensors"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            shard_names(&idx).unwrap(),
+            vec!["m-1.safetensors", "m-2.safetensors"]
+        );
+        std::fs::write(&idx, r#"{"weight_map":{"a":"../../etc/passwd"}}"#).unwrap();
+        assert!(shard_names(&idx).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn cache_dir_prefers_the_flag() {
+        assert_eq!(
+            hub_cache_dir(Some(Path::new("/x/y"))),
+            PathBuf::from("/x/y")
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! `spotinfer serve`: binds first (probes answer from the first second), loads the model behind a
+//! red readiness, turns Ready, and on SIGTERM runs the bounded drain and exits 0.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::batching::{BatchLimits, Queue};
+use crate::config::ServeArgs;
+use crate::engine::{Engine, EngineOptions};
+use crate::lifecycle::{drain, signals, spot, Lifecycle};
+use crate::metrics::Metrics;
+use crate::server::{self, embed::Admission, AppState};
+use crate::telemetry::Telemetry;
+
+async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let addr = format!("{host}:{port}");
+    TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    let args = Arc::new(args);
+    let metrics = Metrics::new();
+    let lifecycle = Lifecycle::new(metrics.clone());
+    let mut signals = signals::listen().context("cannot install signal handlers")?;
+    let limits = BatchLimits {
+        max_batch_tokens: args.max_batch_tokens,
+        max_batch_requests: args.max_batch_requests.unwrap_or(usize::MAX),
+        max_queue_time: args.max_queue_time,
+    };
+    let queue = Queue::new(limits, metrics.clone());
+    let engine_slot: Arc<OnceLock<Arc<Engine>>> = Arc::new(OnceLock::new());
+    let state = AppState {
+        cfg: args.clone(),
+        metrics: metrics.clone(),
+        lifecycle: lifecycle.clone(),
+        engine: engine_slot.clone(),
+        load_failed: Arc::new(AtomicBool::new(false)),
+        admission: Admission::new(args.max_concurrent_requests),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        extra: None,
+    };
+
+    // Bind before loading so probes answer at once.
+    let main_listener = bind(&args.hostname, args.port).await?;
+    let main_addr = main_listener.local_addr()?;
+    let metrics_listener = bind(&args.hostname, args.prometheus_port).await?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    tracing::info!(
+        api = %url(main_addr),
+        metrics = %url(metrics_addr),
+        "listening on {} (metrics on {})",
+        url(main_addr),
+        url(metrics_addr)
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = server::router(state.clone());
+    let main_server = tokio::spawn(server::listener::serve(main_listener, app, stop_rx));
+    let metrics_app = server::metrics_router(state.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, metrics_app).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    let worker_slot = Arc::new(OnceLock::new());
+    tokio::spawn(
+        Telemetry {
+            metrics: metrics.clone(),
+            lifecycle: lifecycle.clone(),
+            cost_per_hour: args.cost_per_hour,
+            gpu_index: match args.model.device {
+                crate::config::DeviceArg::Cuda(n) => Some(n as u32),
+                _ => Some(0),
+            },
+        }
+        .run(worker_slot.clone()),
+    );
+    tokio::spawn(spot::watch(
+        lifecycle.clone(),
+        args.spot_provider,
+        args.spot_metadata_url.clone(),
+        args.spot_poll_interval,
+    ));
+
+    let opts = EngineOptions {
+        model: args.model.clone(),
+        served_model_name: args.served_model_name.clone(),
+        limits,
+        tokenization_workers: args.tokenization_workers(),
+        test_batch_delay: Duration::from_millis(args.test_batch_delay_ms),
+        progress: true,
+    };
+    let load = Engine::start(opts, queue.clone(), metrics.clone());
+    tokio::pin!(load);
+    let first_signal = tokio::select! {
+        loaded = &mut load => {
+            match loaded {
+                Ok(engine) => {
+                    let engine = Arc::new(engine);
+                    let i = &engine.info;
+                    metrics
+                        .build_info
+                        .with_label_values(&[env!("CARGO_PKG_VERSION"), &i.model_id, &i.revision, &i.dtype, &i.device])
+                        .set(1);
+                    let _ = worker_slot.set(engine.health.clone());
+                    let _ = engine_slot.set(engine);
+                    lifecycle.set_ready();
+                }
+                Err(e) => {
+                    state.load_failed.store(true, Ordering::Release);
+                    return Err(anyhow::Error::new(e).context("cannot load the model"));
+                }
+            }
+            signals.recv().await
+        }
+        sig = signals.recv() => {
+            tracing::info!("signal during model load: exiting without serving");
+            sig
+        }
+    };
+    if first_signal.is_none() {
+        anyhow::bail!("signal handling stopped unexpectedly");
+    }
+
+    lifecycle.begin_drain(args.drain_timeout);
+    let report = drain::run(
+        lifecycle.clone(),
+        args.drain_delay,
+        args.drain_timeout,
+        drain::DrainTargets {
+            queue: queue.clone(),
+            stop_accepting: stop_tx,
+            offline: None,
+            metrics: metrics.clone(),
+        },
+        &mut signals,
+    )
+    .await;
+    main_server.abort();
+    tracing::info!(report = %serde_json::to_string(&report).unwrap_or_default(), "exiting");
+    Ok(())
+}

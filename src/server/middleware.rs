@@ -1,0 +1,112 @@
+//! Cross-cutting request handling for inference routes: refusal after the listener closed,
+//! API-key check, and request metrics.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::errors::{ApiError, ErrorKind, ErrorReason, Flavor};
+use super::AppState;
+
+fn flavor_of(path: &str) -> Flavor {
+    if path.starts_with("/v1/") || path == "/embeddings" {
+        Flavor::OpenAi
+    } else {
+        Flavor::Tei
+    }
+}
+
+/// Counts and times every inference request, and refuses new ones once the drain has closed the
+/// listener (503 + Retry-After + Connection: close, so keep-alive clients reconnect elsewhere).
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let started = Instant::now();
+    let metrics = &state.metrics;
+    let mut resp = if state.lifecycle.is_refusing() {
+        metrics
+            .rejected_total
+            .with_label_values(&["draining"])
+            .inc();
+        let mut r = ApiError::new(
+            ErrorKind::Unavailable,
+            "this replica is shutting down; retry on another one",
+        )
+        .flavor(flavor_of(&route))
+        .reason("unavailable")
+        .into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    } else if let Some(e) = check_auth(&state, &req) {
+        e.flavor(flavor_of(&route)).into_response()
+    } else {
+        // A guard, not inc/dec around the await: a client that disconnects drops this future.
+        struct Inflight<'a>(&'a prometheus::IntGauge);
+        impl Drop for Inflight<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        metrics.requests_inflight.inc();
+        let _inflight = Inflight(&metrics.requests_inflight);
+        next.run(req).await
+    };
+    let code = resp.status().as_u16();
+    if let Some(ErrorReason(reason)) = resp.extensions_mut().remove::<ErrorReason>() {
+        metrics.errors_total.with_label_values(&[reason]).inc();
+    }
+    metrics.observe_request(&route, code, started.elapsed().as_secs_f64());
+    resp
+}
+
+fn check_auth(state: &AppState, req: &Request) -> Option<ApiError> {
+    let key = state.cfg.api_key.as_deref()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        None
+    } else {
+        Some(ApiError::new(
+            ErrorKind::Unauthorized,
+            "missing or wrong API key: send `Authorization: Bearer <key>`",
+        ))
+    }
+}
+
+/// Compares without an early exit, so response time does not leak the key's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn flavor_by_route() {
+        assert_eq!(flavor_of("/v1/embeddings"), Flavor::OpenAi);
+        assert_eq!(flavor_of("/embeddings"), Flavor::OpenAi);
+        assert_eq!(flavor_of("/embed"), Flavor::Tei);
+    }
+}

@@ -1,0 +1,311 @@
+//! The tokenizer pool: N threads, each with its own tokenizer copies, fed by one channel.
+//!
+//! Tokenising on dedicated threads keeps it off the async runtime and off the device worker, so
+//! the next batch is tokenised while the device computes the current one; the pool size is the
+//! CPU budget left over from the matmul threads.
+
+use std::path::Path;
+
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokio::sync::oneshot;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum TokenizeError {
+    #[error("input {index} has {len} tokens, more than the model's maximum of {max}; shorten it or set truncate=true")]
+    TooLong {
+        index: usize,
+        len: usize,
+        max: usize,
+    },
+    #[error("input {index} is empty")]
+    Empty { index: usize },
+    #[error("input {index}: token id {id} is not in the vocabulary (size {vocab})")]
+    BadTokenId { index: usize, id: u32, vocab: usize },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("the tokenizer pool has stopped")]
+    Stopped,
+}
+
+/// One input as the client sent it.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// One input ready for the device.
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+/// How to encode a request's inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    pub truncate: bool,
+    pub direction: TruncationDirection,
+    pub add_special_tokens: bool,
+}
+
+/// A token as `/tokenize` reports it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct TokenInfo {
+    pub id: u32,
+    pub text: String,
+    pub special: bool,
+    pub start: Option<usize>,
+    pub stop: Option<usize>,
+}
+
+/// The tokenizers one worker owns: an untruncated one (to detect over-long inputs) and one
+/// truncating per direction (so truncation re-applies the special tokens correctly).
+pub struct Tokenizers {
+    plain: Tokenizer,
+    right: Tokenizer,
+    left: Tokenizer,
+    pub max_length: usize,
+    pub vocab_size: usize,
+}
+
+impl Tokenizers {
+    pub fn from_file(
+        path: &Path,
+        max_length: usize,
+        vocab_size: usize,
+    ) -> Result<Self, TokenizeError> {
+        let mut plain = Tokenizer::from_file(path)
+            .map_err(|e| TokenizeError::Tokenizer(format!("{}: {e}", path.display())))?;
+        // tokenizer.json files often carry padding/truncation settings for training; the server
+        // decides both itself.
+        plain.with_padding(None);
+        plain
+            .with_truncation(None)
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+        let truncating = |direction| -> Result<Tokenizer, TokenizeError> {
+            let mut t = plain.clone();
+            t.with_truncation(Some(TruncationParams {
+                max_length,
+                direction,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+            Ok(t)
+        };
+        Ok(Self {
+            right: truncating(TruncationDirection::Right)?,
+            left: truncating(TruncationDirection::Left)?,
+            plain,
+            max_length,
+            vocab_size,
+        })
+    }
+
+    pub fn encode(
+        &self,
+        index: usize,
+        input: &Input,
+        opts: EncodeOptions,
+    ) -> Result<Encoded, TokenizeError> {
+        match input {
+            Input::Text(text) => {
+                if text.is_empty() {
+                    return Err(TokenizeError::Empty { index });
+                }
+                let enc = self
+                    .plain
+                    .encode_fast(text.as_str(), opts.add_special_tokens)
+                    .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+                let enc = if enc.len() <= self.max_length {
+                    enc
+                } else if opts.truncate {
+                    let t = match opts.direction {
+                        TruncationDirection::Right => &self.right,
+                        TruncationDirection::Left => &self.left,
+                    };
+                    t.encode_fast(text.as_str(), opts.add_special_tokens)
+                        .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?
+                } else {
+                    return Err(TokenizeError::TooLong {
+                        index,
+                        len: enc.len(),
+                        max: self.max_length,
+                    });
+                };
+                if enc.is_empty() {
+                    return Err(TokenizeError::Empty { index });
+                }
+                Ok(Encoded {
+                    ids: enc.get_ids().to_vec(),
+                    type_ids: enc.get_type_ids().to_vec(),
+                })
+            }
+            Input::Ids(ids) => {
+                if ids.is_empty() {
+                    return Err(TokenizeError::Empty { index });
+                }
+                if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+                    return Err(TokenizeError::BadTokenId {
+                        index,
+                        id,
+                        vocab: self.vocab_size,
+                    });
+                }
+                let mut ids = ids.clone();
+                if ids.len() > self.max_length {
+                    if !opts.truncate {
+                        return Err(TokenizeError::TooLong {
+                            index,
+                            len: ids.len(),
+                            max: self.max_length,
+                        });
+                    }
+                    match opts.direction {
+                        TruncationDirection::Right => ids.truncate(self.max_length),
+                        TruncationDirection::Left => {
+                            ids.drain(..ids.len() - self.max_length);
+                        }
+                    }
+                }
+                let n = ids.len();
+                Ok(Encoded {
+                    ids,
+                    type_ids: vec![0; n],
+                })
+            }
+        }
+    }
+
+    /// Tokens with their text and character offsets, for `/tokenize`.
+    pub fn tokens(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<TokenInfo>, TokenizeError> {
+        let enc = self
+            .plain
+            .encode(text, add_special_tokens)
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+        // Offsets are byte offsets into the input, as TEI reports them.
+        Ok(enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_tokens())
+            .zip(enc.get_offsets())
+            .zip(enc.get_special_tokens_mask())
+            .map(|(((&id, tok), &(s, e)), &special)| {
+                let special = special == 1;
+                TokenInfo {
+                    id,
+                    text: if special {
+                        tok.clone()
+                    } else {
+                        text.get(s..e)
+                            .map(str::to_string)
+                            .unwrap_or_else(|| tok.clone())
+                    },
+                    special,
+                    start: (!special).then_some(s),
+                    stop: (!special).then_some(e),
+                }
+            })
+            .collect())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizeError> {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(TokenizeError::BadTokenId {
+                index: 0,
+                id,
+                vocab: self.vocab_size,
+            });
+        }
+        self.plain
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))
+    }
+}
+
+type Job = Box<dyn FnOnce(&Tokenizers) + Send>;
+
+/// A fixed set of tokenizer threads. Cloning shares the same threads.
+#[derive(Clone)]
+pub struct TokenizerPool {
+    tx: crossbeam_channel::Sender<Job>,
+    pub max_length: usize,
+    pub vocab_size: usize,
+}
+
+impl TokenizerPool {
+    pub fn start(tokenizers: Tokenizers, workers: usize) -> Result<Self, TokenizeError> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let max_length = tokenizers.max_length;
+        let vocab_size = tokenizers.vocab_size;
+        let mut owned = Some(tokenizers);
+        for i in 0..workers.max(1) {
+            let rx = rx.clone();
+            let tk = match (i + 1 == workers.max(1), owned.take()) {
+                (true, Some(t)) => t,
+                (_, Some(t)) => {
+                    let copy = Tokenizers {
+                        plain: t.plain.clone(),
+                        right: t.right.clone(),
+                        left: t.left.clone(),
+                        max_length: t.max_length,
+                        vocab_size: t.vocab_size,
+                    };
+                    owned = Some(t);
+                    copy
+                }
+                (_, None) => return Err(TokenizeError::Stopped),
+            };
+            std::thread::Builder::new()
+                .name(format!("tokenizer-{i}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        job(&tk);
+                    }
+                })
+                .map_err(|e| {
+                    TokenizeError::Tokenizer(format!("spawning a tokenizer thread: {e}"))
+                })?;
+        }
+        Ok(Self {
+            tx,
+            max_length,
+            vocab_size,
+        })
+    }
+
+    /// Runs `f` on a tokenizer thread and awaits its result.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, TokenizeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tokenizers) -> Result<T, TokenizeError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |tk| {
+            let _ = tx.send(f(tk));
+        });
+        self.tx.send(job).map_err(|_| TokenizeError::Stopped)?;
+        rx.await.map_err(|_| TokenizeError::Stopped)?
+    }
+
+    /// Encodes all inputs of one request on one thread (keeps a request's inputs together).
+    pub async fn encode_all(
+        &self,
+        inputs: Vec<Input>,
+        opts: EncodeOptions,
+    ) -> Result<Vec<Encoded>, TokenizeError> {
+        self.run(move |tk| {
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| tk.encode(i, input, opts))
+                .collect()
+        })
+        .await
+    }
+}

