@@ -11,7 +11,10 @@ use tokenizers::TruncationDirection;
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[tokio::test]
@@ -52,9 +55,16 @@ async fn tiny_bert_matches_transformers_in_one_mixed_batch() {
         batch.push(&enc.ids, &enc.type_ids);
     }
     let lens: Vec<usize> = batch.offsets.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(lens.iter().min() < lens.iter().max(), "the batch must mix lengths: {lens:?}");
+    assert!(
+        lens.iter().min() < lens.iter().max(),
+        "the batch must mix lengths: {lens:?}"
+    );
 
-    for (pooling, key) in [(Pooling::Cls, "cls"), (Pooling::Mean, "mean"), (Pooling::LastToken, "last")] {
+    for (pooling, key) in [
+        (Pooling::Cls, "cls"),
+        (Pooling::Mean, "mean"),
+        (Pooling::LastToken, "last"),
+    ] {
         let got = model::embed(m.as_ref(), &batch, pooling).expect("embed");
         for (item, g) in items.iter().zip(&got) {
             let want = as_vec(&item[key]);
@@ -84,10 +94,23 @@ fn over_long_inputs_are_refused_or_truncated_both_ways() {
         direction: TruncationDirection::Right,
         add_special_tokens: true,
     };
-    let err = tk.encode(0, &Input::Text(text.clone()), strict).unwrap_err();
-    assert!(err.to_string().contains("more than the model's maximum of 64"), "{err}");
+    let err = tk
+        .encode(0, &Input::Text(text.clone()), strict)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("more than the model's maximum of 64"),
+        "{err}"
+    );
     let right = tk
-        .encode(0, &Input::Text(text.clone()), EncodeOptions { truncate: true, ..strict })
+        .encode(
+            0,
+            &Input::Text(text.clone()),
+            EncodeOptions {
+                truncate: true,
+                ..strict
+            },
+        )
         .unwrap();
     let left = tk
         .encode(

@@ -197,6 +197,18 @@ impl Fetcher {
         }
     }
 
+    /// Optional files never fail a load that has what it needs: a network error is a warning
+    /// (the cache may hold everything required while the Hub is unreachable).
+    async fn optional(&self, name: &str) -> Option<PathBuf> {
+        match self.get(name).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(file = name, error = %e, "optional file unavailable; continuing without it");
+                None
+            }
+        }
+    }
+
     async fn require(&self, name: &str, model_id: &str) -> Result<PathBuf, ModelError> {
         self.get(name).await?.ok_or_else(|| {
             let hint = match self {
@@ -220,7 +232,7 @@ impl Fetcher {
 async fn resolve_with(f: &Fetcher, model_id: &str) -> Result<ModelFiles, ModelError> {
     let config = f.require("config.json", model_id).await?;
     let tokenizer = f.require("tokenizer.json", model_id).await?;
-    let weights = match f.get("model.safetensors.index.json").await? {
+    let weights = match f.optional("model.safetensors.index.json").await {
         Some(index) => {
             let mut out = Vec::new();
             for shard in shard_names(&index)? {
@@ -232,7 +244,7 @@ async fn resolve_with(f: &Fetcher, model_id: &str) -> Result<ModelFiles, ModelEr
     };
     let mut optional = Vec::new();
     for name in OPTIONAL_ST_FILES {
-        optional.push(f.get(name).await?);
+        optional.push(f.optional(name).await);
     }
     let [modules, sentence_bert_config, st_config]: [Option<PathBuf>; 3] = optional
         .try_into()
@@ -241,7 +253,7 @@ async fn resolve_with(f: &Fetcher, model_id: &str) -> Result<ModelFiles, ModelEr
         "{}/config.json",
         pooling_dir(modules.as_deref()).unwrap_or_else(|| "1_Pooling".into())
     );
-    let pooling_config = f.get(&pooling_name).await?;
+    let pooling_config = f.optional(&pooling_name).await;
     Ok(ModelFiles {
         config,
         tokenizer,
