@@ -128,9 +128,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             signals.recv().await
         }
-        sig = signals.recv() => {
+        _ = signals.recv() => {
+            // Never Ready means never in the Service's endpoints: nothing to drain.
             tracing::info!("signal during model load: exiting without serving");
-            sig
+            lifecycle.begin_drain(Duration::ZERO);
+            queue.close();
+            lifecycle.set_stopped();
+            return Ok(());
         }
     };
     if first_signal.is_none() {

@@ -207,3 +207,55 @@ fn compute(
     }
     model::embed(model, &packed, pooling)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_fails_when_the_worker_exits_or_wedges() {
+        let h = WorkerHealth::default();
+        assert!(h.is_healthy(Duration::from_secs(60)));
+        h.batch_started_ms
+            .store(now_ms() - 5_000, Ordering::Release);
+        assert!(h.is_healthy(Duration::from_secs(60)));
+        assert!(
+            !h.is_healthy(Duration::from_secs(1)),
+            "one batch for 5 s is wedged at 1 s"
+        );
+        h.batch_started_ms.store(0, Ordering::Release);
+        h.exited.store(true, Ordering::Release);
+        assert!(!h.is_healthy(Duration::from_secs(60)));
+        assert!(h.has_exited());
+    }
+
+    #[test]
+    fn a_failing_load_is_reported_and_marks_the_worker_dead() {
+        let metrics = Metrics::new();
+        let queue = Queue::new(
+            super::super::BatchLimits {
+                max_batch_tokens: 64,
+                max_batch_requests: 4,
+                max_queue_time: Duration::from_secs(1),
+            },
+            metrics.clone(),
+        );
+        let (health, rx) = spawn(
+            Box::new(|| Err(ModelError::Unsupported("nope".into()))),
+            queue,
+            metrics,
+            WorkerConfig {
+                pooling: Pooling::Mean,
+                warmup_lengths: vec![],
+                test_batch_delay: Duration::ZERO,
+            },
+        );
+        let err = rx.blocking_recv().expect("a load result").unwrap_err();
+        assert!(err.to_string().contains("nope"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !health.has_exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(health.has_exited());
+    }
+}

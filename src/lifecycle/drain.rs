@@ -20,6 +20,9 @@ use super::Lifecycle;
 use crate::batching::{InferError, Queue};
 use crate::metrics::Metrics;
 
+/// How long nothing must be in flight before the process exits.
+const QUIET_BEFORE_EXIT: Duration = Duration::from_millis(300);
+
 /// Offline work that must be checkpointed before exit (the batch-job runner).
 pub trait OfflineWork: Send + Sync {
     /// Stop taking new lines, finish the chunk in flight, write the checkpoint. Returns the
@@ -121,11 +124,19 @@ pub async fn run(
             .with_label_values(&["deadline"])
             .inc_by(failed as u64);
     }
-    // Let the last batch and the responses already computed reach their clients.
+    // Let the last batch and the responses already computed reach their clients, then stay a
+    // moment longer so a request racing in on an open keep-alive connection still gets its
+    // 503 instead of a closed socket.
     let grace_end = Instant::now() + Duration::from_secs(if forced { 1 } else { 3 });
-    while Instant::now() < grace_end
-        && !(targets.queue.is_idle() && targets.metrics.requests_inflight.get() == 0)
-    {
+    let mut quiet_since: Option<Instant> = None;
+    while Instant::now() < grace_end {
+        let idle = targets.queue.is_idle() && targets.metrics.requests_inflight.get() == 0;
+        match (idle, quiet_since) {
+            (false, _) => quiet_since = None,
+            (true, None) => quiet_since = Some(Instant::now()),
+            (true, Some(t)) if t.elapsed() >= QUIET_BEFORE_EXIT => break,
+            (true, Some(_)) => {}
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 

@@ -38,10 +38,10 @@ pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver
             }
         }
     }
-    // Take what the kernel already completed, then close.
-    while let Ok(Ok((stream, _))) =
-        tokio::time::timeout(Duration::from_millis(1), listener.accept()).await
-    {
+    // Take what the kernel already completed (bounded: clients that reconnect at once must not
+    // keep the listener alive), then close.
+    let backlog_end = tokio::time::Instant::now() + Duration::from_millis(5);
+    while let Ok(Ok((stream, _))) = tokio::time::timeout_at(backlog_end, listener.accept()).await {
         spawn_connection(stream, app.clone(), stop.clone(), open.clone());
     }
     drop(listener);

@@ -56,7 +56,14 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         }
         metrics.requests_inflight.inc();
         let _inflight = Inflight(&metrics.requests_inflight);
-        next.run(req).await
+        let mut r = next.run(req).await;
+        // Work accepted before the listener closed still completes, but its connection must
+        // not be reused: the next request would race the process exit.
+        if state.lifecycle.is_refusing() {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
     };
     let code = resp.status().as_u16();
     if let Some(ErrorReason(reason)) = resp.extensions_mut().remove::<ErrorReason>() {
