@@ -30,6 +30,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Download a model's files into the Hub cache (for an init container or an image layer).
     Download(ModelArgs),
+    /// Embed OpenAI batch lines from a JSONL file without a server, resumable after SIGTERM or
+    /// SIGKILL by running the same command again.
+    Batch(Box<BatchArgs>),
 }
 
 /// Where the model comes from and how it runs: shared by every subcommand that loads one.
@@ -148,6 +151,22 @@ pub struct ServeArgs {
     #[arg(long, env = "SPOT_POLL_INTERVAL", default_value = "5", value_parser = parse_seconds)]
     pub spot_poll_interval: Duration,
 
+    /// Longest a device batch carrying batch-job lines should compute, in milliseconds: job
+    /// lines fill batches only up to what this allows at the measured speed, so online requests
+    /// never wait long behind offline work.
+    #[arg(long, env = "BATCH_JOB_SLICE_MS", default_value_t = 25)]
+    pub batch_job_slice_ms: u64,
+
+    /// Batch-job input lines per checkpoint: smaller loses less work to a SIGKILL, larger
+    /// writes fewer checkpoints.
+    #[arg(long, env = "BATCH_CHUNK_LINES", default_value_t = 64)]
+    pub batch_chunk_lines: usize,
+
+    /// Seconds a replica's claim on a batch job lasts without renewal (renewed every chunk).
+    /// A replica that dies silently blocks its job this long before another takes it over.
+    #[arg(long, env = "BATCH_LEASE_SECS", default_value_t = 30)]
+    pub batch_lease_secs: u64,
+
     /// Folder for batch-job files, metadata and checkpoints (a PVC in Kubernetes).
     #[arg(long, env = "STATE_DIR", default_value = "./spotinfer-state")]
     pub state_dir: PathBuf,
@@ -180,7 +199,7 @@ pub struct BatchArgs {
     pub max_batch_tokens: usize,
 
     /// Input lines per checkpoint.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "BATCH_CHUNK_LINES", default_value_t = 256)]
     pub chunk_lines: usize,
 
     /// Hide the progress bar.

@@ -4,6 +4,7 @@
 pub mod batching;
 pub mod config;
 pub mod engine;
+pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use spotinfer::config::{Cli, Command, ModelArgs};
+use spotinfer::jobs::offline::Outcome;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(json: bool) {
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Serve(a) => a.model.json_output,
         Command::Download(a) => a.json_output,
+        Command::Batch(a) => a.model.json_output,
     };
     init_logging(json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -51,12 +53,19 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => spotinfer::serve::run(*args).await,
-            Command::Download(args) => download(args).await,
+            Command::Serve(args) => spotinfer::serve::run(*args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Download(args) => download(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Batch(args) => spotinfer::jobs::offline::run(*args).await.map(|o| match o {
+                Outcome::Complete => ExitCode::SUCCESS,
+                // 75 = EX_TEMPFAIL: interrupted after a checkpoint; rerun to resume.
+                Outcome::Interrupted => ExitCode::from(75),
+            }),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE

@@ -13,8 +13,10 @@ use tokio::sync::watch;
 use crate::batching::{BatchLimits, Queue};
 use crate::config::ServeArgs;
 use crate::engine::{Engine, EngineOptions};
+use crate::jobs::JobRunner;
 use crate::lifecycle::{drain, signals, spot, Lifecycle};
 use crate::metrics::Metrics;
+use crate::server::embed::RequestLimits;
 use crate::server::{self, embed::Admission, AppState};
 use crate::telemetry::Telemetry;
 
@@ -29,6 +31,15 @@ fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// Names this replica in batch-job leases: the pod name (Kubernetes sets HOSTNAME to it) and
+/// the process id, so a restarted container never mistakes its predecessor's lease for its own.
+fn replica_id() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "local".into());
+    format!("{host}/{}", std::process::id())
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     let args = Arc::new(args);
@@ -39,6 +50,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_batch_tokens: args.max_batch_tokens,
         max_batch_requests: args.max_batch_requests.unwrap_or(usize::MAX),
         max_queue_time: args.max_queue_time,
+        job_slice: Duration::from_millis(args.batch_job_slice_ms),
     };
     let queue = Queue::new(limits, metrics.clone());
     let engine_slot: Arc<OnceLock<Arc<Engine>>> = Arc::new(OnceLock::new());
@@ -53,7 +65,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        extra: None,
+        job_store: match crate::jobs::JobStore::open(&args.state_dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open --state-dir: the batch API is off");
+                None
+            }
+        },
+        job_runner: Arc::new(OnceLock::new()),
     };
 
     // Bind before loading so probes answer at once.
@@ -118,7 +137,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                         .with_label_values(&[env!("CARGO_PKG_VERSION"), &i.model_id, &i.revision, &i.dtype, &i.device])
                         .set(1);
                     let _ = worker_slot.set(engine.health.clone());
-                    let _ = engine_slot.set(engine);
+                    let _ = engine_slot.set(engine.clone());
+                    if let Some(store) = &state.job_store {
+                        let runner = JobRunner::new(
+                            store.clone(),
+                            engine,
+                            RequestLimits::from_state(&state),
+                            metrics.clone(),
+                            lifecycle.clone(),
+                            replica_id(),
+                            args.batch_chunk_lines,
+                            args.batch_lease_secs,
+                        );
+                        // Interrupted jobs are claimed and rolled back before Ready.
+                        let resumed = runner.recover();
+                        if resumed > 0 {
+                            tracing::info!(resumed, "batch jobs resumed");
+                        }
+                        tokio::spawn(runner.clone().run());
+                        let _ = state.job_runner.set(runner);
+                    }
                     lifecycle.set_ready();
                 }
                 Err(e) => {
@@ -149,7 +187,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         drain::DrainTargets {
             queue: queue.clone(),
             stop_accepting: stop_tx,
-            offline: None,
+            offline: state
+                .job_runner
+                .get()
+                .map(|r| r.clone() as Arc<dyn drain::OfflineWork>),
             metrics: metrics.clone(),
         },
         &mut signals,

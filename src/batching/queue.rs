@@ -52,7 +52,14 @@ pub struct BatchLimits {
     pub max_batch_tokens: usize,
     pub max_batch_requests: usize,
     pub max_queue_time: Duration,
+    /// Target compute time of a batch that carries batch-job lines: job lines fill a batch only
+    /// up to the tokens this allows at the measured speed, so an online request arriving while
+    /// job work computes waits at most about this long.
+    pub job_slice: Duration,
 }
+
+/// Fewest padded tokens a batch may carry for job lines, however slow the device.
+const MIN_JOB_TOKENS: usize = 64;
 
 struct Lanes {
     online: VecDeque<Entry>,
@@ -63,6 +70,8 @@ struct Lanes {
 }
 
 pub struct Queue {
+    /// Exponentially weighted seconds per padded token, as f64 bits (0 = not measured yet).
+    secs_per_token: std::sync::atomic::AtomicU64,
     lanes: Mutex<Lanes>,
     ready: Condvar,
     limits: BatchLimits,
@@ -72,6 +81,7 @@ pub struct Queue {
 impl Queue {
     pub fn new(limits: BatchLimits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
+            secs_per_token: std::sync::atomic::AtomicU64::new(0),
             lanes: Mutex::new(Lanes {
                 online: VecDeque::new(),
                 batch: VecDeque::new(),
@@ -174,17 +184,50 @@ impl Queue {
         }
     }
 
+    /// Records how long a batch took, for the job-line token cap.
+    pub fn record_batch(&self, padded_tokens: usize, elapsed: Duration) {
+        use std::sync::atomic::Ordering;
+        if padded_tokens == 0 {
+            return;
+        }
+        let sample = elapsed.as_secs_f64() / padded_tokens as f64;
+        let old = f64::from_bits(self.secs_per_token.load(Ordering::Relaxed));
+        let new = if old == 0.0 {
+            sample
+        } else {
+            0.8 * old + 0.2 * sample
+        };
+        self.secs_per_token.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Padded tokens a batch may reach while adding job lines.
+    pub fn job_token_cap(&self) -> usize {
+        let spt = f64::from_bits(
+            self.secs_per_token
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let max = self.limits.max_batch_tokens;
+        if spt <= 0.0 {
+            return MIN_JOB_TOKENS.min(max);
+        }
+        ((self.limits.job_slice.as_secs_f64() / spt) as usize).clamp(MIN_JOB_TOKENS.min(max), max)
+    }
+
     /// Fills one batch under the token budget (padded tokens: inputs x longest) and the
-    /// request limit, online lane first.
+    /// request limit, online lane first; job lines only up to the job-slice cap.
     fn take(&self, lanes: &mut Lanes) -> Batch {
         let lim = self.limits;
+        let job_cap = self.job_token_cap();
         let mut entries: Vec<Entry> = Vec::new();
         let mut max_len = 0usize;
-        for lane in [&mut lanes.online, &mut lanes.batch] {
+        for (lane, budget) in [
+            (&mut lanes.online, lim.max_batch_tokens),
+            (&mut lanes.batch, job_cap),
+        ] {
             while let Some(front) = lane.front() {
                 let len = front.encoded.ids.len();
                 let new_max = max_len.max(len);
-                let fits = (entries.len() + 1) * new_max <= lim.max_batch_tokens
+                let fits = (entries.len() + 1) * new_max <= budget
                     && entries.len() < lim.max_batch_requests;
                 // The first input always goes, even alone over budget, so nothing starves.
                 if !fits && !entries.is_empty() {
@@ -256,6 +299,7 @@ mod tests {
                 max_batch_tokens: tokens,
                 max_batch_requests: requests,
                 max_queue_time: Duration::from_secs(30),
+                job_slice: Duration::from_secs(1),
             },
             Metrics::new(),
         )
@@ -285,6 +329,23 @@ mod tests {
     }
 
     #[test]
+    fn job_lines_fill_only_up_to_the_measured_slice() {
+        let q = queue(10_000, 1000);
+        // Not measured yet: the minimum cap (64 padded tokens) applies to job lines.
+        let _j = q.submit((0..20).map(|_| enc(16)).collect(), Priority::Batch);
+        assert_eq!(q.next_batch().unwrap().entries.len(), 4);
+        // 1 ms per token and a 1 s slice: 1000 tokens, i.e. 62 inputs of 16.
+        q.record_batch(100, Duration::from_millis(100));
+        assert_eq!(q.job_token_cap(), 1000);
+        let b = q.next_batch().unwrap();
+        assert_eq!(b.entries.len(), 16, "what is left");
+        // Online inputs are not limited by the job cap.
+        q.record_batch(1, Duration::from_secs(10));
+        let _o = q.submit((0..20).map(|_| enc(16)).collect(), Priority::Online);
+        assert_eq!(q.next_batch().unwrap().entries.len(), 20);
+    }
+
+    #[test]
     fn an_input_over_budget_still_runs_alone() {
         let q = queue(10, 8);
         let _rx = q.submit(vec![enc(50), enc(1)], Priority::Online);
@@ -299,6 +360,7 @@ mod tests {
                 max_batch_tokens: 100,
                 max_batch_requests: 10,
                 max_queue_time: Duration::from_millis(0),
+                job_slice: Duration::from_secs(1),
             },
             Metrics::new(),
         );

@@ -164,6 +164,7 @@ fn run(
             .busy_ns
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
         metrics.compute_time.observe(elapsed.as_secs_f64());
+        queue.record_batch(batch.padded_tokens, elapsed);
         metrics.batch_size.observe(n as f64);
         let tokens: usize = batch.entries.iter().map(|e| e.encoded.ids.len()).sum();
         metrics.batch_tokens.observe(tokens as f64);
@@ -237,6 +238,7 @@ mod tests {
                 max_batch_tokens: 64,
                 max_batch_requests: 4,
                 max_queue_time: Duration::from_secs(1),
+                job_slice: Duration::from_millis(20),
             },
             metrics.clone(),
         );

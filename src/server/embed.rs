@@ -85,18 +85,34 @@ pub fn engine(state: &AppState) -> Result<Arc<Engine>, ApiError> {
     })
 }
 
-pub async fn run(state: &AppState, p: EmbedParams) -> Result<EmbedOutput, ApiError> {
-    let engine = engine(state)?;
+/// Per-request limits that do not depend on the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_client_batch_size: usize,
+    pub auto_truncate: bool,
+}
+
+impl RequestLimits {
+    pub fn from_state(state: &AppState) -> Self {
+        Self {
+            max_client_batch_size: state.cfg.max_client_batch_size,
+            auto_truncate: state.cfg.auto_truncate,
+        }
+    }
+}
+
+/// Checks what can be checked before any work: input count and dimensions.
+fn validate(engine: &Engine, limits: RequestLimits, p: &EmbedParams) -> Result<(), ApiError> {
     let n = p.inputs.len();
     if n == 0 {
         return Err(ApiError::new(ErrorKind::Empty, "no inputs").param("input"));
     }
-    if n > state.cfg.max_client_batch_size {
+    if n > limits.max_client_batch_size {
         return Err(ApiError::new(
             ErrorKind::Validation,
             format!(
                 "batch size {n} > maximum allowed batch size {} (--max-client-batch-size)",
-                state.cfg.max_client_batch_size
+                limits.max_client_batch_size
             ),
         )
         .param("input"));
@@ -111,8 +127,15 @@ pub async fn run(state: &AppState, p: EmbedParams) -> Result<EmbedOutput, ApiErr
             .param("dimensions"));
         }
     }
-    let inputs = apply_prompt(&engine, p.inputs, p.prompt_name.as_deref())?;
-    let _admitted = state.admission.try_admit(n).ok_or_else(|| {
+    Ok(())
+}
+
+/// An online request: validate, admit (429 beyond --max-concurrent-requests), compute.
+pub async fn run(state: &AppState, p: EmbedParams) -> Result<EmbedOutput, ApiError> {
+    let engine = engine(state)?;
+    let limits = RequestLimits::from_state(state);
+    validate(&engine, limits, &p)?;
+    let _admitted = state.admission.try_admit(p.inputs.len()).ok_or_else(|| {
         state
             .metrics
             .rejected_total
@@ -126,14 +149,28 @@ pub async fn run(state: &AppState, p: EmbedParams) -> Result<EmbedOutput, ApiErr
             ),
         )
     })?;
+    compute(&engine, limits, p, Priority::Online).await
+}
+
+/// Tokenise, queue at `priority`, finish. Batch-job lines come here directly (no admission:
+/// the job runner bounds its own lines in flight).
+pub async fn compute(
+    engine: &Engine,
+    limits: RequestLimits,
+    p: EmbedParams,
+    priority: Priority,
+) -> Result<EmbedOutput, ApiError> {
+    validate(engine, limits, &p)?;
+    let n = p.inputs.len();
+    let inputs = apply_prompt(engine, p.inputs, p.prompt_name.as_deref())?;
     let opts = EncodeOptions {
-        truncate: p.truncate.unwrap_or(state.cfg.auto_truncate),
+        truncate: p.truncate.unwrap_or(limits.auto_truncate),
         direction: p.direction,
         add_special_tokens: true,
     };
     let encoded = engine.encode(inputs, opts).await?;
     let prompt_tokens = encoded.iter().map(|e| e.ids.len()).sum();
-    let results = engine.embed_encoded(encoded, Priority::Online).await;
+    let results = engine.embed_encoded(encoded, priority).await;
     let mut vectors = Vec::with_capacity(n);
     for r in results {
         vectors.push(finish_embedding(r?, p.dimensions, p.normalize));

@@ -135,6 +135,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// OpenAI's error body, `{"error":{"message","type","param","code"}}`.
+    pub fn openai_body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.openai_type(),
+            "param": self.param,
+            "code": self.openai_code(),
+        }})
+    }
+}
+
 impl From<TokenizeError> for ApiError {
     fn from(e: TokenizeError) -> Self {
         let kind = match e {
@@ -166,12 +178,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = match self.flavor {
             Flavor::Tei => json!({"error": self.message, "error_type": self.tei_type()}),
-            Flavor::OpenAi => json!({"error": {
-                "message": self.message,
-                "type": self.openai_type(),
-                "param": self.param,
-                "code": self.openai_code(),
-            }}),
+            Flavor::OpenAi => self.openai_body(),
         };
         let mut resp = (status, axum::Json(body)).into_response();
         let headers = resp.headers_mut();

@@ -1,6 +1,7 @@
 //! HTTP: routes, shared state, and the listener with its drain behaviour. Knows nothing of
 //! tensors: it talks to the engine through tokenizer jobs and the queue.
 
+pub mod batches;
 pub mod embed;
 pub mod errors;
 pub mod listener;
@@ -32,9 +33,14 @@ pub struct AppState {
     pub load_failed: Arc<AtomicBool>,
     pub admission: Arc<embed::Admission>,
     pub started_unix: u64,
-    /// Extra routes mounted by other modules (the batch-jobs API).
-    pub extra: Option<Router<AppState>>,
+    /// Batch-job files and metadata (None if the state dir could not be opened).
+    pub job_store: Option<crate::jobs::JobStore>,
+    /// Set once the model is loaded and interrupted jobs are resumed.
+    pub job_runner: Arc<OnceLock<Arc<crate::jobs::JobRunner>>>,
 }
+
+/// Batch input uploads may be far larger than one JSON request.
+pub const FILE_UPLOAD_LIMIT: usize = 512 << 20;
 
 /// All routes of the main port.
 pub fn router(state: AppState) -> Router {
@@ -45,11 +51,24 @@ pub fn router(state: AppState) -> Router {
         .route("/embed", post(tei::embed))
         .route("/tokenize", post(tei::tokenize))
         .route("/decode", post(tei::decode))
-        .route("/info", get(tei::info));
-    let inference = match &state.extra {
-        Some(extra) => inference.merge(extra.clone()),
-        None => inference,
-    };
+        .route("/info", get(tei::info))
+        .route(
+            "/v1/files",
+            post(batches::upload)
+                .layer(DefaultBodyLimit::max(FILE_UPLOAD_LIMIT))
+                .get(batches::list_files),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(batches::get_file).delete(batches::delete_file),
+        )
+        .route("/v1/files/{id}/content", get(batches::file_content))
+        .route(
+            "/v1/batches",
+            post(batches::create_batch).get(batches::list_batches),
+        )
+        .route("/v1/batches/{id}", get(batches::get_batch))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel_batch));
     let inference = inference.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         middleware::track,

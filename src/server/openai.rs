@@ -11,10 +11,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokenizers::TruncationDirection;
 
-use super::embed::{self, EmbedParams};
+use super::embed::{self, EmbedOutput, EmbedParams, RequestLimits};
 use super::errors::{ApiError, ErrorKind, Flavor};
 use super::request::{parse_inputs, parse_json};
 use super::AppState;
+use crate::batching::Priority;
+use crate::engine::Engine;
 
 #[derive(Deserialize)]
 struct EmbeddingsRequest {
@@ -33,49 +35,60 @@ struct EmbeddingsRequest {
     user: Option<String>,
 }
 
-pub async fn embeddings(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match embeddings_inner(&state, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.flavor(Flavor::OpenAi).into_response(),
+/// A parsed OpenAI embeddings request.
+pub struct OpenAiEmbeddings {
+    params: EmbedParams,
+    base64: bool,
+}
+
+impl OpenAiEmbeddings {
+    /// From the JSON body (an HTTP request or a batch-job line's `body`).
+    pub fn from_value(v: Value) -> Result<Self, ApiError> {
+        let req: EmbeddingsRequest = serde_json::from_value(v).map_err(|e| {
+            ApiError::new(ErrorKind::Validation, format!("invalid request body: {e}"))
+        })?;
+        Self::from_request(req)
+    }
+
+    fn from_request(req: EmbeddingsRequest) -> Result<Self, ApiError> {
+        let base64 = match req.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(ApiError::new(
+                    ErrorKind::Validation,
+                    format!("encoding_format must be `float` or `base64`, got `{other}`"),
+                )
+                .param("encoding_format"))
+            }
+        };
+        Ok(Self {
+            params: EmbedParams {
+                inputs: parse_inputs(&req.input, "input")?,
+                truncate: None,
+                direction: TruncationDirection::Right,
+                prompt_name: None,
+                // OpenAI embeddings are unit length.
+                normalize: true,
+                dimensions: req.dimensions,
+            },
+            base64,
+        })
+    }
+
+    /// Runs it at `priority` and renders OpenAI's response body.
+    pub async fn respond(
+        self,
+        engine: &Engine,
+        limits: RequestLimits,
+        priority: Priority,
+    ) -> Result<Value, ApiError> {
+        let out = embed::compute(engine, limits, self.params, priority).await?;
+        Ok(render(&engine.info.served_model_name, out, self.base64))
     }
 }
 
-async fn embeddings_inner(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let req: EmbeddingsRequest = parse_json(headers, body)?;
-    let base64 = match req.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                ErrorKind::Validation,
-                format!("encoding_format must be `float` or `base64`, got `{other}`"),
-            )
-            .param("encoding_format"))
-        }
-    };
-    let inputs = parse_inputs(&req.input, "input")?;
-    let out = embed::run(
-        state,
-        EmbedParams {
-            inputs,
-            truncate: None,
-            direction: TruncationDirection::Right,
-            prompt_name: None,
-            // OpenAI embeddings are unit length.
-            normalize: true,
-            dimensions: req.dimensions,
-        },
-    )
-    .await?;
-    let model = embed::engine(state)?.info.served_model_name.clone();
+fn render(model: &str, out: EmbedOutput, base64: bool) -> Value {
     let data: Vec<Value> = out
         .vectors
         .into_iter()
@@ -91,13 +104,31 @@ async fn embeddings_inner(
             json!({"object": "embedding", "embedding": embedding, "index": index})
         })
         .collect();
-    Ok(Json(json!({
+    json!({
         "object": "list",
         "data": data,
         "model": model,
         "usage": {"prompt_tokens": out.prompt_tokens, "total_tokens": out.prompt_tokens},
-    }))
-    .into_response())
+    })
+}
+
+pub async fn embeddings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let req: EmbeddingsRequest = parse_json(&headers, body)?;
+        let req = OpenAiEmbeddings::from_request(req)?;
+        let engine = embed::engine(&state)?;
+        let out = embed::run(&state, req.params).await?;
+        Ok::<_, ApiError>(render(&engine.info.served_model_name, out, req.base64))
+    }
+    .await;
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.flavor(Flavor::OpenAi).into_response(),
+    }
 }
 
 pub async fn models(State(state): State<AppState>) -> Response {

@@ -1,0 +1,235 @@
+//! OpenAI Files and Batches routes over the job store, in OpenAI's shapes so the official SDKs
+//! work unchanged.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::errors::{ApiError, ErrorKind, Flavor};
+use super::request::parse_json;
+use super::AppState;
+use crate::jobs::store::StoreError;
+use crate::jobs::{JobError, JobStore};
+
+fn store(state: &AppState) -> Result<&JobStore, ApiError> {
+    state.job_store.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Unavailable,
+            "the batch API is unavailable: the state directory could not be opened",
+        )
+    })
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => ApiError::new(ErrorKind::NotFound, e.to_string()),
+            _ => {
+                tracing::error!(error = %e, "state directory");
+                ApiError::new(ErrorKind::Backend, format!("state directory: {e}"))
+            }
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::Store(s) => s.into(),
+            JobError::Invalid(m) => ApiError::new(ErrorKind::BadRequest, m),
+        }
+    }
+}
+
+fn respond<T: IntoResponse>(r: Result<T, ApiError>) -> Response {
+    match r {
+        Ok(v) => v.into_response(),
+        Err(e) => e.flavor(Flavor::OpenAi).into_response(),
+    }
+}
+
+/// `POST /v1/files`: multipart with `purpose` and `file`, streamed to disk.
+pub async fn upload(
+    State(state): State<AppState>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    respond(
+        async {
+            let store = store(&state)?;
+            let mut multipart = multipart.map_err(|e| {
+                ApiError::new(ErrorKind::BadRequest, format!("expected multipart/form-data: {e}"))
+            })?;
+            let mut purpose = None;
+            let mut uploaded = None;
+            let tmp = state
+                .cfg
+                .state_dir
+                .join("files")
+                .join(format!(".upload-{}", rand::random::<u64>()));
+            let bad = |e: axum::extract::multipart::MultipartError| {
+                ApiError::new(ErrorKind::BadRequest, format!("reading the upload: {e}"))
+            };
+            while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+                match field.name() {
+                    Some("purpose") => purpose = Some(field.text().await.map_err(bad)?),
+                    Some("file") => {
+                        let filename = field.file_name().unwrap_or("upload.jsonl").to_string();
+                        let mut f = std::fs::File::create(&tmp).map_err(|e| {
+                            ApiError::new(ErrorKind::Backend, format!("cannot store the upload: {e}"))
+                        })?;
+                        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                            f.write_all(&chunk).map_err(|e| {
+                                ApiError::new(ErrorKind::Backend, format!("cannot store the upload: {e}"))
+                            })?;
+                        }
+                        uploaded = Some(filename);
+                    }
+                    _ => {}
+                }
+            }
+            let result = (|| {
+                let filename = uploaded
+                    .clone()
+                    .ok_or_else(|| ApiError::new(ErrorKind::BadRequest, "the `file` field is required").param("file"))?;
+                let purpose = purpose
+                    .clone()
+                    .ok_or_else(|| ApiError::new(ErrorKind::BadRequest, "the `purpose` field is required").param("purpose"))?;
+                if purpose != "batch" {
+                    return Err(ApiError::new(
+                        ErrorKind::BadRequest,
+                        format!("purpose must be `batch` (this server runs embedding batches), got `{purpose}`"),
+                    )
+                    .param("purpose"));
+                }
+                Ok(store.add_file(&tmp, &filename, &purpose)?)
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            Ok(Json(result?))
+        }
+        .await,
+    )
+}
+
+pub async fn list_files(State(state): State<AppState>) -> Response {
+    respond((|| {
+        let files = store(&state)?.list_files()?;
+        Ok(Json(
+            json!({"object": "list", "data": files, "has_more": false}),
+        ))
+    })())
+}
+
+pub async fn get_file(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    respond((|| Ok(Json(store(&state)?.file(&id)?)))())
+}
+
+pub async fn file_content(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    respond(
+        async {
+            let path = store(&state)?.file_path(&id)?;
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| ApiError::new(ErrorKind::NotFound, format!("file {id}: {e}")))?;
+            let stream = tokio_util::io::ReaderStream::new(file);
+            Ok((
+                [(header::CONTENT_TYPE, "application/jsonl")],
+                Body::from_stream(stream),
+            ))
+        }
+        .await,
+    )
+}
+
+pub async fn delete_file(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    respond((|| {
+        store(&state)?.delete_file(&id)?;
+        Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
+    })())
+}
+
+#[derive(Deserialize)]
+struct CreateBatch {
+    input_file_id: String,
+    endpoint: String,
+    completion_window: String,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+pub async fn create_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond((|| {
+        let req: CreateBatch = parse_json(&headers, body)?;
+        let store = store(&state)?;
+        let batch = store.create_batch(
+            &req.input_file_id,
+            &req.endpoint,
+            &req.completion_window,
+            req.metadata,
+        )?;
+        if let Some(runner) = state.job_runner.get() {
+            runner.notify();
+        }
+        tracing::info!(batch = %batch.id, input = %batch.input_file_id, "batch created");
+        Ok(Json(batch))
+    })())
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list_batches(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    respond((|| {
+        let all = store(&state)?.list_batches()?;
+        let start = match &q.after {
+            Some(after) => all
+                .iter()
+                .position(|b| &b.id == after)
+                .map_or(all.len(), |i| i + 1),
+            None => 0,
+        };
+        let limit = q.limit.unwrap_or(20).clamp(1, 100);
+        let page: Vec<_> = all.iter().skip(start).take(limit).cloned().collect();
+        let has_more = start + page.len() < all.len();
+        Ok(Json(json!({
+            "object": "list",
+            "data": page,
+            "first_id": page.first().map(|b| b.id.clone()),
+            "last_id": page.last().map(|b| b.id.clone()),
+            "has_more": has_more,
+        })))
+    })())
+}
+
+pub async fn get_batch(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    respond((|| Ok(Json(store(&state)?.batch(&id)?)))())
+}
+
+pub async fn cancel_batch(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    respond(
+        (|| {
+            let b = store(&state)?.cancel(&id)?;
+            if let Some(runner) = state.job_runner.get() {
+                runner.notify();
+            }
+            Ok::<Value, ApiError>(json!(b))
+        })()
+        .map(Json),
+    )
+}

@@ -1,0 +1,383 @@
+//! Offline batch jobs end to end: the official openai SDK against the Files + Batches API, and
+//! kill tests (SIGTERM at ~30 %, SIGKILL at ~60 %) for the server and for `spotinfer batch`:
+//! every custom_id exactly once, every answer equal to a direct /v1/embeddings call.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+
+fn texts(n: usize) -> Vec<String> {
+    let topics = [
+        "rivers",
+        "compilers",
+        "tea",
+        "graph theory",
+        "volcanoes",
+        "jazz",
+        "GPUs",
+    ];
+    (0..n)
+        .map(|i| {
+            let t = topics[i % topics.len()];
+            format!(
+                "Line {i}: a short note about {t}, number {} of many.",
+                i * 7 % 101
+            )
+        })
+        .collect()
+}
+
+fn write_input(path: &Path, texts: &[String]) {
+    let mut s = String::new();
+    for (i, t) in texts.iter().enumerate() {
+        s.push_str(
+            &json!({"custom_id": format!("req-{i}"), "method": "POST", "url": "/v1/embeddings",
+                    "body": {"input": t, "model": "all-MiniLM-L6-v2"}})
+            .to_string(),
+        );
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("spotinfer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Direct /v1/embeddings vectors for some texts, to compare batch output against.
+fn direct(server: &Server, texts: &[String]) -> Vec<Vec<f32>> {
+    texts
+        .chunks(16)
+        .flat_map(|chunk| {
+            let (status, body) = server.post_json("/v1/embeddings", json!({"input": chunk}));
+            assert_eq!(status, 200);
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| as_vec(&d["embedding"]))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Checks output lines: every custom_id exactly once, all 200, vectors equal to `want`.
+fn check_output(lines: &[Value], want: &HashMap<String, Vec<f32>>) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for l in lines {
+        let id = l["custom_id"].as_str().expect("custom_id").to_string();
+        *seen.entry(id.clone()).or_default() += 1;
+        assert_eq!(l["response"]["status_code"], 200, "{l}");
+        assert!(l["error"].is_null());
+        let got = as_vec(&l["response"]["body"]["data"][0]["embedding"]);
+        if let Some(w) = want.get(&id) {
+            let c = cosine(&got, w);
+            assert!(c >= 0.9999, "{id}: cosine {c}");
+        }
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "duplicated custom_ids: {dups:?}");
+    assert_eq!(seen.len(), want.len(), "every custom_id present");
+}
+
+fn upload(server: &Server, path: &Path) -> String {
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("purpose", "batch")
+        .file("file", path)
+        .unwrap();
+    let r = blocking_client()
+        .post(server.url("/v1/files"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn progress(server: &Server, id: &str) -> (String, u64, u64) {
+    let (status, b) = server.get_json(&format!("/v1/batches/{id}"));
+    assert_eq!(status, 200, "{b}");
+    (
+        b["status"].as_str().unwrap().to_string(),
+        b["request_counts"]["completed"].as_u64().unwrap(),
+        b["request_counts"]["total"].as_u64().unwrap(),
+    )
+}
+
+fn wait_for(server: &Server, id: &str, frac: f64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, done, total) = progress(server, id);
+        if status == "completed" || (total > 0 && done as f64 >= frac * total as f64) {
+            return done;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stuck at {done}/{total} ({status})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn openai_sdk_runs_a_batch_unchanged() {
+    let python = {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/make-test-venv.sh"))
+            .output()
+            .expect("make-test-venv");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let dir = temp_dir("sdk");
+    let input = dir.join("in.jsonl");
+    let t = texts(40);
+    write_input(&input, &t);
+    // Two bad lines: they become error lines, not a failed job.
+    let mut raw = std::fs::read_to_string(&input).unwrap();
+    raw.push_str("this is not json\n");
+    raw.push_str(&json!({"custom_id": "empty", "method": "POST", "url": "/v1/embeddings", "body": {"input": ""}}).to_string());
+    raw.push('\n');
+    std::fs::write(&input, raw).unwrap();
+
+    let server = Server::builder(&test_model_dir())
+        .args(["--state-dir", dir.join("state").to_str().unwrap()])
+        .start();
+    let out = Command::new(&python)
+        .arg(repo_root().join("tests/python/openai_batch.py"))
+        .arg(&server.base)
+        .arg(&input)
+        .output()
+        .expect("run the SDK script");
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let batch = &result["batch"];
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(batch["request_counts"]["total"], 42);
+    assert_eq!(batch["request_counts"]["completed"], 40);
+    assert_eq!(batch["request_counts"]["failed"], 2);
+    assert_eq!(batch["metadata"]["suite"], "openai-sdk");
+    let want: HashMap<String, Vec<f32>> = direct(&server, &t)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("req-{i}"), v))
+        .collect();
+    check_output(result["output"].as_array().unwrap(), &want);
+    let errors = result["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert!(errors.iter().any(|e| e["error"]["code"] == "invalid_json"));
+    assert!(errors
+        .iter()
+        .any(|e| e["custom_id"] == "empty" && e["response"]["status_code"] == 400));
+    let m = server.metrics_text();
+    assert!(
+        m.contains("inference_batch_lines_total{outcome=\"succeeded\"} 40"),
+        "{m}"
+    );
+    assert!(m.contains("inference_batch_jobs{status=\"completed\"} 1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn server_batch_survives_sigterm_and_sigkill() {
+    let dir = temp_dir("server-kill");
+    let state = dir.join("state");
+    let input = dir.join("in.jsonl");
+    let t = texts(320);
+    write_input(&input, &t);
+    let start = || {
+        Server::builder(&test_model_dir())
+            .args([
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--batch-chunk-lines",
+                "16",
+            ])
+            .args(["--drain-delay", "0", "--batch-lease-secs", "60"])
+            .start()
+    };
+
+    let mut server = start();
+    let file_id = upload(&server, &input);
+    let (status, b) = server.post_json(
+        "/v1/batches",
+        json!({"input_file_id": file_id, "endpoint": "/v1/embeddings", "completion_window": "24h"}),
+    );
+    assert_eq!(status, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+
+    // SIGTERM at ~30 %: the chunk in flight is committed, the lease released, exit 0.
+    let at_term = wait_for(&server, &id, 0.3);
+    server.signal(SIGTERM);
+    let (code, _) = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let logs = server.log_text();
+    assert!(logs.contains("batch job checkpointed"), "{logs}");
+    assert!(
+        logs.contains("jobs=1"),
+        "the drain reports the checkpoint: {logs}"
+    );
+    drop(server);
+
+    // Restart: resumed before Ready, continues; SIGKILL at ~60 %.
+    let mut server = start();
+    assert!(server
+        .log_text()
+        .contains("resuming batch job from its checkpoint"));
+    let (_, resumed_at, _) = progress(&server, &id);
+    assert!(
+        resumed_at >= at_term,
+        "no committed work lost: {resumed_at} < {at_term}"
+    );
+    wait_for(&server, &id, 0.6);
+    server.signal(SIGKILL);
+    let _ = server.wait_exit(Duration::from_secs(10));
+    drop(server);
+
+    // Restart again (the dead holder's lease is taken over at once): runs to completion.
+    let server = start();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while progress(&server, &id).0 != "completed" {
+        assert!(Instant::now() < deadline, "batch never completed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, b) = server.get_json(&format!("/v1/batches/{id}"));
+    assert_eq!(b["request_counts"]["completed"], 320, "{b}");
+    assert_eq!(b["request_counts"]["failed"], 0);
+    assert!(b["error_file_id"].is_null());
+    let out_id = b["output_file_id"].as_str().unwrap();
+    let text = blocking_client()
+        .get(server.url(&format!("/v1/files/{out_id}/content")))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 320);
+    let want: HashMap<String, Vec<f32>> = direct(&server, &t)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("req-{i}"), v))
+        .collect();
+    check_output(&lines, &want);
+    // Listing and cancel semantics on a finished batch.
+    let (_, list) = server.get_json("/v1/batches?limit=1");
+    assert_eq!(list["data"][0]["id"], id.as_str());
+    let (status, _) = server.post_json(&format!("/v1/batches/{id}/cancel"), json!({}));
+    assert_eq!(status, 400);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn run_cli(input: &Path, output: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_spotinfer"))
+        .args(["batch", "--model-id", test_model_dir().to_str().unwrap()])
+        .args([
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+        .args(["--chunk-lines", "16", "--no-progress"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn spotinfer batch")
+}
+
+fn lines_done(output: &Path) -> u64 {
+    let ckpt = PathBuf::from(format!("{}.ckpt", output.display()));
+    std::fs::read_to_string(ckpt)
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .and_then(|v| v["lines_done"].as_u64())
+        .unwrap_or(0)
+}
+
+fn kill_at(child: &mut std::process::Child, output: &Path, at: u64, sig: i32) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lines_done(output) < at {
+        assert!(Instant::now() < deadline, "never reached line {at}");
+        if let Ok(Some(s)) = child.try_wait() {
+            return s.code();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+    child.wait().unwrap().code()
+}
+
+#[test]
+fn spotinfer_batch_resumes_after_sigterm_and_sigkill() {
+    let dir = temp_dir("cli-kill");
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    let t = texts(320);
+    write_input(&input, &t);
+
+    let mut child = run_cli(&input, &output);
+    let code = kill_at(&mut child, &output, 96, SIGTERM);
+    assert_eq!(
+        code,
+        Some(75),
+        "SIGTERM: checkpointed, exit 75 (rerun to resume)"
+    );
+    let after_term = lines_done(&output);
+    assert!((96..320).contains(&after_term));
+
+    let mut child = run_cli(&input, &output);
+    kill_at(&mut child, &output, 192, SIGKILL);
+    assert!(lines_done(&output) >= after_term);
+
+    let status = run_cli(&input, &output).wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    // A rerun of a finished job is a no-op that succeeds.
+    assert_eq!(run_cli(&input, &output).wait().unwrap().code(), Some(0));
+
+    let lines: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 320);
+    let server = Server::start_minilm();
+    let want: HashMap<String, Vec<f32>> = direct(&server, &t)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("req-{i}"), v))
+        .collect();
+    check_output(&lines, &want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
