@@ -33,6 +33,9 @@ pub enum Command {
     /// Embed OpenAI batch lines from a JSONL file without a server, resumable after SIGTERM or
     /// SIGKILL by running the same command again.
     Batch(Box<BatchArgs>),
+    /// Load-test a running server with the deterministic corpus and report throughput and
+    /// latency per concurrency level.
+    Bench(Box<BenchArgs>),
 }
 
 /// Where the model comes from and how it runs: shared by every subcommand that loads one.
@@ -279,6 +282,10 @@ pub struct BenchArgs {
     /// Write the corpus as JSON lines to this file and exit.
     #[arg(long)]
     pub dump_corpus: Option<PathBuf>,
+
+    /// Skip the unmeasured warm-up round (e.g. when the server is about to be stopped).
+    #[arg(long, default_value_t = false)]
+    pub no_warmup: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,6 +2,7 @@
 //! preemption. See README.md for the tour and DESIGN notes in each module.
 
 pub mod batching;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod jobs;

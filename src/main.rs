@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => a.model.json_output,
         Command::Download(a) => a.json_output,
         Command::Batch(a) => a.model.json_output,
+        Command::Bench(_) => false,
     };
     init_logging(json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -57,6 +58,9 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Download(args) => download(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Bench(args) => spotinfer::bench::run(*args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Batch(args) => spotinfer::jobs::offline::run(*args).await.map(|o| match o {
                 Outcome::Complete => ExitCode::SUCCESS,
                 // 75 = EX_TEMPFAIL: interrupted after a checkpoint; rerun to resume.

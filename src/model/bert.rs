@@ -3,8 +3,9 @@
 //! Padding-free where it pays: the dense layers (QKV, attention output, feed-forward), which are
 //! ~90 % of the work at embedding lengths, run on the packed `[total_tokens, hidden]` matrix of
 //! all sequences laid end to end, so a batch mixing a 5-token query with a 256-token passage costs
-//! 261 tokens, not 512. Only attention is computed on a padded `[batch, heads, max_len, d]` view,
-//! gathered with one `index_select` and scattered back with another.
+//! 261 tokens, not 512. Attention runs per length bucket: sequences of similar length are
+//! gathered into a padded `[b, heads, len, d]` view (one `index_select`), so the quadratic part
+//! never pads a short query to a long passage's length.
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
@@ -180,11 +181,30 @@ impl BertModel {
         }
     }
 
-    /// Attention over packed `qkv` `[T, 3h]`, returning the context `[T, h]`.
-    fn attention(&self, qkv: &Tensor, pad: &PadPlan) -> candle_core::Result<Tensor> {
-        let (b, l) = (pad.batch, pad.max_len);
+    /// Attention over packed `qkv` `[T, 3h]`, returning the context `[T, h]`, one length
+    /// bucket at a time so a short query never pays for a long passage's padding.
+    fn attention(&self, qkv: &Tensor, plan: &AttentionPlan) -> candle_core::Result<Tensor> {
+        let mut parts = Vec::with_capacity(plan.buckets.len());
+        for bucket in &plan.buckets {
+            parts.push(self.bucket_attention(qkv, bucket)?);
+        }
+        let ctx = if parts.len() == 1 {
+            parts.pop().unwrap_or_else(|| qkv.clone())
+        } else {
+            Tensor::cat(&parts, 0)?
+        };
+        match &plan.restore {
+            Some(idx) => ctx.index_select(idx, 0),
+            None => Ok(ctx),
+        }
+    }
+
+    /// One bucket: gather its sequences into `[b, heads, len, d]`, attend, and return the rows
+    /// of its real tokens `[tokens, h]` in the bucket's order.
+    fn bucket_attention(&self, qkv: &Tensor, bucket: &Bucket) -> candle_core::Result<Tensor> {
+        let (b, l) = (bucket.batch, bucket.max_len);
         let h = self.heads * self.head_dim;
-        let padded = match &pad.gather {
+        let padded = match &bucket.gather {
             Some(idx) => qkv.index_select(idx, 0)?,
             None => qkv.clone(),
         };
@@ -206,67 +226,123 @@ impl BertModel {
             .contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(mask) = &pad.mask {
+        if let Some(mask) = &bucket.mask {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * l, h))?;
-        match &pad.scatter {
+        match &bucket.valid {
             Some(idx) => ctx.index_select(idx, 0),
             None => Ok(ctx),
         }
     }
 }
 
-/// How packed tokens map onto the padded attention layout of one batch.
-struct PadPlan {
+/// Sequences of similar length attended together, padded to the longest of them.
+struct Bucket {
     batch: usize,
     max_len: usize,
-    /// Packed row for each padded slot (padding slots repeat a valid row and are masked).
+    /// Packed row for each padded slot (padding slots repeat a valid row and are masked);
+    /// `None` when the bucket is the whole batch without padding.
     gather: Option<Tensor>,
-    /// Padded slot for each packed row.
-    scatter: Option<Tensor>,
+    /// Padded slots holding real tokens, in order; `None` when there is no padding.
+    valid: Option<Tensor>,
     /// Additive key mask `[b, 1, 1, max_len]`: 0 for tokens, a large negative for padding.
     mask: Option<Tensor>,
 }
 
-impl PadPlan {
-    fn new(offsets: &[usize], dtype: DType, device: &Device) -> candle_core::Result<Self> {
-        let batch = offsets.len() - 1;
-        let lens: Vec<usize> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
-        let max_len = lens.iter().copied().max().unwrap_or(0);
-        if lens.iter().all(|&l| l == max_len) {
-            return Ok(Self {
-                batch,
-                max_len,
-                gather: None,
-                scatter: None,
-                mask: None,
-            });
-        }
-        let mut gather = Vec::with_capacity(batch * max_len);
-        let mut scatter = Vec::with_capacity(offsets[batch]);
-        let mut mask = Vec::with_capacity(batch * max_len);
-        for (i, &len) in lens.iter().enumerate() {
-            for j in 0..max_len {
-                if j < len {
-                    gather.push((offsets[i] + j) as u32);
-                    scatter.push((i * max_len + j) as u32);
-                    mask.push(0f32);
-                } else {
-                    gather.push(offsets[i] as u32);
-                    mask.push(-10_000f32);
-                }
+/// How a batch's packed tokens split into attention buckets.
+struct AttentionPlan {
+    buckets: Vec<Bucket>,
+    /// Packed row order from the buckets' concatenated output; `None` if already in order.
+    restore: Option<Tensor>,
+}
+
+/// Padding a bucket may carry: 20 % of its real tokens plus a little, so equal-ish lengths
+/// share one kernel launch while a 5-token query never pads to 256.
+fn may_join(count: usize, max_len: usize, real: usize, len: usize) -> bool {
+    let padded = (count + 1) * max_len;
+    let real = real + len;
+    padded - real <= real / 5 + 16
+}
+
+/// Groups sequence indices by length (longest first).
+fn bucket_sequences(lens: &[usize]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by(|&a, &b| lens[b].cmp(&lens[a]).then(a.cmp(&b)));
+    let mut buckets: Vec<Vec<usize>> = Vec::new();
+    let mut real = 0;
+    for i in order {
+        match buckets.last_mut() {
+            Some(bucket) if may_join(bucket.len(), lens[bucket[0]], real, lens[i]) => {
+                bucket.push(i);
+                real += lens[i];
+            }
+            _ => {
+                buckets.push(vec![i]);
+                real = lens[i];
             }
         }
-        let n_gather = gather.len();
-        let n_scatter = scatter.len();
+    }
+    buckets
+}
+
+impl AttentionPlan {
+    fn new(offsets: &[usize], dtype: DType, device: &Device) -> candle_core::Result<Self> {
+        let lens: Vec<usize> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
+        let groups = bucket_sequences(&lens);
+        let identity_order =
+            groups.len() == 1 && groups[0].iter().enumerate().all(|(k, &i)| k == i);
+        let mut restore_src = vec![0u32; offsets.last().copied().unwrap_or(0)];
+        let mut out_row = 0u32;
+        let mut buckets = Vec::with_capacity(groups.len());
+        for group in &groups {
+            let max_len = lens[group[0]];
+            let no_padding = group.iter().all(|&i| lens[i] == max_len);
+            let whole_batch = identity_order && no_padding;
+            let mut gather = Vec::with_capacity(group.len() * max_len);
+            let mut valid = Vec::new();
+            let mut mask = Vec::with_capacity(group.len() * max_len);
+            for (slot, &i) in group.iter().enumerate() {
+                for j in 0..max_len {
+                    if j < lens[i] {
+                        gather.push((offsets[i] + j) as u32);
+                        valid.push((slot * max_len + j) as u32);
+                        mask.push(0f32);
+                        restore_src[offsets[i] + j] = out_row;
+                        out_row += 1;
+                    } else {
+                        gather.push(offsets[i] as u32);
+                        mask.push(-10_000f32);
+                    }
+                }
+            }
+            let n = group.len();
+            let (n_gather, n_valid) = (gather.len(), valid.len());
+            buckets.push(Bucket {
+                batch: n,
+                max_len,
+                gather: (!whole_batch)
+                    .then(|| Tensor::from_vec(gather, n_gather, device))
+                    .transpose()?,
+                valid: (!no_padding)
+                    .then(|| Tensor::from_vec(valid, n_valid, device))
+                    .transpose()?,
+                mask: (!no_padding)
+                    .then(|| {
+                        Tensor::from_vec(mask, (n, 1, 1, max_len), device)
+                            .and_then(|m| m.to_dtype(dtype))
+                    })
+                    .transpose()?,
+            });
+        }
+        let in_order = restore_src.iter().enumerate().all(|(k, &r)| k as u32 == r);
+        let n_restore = restore_src.len();
         Ok(Self {
-            batch,
-            max_len,
-            gather: Some(Tensor::from_vec(gather, n_gather, device)?),
-            scatter: Some(Tensor::from_vec(scatter, n_scatter, device)?),
-            mask: Some(Tensor::from_vec(mask, (batch, 1, 1, max_len), device)?.to_dtype(dtype)?),
+            buckets,
+            restore: (!in_order)
+                .then(|| Tensor::from_vec(restore_src, n_restore, device))
+                .transpose()?,
         })
     }
 }
@@ -284,10 +360,10 @@ impl EmbeddingModel for BertModel {
             .add(&self.position.forward(&positions)?)?
             .add(&self.token_type.forward(&types)?)?;
         let mut x = self.emb_norm.forward(&x)?;
-        let pad = PadPlan::new(&batch.offsets, self.dtype, dev)?;
+        let plan = AttentionPlan::new(&batch.offsets, self.dtype, dev)?;
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let ctx = self.attention(&qkv, &pad)?;
+            let ctx = self.attention(&qkv, &plan)?;
             let attn = layer.attn_out.forward(&ctx)?;
             x = layer.attn_norm.forward(&attn.add(&x)?)?;
             let inter = self.activation(&layer.intermediate.forward(&x)?)?;
@@ -317,5 +393,31 @@ impl EmbeddingModel for BertModel {
             4 * h * h + 4 * h + 2 * h * c.intermediate_size + c.intermediate_size + h + 4 * h;
         let emb = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h + 2 * h;
         (emb + c.num_hidden_layers * per_layer) * self.dtype.size_in_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_keep_short_queries_away_from_long_passages() {
+        let lens = [8, 256, 10, 250, 9, 60];
+        let b = bucket_sequences(&lens);
+        assert_eq!(b, vec![vec![1, 3], vec![5], vec![2, 4, 0]]);
+        // Equal lengths: one bucket.
+        assert_eq!(bucket_sequences(&[5, 5, 5]), vec![vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn plan_restores_packed_order() {
+        let offsets = [0, 2, 7, 10];
+        let plan = AttentionPlan::new(&offsets, DType::F32, &Device::Cpu).unwrap();
+        let restore: Vec<u32> = plan.restore.unwrap().to_vec1().unwrap();
+        // Buckets: [1 (len 5)], [2 (len 3), 0 (len 2)] -> output rows: seq1 0..5, seq2 5..8, seq0 8..10.
+        assert_eq!(restore, vec![8, 9, 0, 1, 2, 3, 4, 5, 6, 7]);
+        let single = AttentionPlan::new(&[0, 4], DType::F32, &Device::Cpu).unwrap();
+        assert!(single.restore.is_none());
+        assert!(single.buckets[0].gather.is_none() && single.buckets[0].mask.is_none());
     }
 }

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# GPU verification, run on a machine with an NVIDIA GPU (the lent H100/H200), in one command:
+#   1. serve all-MiniLM-L6-v2 in FP16 and check held-out reference vectors (cosine >= 0.999);
+#   2. check that F16 is really used (weights' memory ~ half of F32) and that NVML gauges appear;
+#   3. load benchmark at concurrency 1-256 with MiniLM and a BERT-large-shaped model (random
+#      weights), recording throughput, p50/p99, device busy ratio and GPU utilisation;
+#   4. SIGTERM under load on the GPU: zero lost requests.
+#
+# Inputs (built on the CPU machine, see docs/CUDA.md "GPU verification"):
+#   $CARRY/spotinfer.xz     the CUDA binary (CUDA_COMPUTE_CAP=90), xz-compressed
+#   $CARRY/minilm-f16/      all-MiniLM-L6-v2 with its weights stored as F16 (same values the
+#                           server would convert to; halves the transfer)
+# Outputs: $OUT (or ./gpu-out): results.json, bench-*.json, logs; a summary table on stdout.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+CARRY=${CARRY:-.carry}
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+BIN=$WORK/spotinfer
+xz -dc "$CARRY/spotinfer.xz" > "$BIN" && chmod +x "$BIN"
+MINILM=$CARRY/minilm-f16
+PY=${PY:-python3}
+export CUDA_CACHE_PATH=$WORK/cuda-cache   # the PTX JIT cache: the first start fills it
+export RUST_LOG=info
+RESULTS=$OUT/results.json
+echo '{}' > "$RESULTS"
+record() { "$PY" - "$RESULTS" "$1" "$2" <<'EOF'
+import json, sys
+path, key, value = sys.argv[1], sys.argv[2], sys.argv[3]
+d = json.load(open(path))
+try:
+    d[key] = json.loads(value)
+except json.JSONDecodeError:
+    d[key] = value
+json.dump(d, open(path, "w"), indent=2)
+EOF
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/nvidia-smi.txt"
+record gpu "\"$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)\""
+record date "\"$(date -u +%Y-%m-%dT%H:%MZ)\""
+
+PORT=3000
+start_server() { # model dtype extra-args... ; sets SERVER_PID, prints cold-start seconds
+  local model=$1 dtype=$2; shift 2
+  local t0; t0=$(date +%s.%N)
+  "$BIN" serve --model-id "$model" --dtype "$dtype" --hostname 127.0.0.1 --port $PORT \
+    --prometheus-port 9000 "$@" >>"$OUT/server-$(basename "$model")-$dtype.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 1200); do
+    if curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null; then
+      "$PY" -c "import time; print(round(time.time() - $t0, 2))"
+      return 0
+    fi
+    if ! kill -0 $SERVER_PID 2>/dev/null; then echo "server died" >&2; return 1; fi
+    sleep 0.1
+  done
+  echo "server not ready" >&2; return 1
+}
+stop_server() { kill -TERM "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; }
+gpu_mem_of() { nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits |
+  awk -F', ' -v p="$1" '$1==p {print $2}'; }
+
+# --- 1. correctness in FP16 -------------------------------------------------------------------
+cold=$(start_server "$MINILM" float16 --drain-delay 0) || exit 1
+record minilm_cold_start_s "$cold"
+warm_stop() { stop_server; }
+"$PY" - "$PORT" tests/fixtures/minilm_reference.json > "$OUT/reference-check.json" <<'EOF'
+import json, math, sys, urllib.request
+port, ref = sys.argv[1], json.load(open(sys.argv[2]))
+items = ref["items"]
+worst, rows = 1.0, []
+for i in range(0, len(items), 8):
+    chunk = items[i:i + 8]
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/embed",
+        data=json.dumps({"inputs": [c["text"] for c in chunk], "normalize": False}).encode(),
+        headers={"Content-Type": "application/json"})
+    got = json.load(urllib.request.urlopen(req))
+    for c, g in zip(chunk, got):
+        w = c["mean"]
+        cos = sum(a * b for a, b in zip(g, w)) / math.sqrt(sum(a * a for a in g) * sum(b * b for b in w))
+        worst = min(worst, cos)
+        rows.append({"id": c["id"], "cosine": cos})
+info = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/info"))
+print(json.dumps({"min_cosine": worst, "items": len(rows), "dtype": info.get("model_dtype"),
+                  "device": info.get("device"), "pass": worst >= 0.999}))
+EOF
+cat "$OUT/reference-check.json"
+record reference_check "$(cat "$OUT/reference-check.json")"
+curl -s "http://127.0.0.1:$PORT/metrics" > "$OUT/metrics-minilm-f16.txt"
+nvml=$(grep -c '^inference_gpu_\(utilization_ratio\|memory_used_bytes\|memory_total_bytes\) ' "$OUT/metrics-minilm-f16.txt")
+record nvml_gauges_present "$nvml"
+mem16=$(gpu_mem_of "$SERVER_PID")
+stop_server
+
+# --- 2. F16 really used: process GPU memory at F32 vs F16 (same model, idle after warm-up) -----
+cold32=$(start_server "$MINILM" float32 --drain-delay 0) || exit 1
+mem32=$(gpu_mem_of "$SERVER_PID")
+stop_server
+record minilm_gpu_mem_mib "{\"float16\": ${mem16:-null}, \"float32\": ${mem32:-null}, \"weights_f32_mib\": 87, \"cold_start_f32_s\": $cold32}"
+
+# --- 3. load benchmarks -----------------------------------------------------------------------
+bench() { # name model
+  local name=$1 model=$2
+  local cold; cold=$(start_server "$model" float16 --drain-delay 0 --max-batch-tokens 16384) || return 1
+  record "${name}_cold_start_s" "$cold"
+  "$BIN" bench --url "http://127.0.0.1:$PORT" --concurrency 1,8,32,64,128,256 --corpus-size 4096 \
+    --requests 4096 --max-time "${BENCH_SECONDS:-20}" --server-pid "$SERVER_PID" \
+    --json "$OUT/bench-$name.json" 2>&1 | tee "$OUT/bench-$name.txt"
+  curl -s "http://127.0.0.1:$PORT/info" > "$OUT/info-$name.json"
+  local m; m=$(gpu_mem_of "$SERVER_PID"); record "${name}_gpu_mem_after_bench_mib" "${m:-null}"
+  stop_server
+}
+bench minilm "$MINILM"
+
+# A BERT-large-shaped model (24 layers, hidden 1024, 16 heads, 335 M parameters), random weights.
+LARGE=$WORK/bert-large-random
+"$PY" - "$LARGE" "$MINILM" <<'EOF'
+import shutil, sys, torch
+from transformers import BertConfig, BertModel
+out, minilm = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+cfg = BertConfig(vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                 intermediate_size=4096, max_position_embeddings=512)
+BertModel(cfg).half().save_pretrained(out, safe_serialization=True)
+for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
+    try:
+        shutil.copy(f"{minilm}/{f}", out)
+    except FileNotFoundError:
+        pass
+print("bert-large-random written", sum(p.numel() for p in BertModel(cfg).parameters()))
+EOF
+bench bert-large "$LARGE"
+cold_large16=$(start_server "$LARGE" float16 --drain-delay 0); l16=$(gpu_mem_of "$SERVER_PID"); stop_server
+cold_large32=$(start_server "$LARGE" float32 --drain-delay 0); l32=$(gpu_mem_of "$SERVER_PID"); stop_server
+record bert_large_gpu_mem_mib "{\"float16\": ${l16:-null}, \"float32\": ${l32:-null}, \"weights_f16_mib\": 639}"
+
+# --- 4. SIGTERM under load --------------------------------------------------------------------
+start_server "$MINILM" float16 --drain-delay 1 --drain-timeout 10 >/dev/null || exit 1
+"$BIN" bench --url "http://127.0.0.1:$PORT" --concurrency 64 --corpus-size 4096 --requests 100000 \
+  --max-time 30 --no-warmup --json "$OUT/bench-sigterm.json" > "$OUT/bench-sigterm.txt" 2>&1 &
+BENCH_PID=$!
+sleep 3
+t0=$(date +%s.%N)
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID"; code=$?
+exit_s=$("$PY" -c "import time; print(round(time.time() - $t0, 2))")
+wait "$BENCH_PID"
+cat "$OUT/bench-sigterm.txt"
+"$PY" - "$OUT/bench-sigterm.json" "$code" "$exit_s" > "$OUT/sigterm.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))["levels"][0]
+print(json.dumps({"exit_code": int(sys.argv[2]), "seconds_to_exit": float(sys.argv[3]),
+                  "served": r["requests"] - r["errors"], "clean_503": r["refused_with_retry_after"],
+                  "connection_refused": r["connection_refused"], "lost": r["lost"],
+                  "pass": int(sys.argv[2]) == 0 and r["lost"] == 0}))
+EOF
+record sigterm_under_load "$(cat "$OUT/sigterm.json")"
+grep -h "drain complete" "$OUT"/server-minilm-f16-float16.log | tail -1 || true
+
+echo "=== summary"; cat "$RESULTS"
