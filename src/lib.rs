@@ -7,6 +7,7 @@ pub mod engine;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod serve;
 pub mod server;
 pub mod telemetry;

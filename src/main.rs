@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Serve(a) => a.model.json_output,
         Command::Download(a) => a.json_output,
+        Command::Plan(a) => a.model.json_output,
     };
     init_logging(json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => spotinfer::serve::run(*args).await,
             Command::Download(args) => download(args).await,
+            Command::Plan(args) => spotinfer::plan::run(*args).await,
         }
     });
     match result {
