@@ -144,7 +144,6 @@ fn plan_reads_only_headers_from_the_hub_and_matches_the_committed_manifests() {
     let _ = std::fs::remove_dir_all(&cache);
     let envs = [
         ("HF_ENDPOINT", endpoint.as_str()),
-        ("HF_HUB_CACHE", cache.to_str().unwrap()),
         ("HF_TOKEN", "test-token"),
     ];
     // (committed file, plan flags): the base (one replica per A10G), the time-sliced overlay
@@ -161,7 +160,14 @@ fn plan_reads_only_headers_from_the_hub_and_matches_the_committed_manifests() {
         ),
     ];
     for (file, flags) in cases {
-        let mut args = vec!["--model-id", REPO, "--output", "kustomize"];
+        let mut args = vec![
+            "--model-id",
+            REPO,
+            "--output",
+            "kustomize",
+            "--huggingface-hub-cache",
+            cache.to_str().unwrap(),
+        ];
         args.extend_from_slice(flags);
         let got = plan(&args, &envs);
         if std::env::var_os("SPOTINFER_BLESS").is_some() {
