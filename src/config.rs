@@ -36,6 +36,9 @@ pub enum Command {
     /// Load-test a running server with the deterministic corpus and report throughput and
     /// latency per concurrency level.
     Bench(Box<BenchArgs>),
+    /// Size a Kubernetes deployment from the model: memory, GPU memory, time-slicing fit,
+    /// ephemeral storage and KEDA thresholds (reads config.json and safetensors headers only).
+    Plan(Box<PlanArgs>),
 }
 
 /// Where the model comes from and how it runs: shared by every subcommand that loads one.
@@ -210,22 +213,13 @@ pub struct BatchArgs {
     pub no_progress: bool,
 }
 
+/// `spotinfer plan`: the model flags (`--model-id`, `--revision`, `--huggingface-hub-cache`,
+/// `--dtype`, and `--device cpu` to size a CPU deployment) plus what to size for. Only
+/// config.json and the safetensors headers are read, never the weights.
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
-    /// Hub repository id or local folder (only config.json and safetensors headers are read).
-    #[arg(long, env = "MODEL_ID", default_value = DEFAULT_MODEL_ID)]
-    pub model_id: String,
-
-    #[arg(long, env = "REVISION", default_value = "main")]
-    pub revision: String,
-
-    /// Hub cache folder.
-    #[arg(long, env = "HUGGINGFACE_HUB_CACHE")]
-    pub huggingface_hub_cache: Option<PathBuf>,
-
-    /// Dtype the weights will run at (default float16, as on a GPU).
-    #[arg(long, value_enum, default_value = "float16")]
-    pub dtype: DTypeArg,
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// Target GPU.
     #[arg(long, value_enum, default_value = "a10g")]
@@ -235,16 +229,18 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = 1)]
     pub replicas_per_gpu: usize,
 
-    /// Token budget of one device batch (drives activation memory).
+    /// Token budget of one device batch (`serve --max-batch-tokens`; drives activation memory).
     #[arg(long, default_value_t = 16384)]
     pub max_batch_tokens: usize,
 
-    /// Measured per-pod throughput in requests/s (from `spotinfer bench`), for the KEDA
-    /// threshold. Default: an estimate from the GPU's FLOP rate.
+    /// Measured per-pod throughput in requests/s of one input each (a load test of one pod),
+    /// for the KEDA thresholds. Default: an estimate, the lower of the GPU's FLOP bound and the
+    /// CPU bound.
     #[arg(long)]
     pub throughput: Option<f64>,
 
-    /// Output format.
+    /// `text` for people, `json` for tools, `kustomize` for a Component that patches
+    /// deploy/base (redirect it into a kustomization.yaml).
     #[arg(long, value_enum, default_value = "text")]
     pub output: PlanOutput,
 }

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod serve;
 pub mod server;
 pub mod telemetry;

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::Download(a) => a.json_output,
         Command::Batch(a) => a.model.json_output,
         Command::Bench(_) => false,
+        Command::Plan(a) => a.model.json_output,
     };
     init_logging(json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -66,6 +67,9 @@ fn main() -> ExitCode {
                 // 75 = EX_TEMPFAIL: interrupted after a checkpoint; rerun to resume.
                 Outcome::Interrupted => ExitCode::from(75),
             }),
+            Command::Plan(args) => spotinfer::plan::run(*args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

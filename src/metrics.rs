@@ -203,7 +203,10 @@ impl Metrics {
             build_info: reg(
                 &r,
                 IntGaugeVec::new(
-                    Opts::new("inference_build_info", "Always 1; labels say what is running."),
+                    Opts::new(
+                        "inference_build_info",
+                        "Always 1; labels say what is running (dtype and device say `pending` until the model is loaded).",
+                    ),
                     &["version", "model", "revision", "dtype", "device"],
                 )
                 .expect(e),
@@ -338,6 +341,15 @@ impl Metrics {
         }
     }
 
+    /// Sets the one `inference_build_info` series, replacing any earlier one: serve sets it at
+    /// start with what was asked for, then again with what was loaded.
+    pub fn set_build_info(&self, model: &str, revision: &str, dtype: &str, device: &str) {
+        self.build_info.reset();
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), model, revision, dtype, device])
+            .set(1);
+    }
+
     pub fn set_lifecycle_state(&self, state: &str) {
         for s in LIFECYCLE_STATES {
             self.lifecycle_state
@@ -409,6 +421,16 @@ mod tests {
         m.register_gpu_gauges();
         m.register_gpu_gauges();
         assert!(m.render().contains("inference_gpu_memory_used_bytes"));
+    }
+
+    #[test]
+    fn build_info_has_one_series() {
+        let m = Metrics::new();
+        m.set_build_info("m", "main", "pending", "pending");
+        m.set_build_info("m", "main", "float16", "cuda:0");
+        let text = m.render();
+        assert_eq!(text.matches("inference_build_info{").count(), 1, "{text}");
+        assert!(text.contains("dtype=\"float16\""));
     }
 
     #[test]

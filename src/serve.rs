@@ -44,6 +44,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     let args = Arc::new(args);
     let metrics = Metrics::new();
+    // Present from the first scrape; dtype and device are known once the model is loaded.
+    metrics.set_build_info(
+        &args.model.model_id,
+        &args.model.revision,
+        "pending",
+        "pending",
+    );
     let lifecycle = Lifecycle::new(metrics.clone());
     let mut signals = signals::listen().context("cannot install signal handlers")?;
     let limits = BatchLimits {
@@ -102,9 +109,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             lifecycle: lifecycle.clone(),
             cost_per_hour: args.cost_per_hour,
+            // NVML describes a GPU only when the model runs on one (auto picks GPU 0).
             gpu_index: match args.model.device {
                 crate::config::DeviceArg::Cuda(n) => Some(n as u32),
-                _ => Some(0),
+                crate::config::DeviceArg::Auto => Some(0),
+                crate::config::DeviceArg::Cpu => None,
             },
         }
         .run(worker_slot.clone()),
@@ -132,10 +141,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Ok(engine) => {
                     let engine = Arc::new(engine);
                     let i = &engine.info;
-                    metrics
-                        .build_info
-                        .with_label_values(&[env!("CARGO_PKG_VERSION"), &i.model_id, &i.revision, &i.dtype, &i.device])
-                        .set(1);
+                    metrics.set_build_info(&i.model_id, &i.revision, &i.dtype, &i.device);
                     let _ = worker_slot.set(engine.health.clone());
                     let _ = engine_slot.set(engine.clone());
                     if let Some(store) = &state.job_store {

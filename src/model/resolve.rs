@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::tokio::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::api::tokio::{Api, ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 use serde::Deserialize;
 
@@ -70,6 +70,37 @@ fn env_flag(name: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// `HF_HUB_OFFLINE=1`: the cache only, never the network.
+pub fn hub_offline() -> bool {
+    env_flag("HF_HUB_OFFLINE")
+}
+
+/// The access token: `HF_TOKEN` (or the older `HUGGING_FACE_HUB_TOKEN`), else the token file
+/// `huggingface-cli login` leaves in `$HF_HOME`.
+pub fn hub_token(cache: &Cache) -> Option<String> {
+    std::env::var("HF_TOKEN")
+        .ok()
+        .or_else(|| std::env::var("HUGGING_FACE_HUB_TOKEN").ok())
+        .filter(|t| !t.is_empty())
+        .or_else(|| cache.token())
+}
+
+/// The Hub client with the environment's endpoint (`HF_ENDPOINT`) and token.
+pub fn hub_api(cache: &Cache, progress: bool) -> Result<Api, ModelError> {
+    let mut builder = ApiBuilder::from_cache(cache.clone())
+        .with_progress(progress)
+        .with_user_agent("spotinfer", env!("CARGO_PKG_VERSION"));
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+    }
+    if let Some(token) = hub_token(cache) {
+        builder = builder.with_token(Some(token));
+    }
+    builder
+        .build()
+        .map_err(|e| ModelError::Hub(format!("cannot start the Hub client: {e}")))
+}
+
 /// Resolves `model_id` to local files, downloading what the cache lacks unless offline.
 pub async fn resolve(opts: &ResolveOptions) -> Result<ModelFiles, ModelError> {
     let local = Path::new(&opts.model_id);
@@ -88,26 +119,10 @@ pub async fn resolve(opts: &ResolveOptions) -> Result<ModelFiles, ModelError> {
         RepoType::Model,
         opts.revision.clone(),
     );
-    let fetcher = if env_flag("HF_HUB_OFFLINE") {
+    let fetcher = if hub_offline() {
         Fetcher::Offline(cache.repo(repo))
     } else {
-        let mut builder = ApiBuilder::from_cache(cache.clone())
-            .with_progress(opts.progress)
-            .with_user_agent("spotinfer", env!("CARGO_PKG_VERSION"));
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
-        }
-        if let Some(token) = std::env::var("HF_TOKEN")
-            .ok()
-            .or_else(|| std::env::var("HUGGING_FACE_HUB_TOKEN").ok())
-            .filter(|t| !t.is_empty())
-        {
-            builder = builder.with_token(Some(token));
-        }
-        let api = builder
-            .build()
-            .map_err(|e| ModelError::Hub(format!("cannot start the Hub client: {e}")))?;
-        Fetcher::Online(api.repo(repo))
+        Fetcher::Online(hub_api(&cache, opts.progress)?.repo(repo))
     };
     let files = resolve_with(&fetcher, &opts.model_id).await?;
     Ok(ModelFiles {
@@ -272,7 +287,7 @@ struct ShardIndex {
 }
 
 /// The distinct shard file names of a sharded checkpoint, in order.
-fn shard_names(index: &Path) -> Result<Vec<String>, ModelError> {
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>, ModelError> {
     let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
     let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
         file: index.display().to_string(),

@@ -1,0 +1,134 @@
+//! The /metrics exposition as Prometheus and KEDA see it: every series the manifests and the
+//! dashboard query is there from the first scrape (before the model is even loaded), and
+//! `promtool check metrics` finds nothing to complain about after real traffic.
+//!
+//! Needs `promtool` (Debian package `prometheus`), which scripts/test.sh installs.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Series that deploy/ (ScaledObject, dashboard) and the platform guide's signals rely on.
+const FIRST_SCRAPE: &[&str] = &[
+    "inference_request_duration_seconds_count{",
+    "inference_request_duration_seconds_bucket{",
+    "inference_requests_total{",
+    "inference_requests_inflight ",
+    "inference_queue_depth ",
+    "inference_batch_queue_depth ",
+    "inference_queue_time_seconds_count ",
+    "inference_compute_time_seconds_count ",
+    "inference_batch_size_count ",
+    "inference_batch_tokens_count ",
+    "inference_tokens_total ",
+    "inference_embeddings_total ",
+    "inference_errors_total{reason=",
+    "inference_build_info{",
+    "inference_device_busy_ratio ",
+    "inference_cost_dollars_total ",
+    "inference_cost_per_million_embeddings_dollars ",
+    "inference_lifecycle_state{state=\"starting\"} 1",
+];
+
+fn promtool() -> String {
+    let path = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let ok = Command::new(&path)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "`{path}` not found: run the tests with scripts/test.sh (it installs Debian's \
+         `prometheus` package), or `apt-get install prometheus`"
+    );
+    path
+}
+
+/// `promtool check metrics` on `text`: returns (success, everything it printed).
+fn check_metrics(text: &str) -> (bool, String) {
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), printed)
+}
+
+#[test]
+fn metrics_are_complete_from_the_first_scrape_and_pass_promtool() {
+    let server = Server::builder(&test_model_dir())
+        .args(["--cost-per-hour", "1.21", "--device", "cpu"])
+        .no_wait()
+        .start();
+    // The metrics listener binds before the model loads: scrape at once.
+    let first = server.metrics_text();
+    for name in FIRST_SCRAPE {
+        assert!(
+            first.contains(name),
+            "first scrape lacks `{name}`:\n{first}"
+        );
+    }
+    // Nothing on a CPU run claims to be a GPU.
+    assert!(!first.contains("inference_gpu_"), "{first}");
+
+    server.wait_ready(Duration::from_secs(60));
+    for _ in 0..3 {
+        let (s, _) = server.post_json("/v1/embeddings", json!({"input": ["a", "b c"]}));
+        assert_eq!(s, 200);
+        let (s, _) = server.post_json("/embed", json!({"inputs": "hello"}));
+        assert_eq!(s, 200);
+    }
+    let (s, _) = server.post_json("/tokenize", json!({"inputs": "hello world"}));
+    assert_eq!(s, 200);
+    let (s, _) = server.post_json("/v1/embeddings", json!({"input": []}));
+    assert!(
+        (400..500).contains(&s),
+        "empty input must be a 4xx, got {s}"
+    );
+
+    let text = server.metrics_text();
+    assert!(
+        text.contains("inference_requests_total{code=\"200\",route=\"/v1/embeddings\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dtype=\"float32\""),
+        "build info after load:\n{text}"
+    );
+    assert_eq!(text.matches("inference_build_info{").count(), 1, "{text}");
+    let (ok, printed) = check_metrics(&text);
+    assert!(
+        ok && printed.trim().is_empty(),
+        "promtool check metrics complained:\n{printed}"
+    );
+    // The main port serves the same registry.
+    let main = blocking_client()
+        .get(server.url("/metrics"))
+        .send()
+        .expect("main-port metrics")
+        .text()
+        .expect("text");
+    assert!(main.contains("inference_request_duration_seconds_count{"));
+}
