@@ -10,13 +10,21 @@
 #   $CARRY/spotinfer.xz     the CUDA binary (CUDA_COMPUTE_CAP=90), xz-compressed
 #   $CARRY/minilm-f16/      all-MiniLM-L6-v2 with its weights stored as F16 (same values the
 #                           server would convert to; halves the transfer)
-# Outputs: $OUT (or ./gpu-out): results.json, bench-*.json, logs; a summary table on stdout.
+# Outputs: $OUT (or ./gpu-out): results.json, bench-*.json and logs.tar.gz (server logs, metrics,
+# tables: few files, as the device tool returns at most 8); a summary on stdout.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 CARRY=${CARRY:-.carry}
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
+FINAL=${OUT:-$PWD/gpu-out}
+mkdir -p "$FINAL"
 WORK=$(mktemp -d)
+OUT=$WORK/out   # everything is written here; the end copies the results and packs the logs
+mkdir -p "$OUT"
+finish() {
+  cp "$OUT"/results.json "$OUT"/bench-*.json "$FINAL"/ 2>/dev/null
+  tar -C "$OUT" -czf "$FINAL/logs.tar.gz" --exclude='bench-*.json' --exclude=results.json .
+}
+trap finish EXIT
 BIN=$WORK/spotinfer
 xz -dc "$CARRY/spotinfer.xz" > "$BIN" && chmod +x "$BIN"
 MINILM=$CARRY/minilm-f16
@@ -42,15 +50,19 @@ record gpu "\"$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 record date "\"$(date -u +%Y-%m-%dT%H:%MZ)\""
 
 PORT=3000
-start_server() { # model dtype extra-args... ; sets SERVER_PID, prints cold-start seconds
+start_server() { # model dtype extra-args... ; sets SERVER_PID and COLD (exec -> /ready, seconds)
   local model=$1 dtype=$2; shift 2
+  if curl -s -o /dev/null "http://127.0.0.1:$PORT/health"; then
+    echo "port $PORT is already in use: a server from an earlier step is still running" >&2
+    return 1
+  fi
   local t0; t0=$(date +%s.%N)
   "$BIN" serve --model-id "$model" --dtype "$dtype" --hostname 127.0.0.1 --port $PORT \
     --prometheus-port 9000 "$@" >>"$OUT/server-$(basename "$model")-$dtype.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 1200); do
     if curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null; then
-      "$PY" -c "import time; print(round(time.time() - $t0, 2))"
+      COLD=$("$PY" -c "import time; print(round(time.time() - $t0, 2))")
       return 0
     fi
     if ! kill -0 $SERVER_PID 2>/dev/null; then echo "server died" >&2; return 1; fi
@@ -63,9 +75,8 @@ gpu_mem_of() { nvidia-smi --query-compute-apps=pid,used_memory --format=csv,nohe
   awk -F', ' -v p="$1" '$1==p {print $2}'; }
 
 # --- 1. correctness in FP16 -------------------------------------------------------------------
-cold=$(start_server "$MINILM" float16 --drain-delay 0) || exit 1
-record minilm_cold_start_s "$cold"
-warm_stop() { stop_server; }
+start_server "$MINILM" float16 --drain-delay 0 || exit 1
+record minilm_cold_start_s "$COLD"
 "$PY" - "$PORT" tests/fixtures/minilm_reference.json > "$OUT/reference-check.json" <<'EOF'
 import json, math, sys, urllib.request
 port, ref = sys.argv[1], json.load(open(sys.argv[2]))
@@ -95,16 +106,16 @@ mem16=$(gpu_mem_of "$SERVER_PID")
 stop_server
 
 # --- 2. F16 really used: process GPU memory at F32 vs F16 (same model, idle after warm-up) -----
-cold32=$(start_server "$MINILM" float32 --drain-delay 0) || exit 1
+start_server "$MINILM" float32 --drain-delay 0 || exit 1
 mem32=$(gpu_mem_of "$SERVER_PID")
 stop_server
-record minilm_gpu_mem_mib "{\"float16\": ${mem16:-null}, \"float32\": ${mem32:-null}, \"weights_f32_mib\": 87, \"cold_start_f32_s\": $cold32}"
+record minilm_gpu_mem_mib "{\"float16\": ${mem16:-null}, \"float32\": ${mem32:-null}, \"weights_f32_mib\": 87, \"cold_start_f32_s\": $COLD}"
 
 # --- 3. load benchmarks -----------------------------------------------------------------------
 bench() { # name model
   local name=$1 model=$2
-  local cold; cold=$(start_server "$model" float16 --drain-delay 0 --max-batch-tokens 16384) || return 1
-  record "${name}_cold_start_s" "$cold"
+  start_server "$model" float16 --drain-delay 0 --max-batch-tokens 16384 || return 1
+  record "${name}_cold_start_s" "$COLD"
   "$BIN" bench --url "http://127.0.0.1:$PORT" --concurrency 1,8,32,64,128,256 --corpus-size 4096 \
     --requests 4096 --max-time "${BENCH_SECONDS:-20}" --server-pid "$SERVER_PID" \
     --json "$OUT/bench-$name.json" 2>&1 | tee "$OUT/bench-$name.txt"
@@ -129,19 +140,26 @@ for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", 
         shutil.copy(f"{minilm}/{f}", out)
     except FileNotFoundError:
         pass
-print("bert-large-random written", sum(p.numel() for p in BertModel(cfg).parameters()))
+print("bert-large-random written")
 EOF
 bench bert-large "$LARGE"
-cold_large16=$(start_server "$LARGE" float16 --drain-delay 0); l16=$(gpu_mem_of "$SERVER_PID"); stop_server
-cold_large32=$(start_server "$LARGE" float32 --drain-delay 0); l32=$(gpu_mem_of "$SERVER_PID"); stop_server
+start_server "$LARGE" float16 --drain-delay 0 && l16=$(gpu_mem_of "$SERVER_PID"); stop_server
+start_server "$LARGE" float32 --drain-delay 0 && l32=$(gpu_mem_of "$SERVER_PID"); stop_server
 record bert_large_gpu_mem_mib "{\"float16\": ${l16:-null}, \"float32\": ${l32:-null}, \"weights_f16_mib\": 639}"
 
 # --- 4. SIGTERM under load --------------------------------------------------------------------
-start_server "$MINILM" float16 --drain-delay 1 --drain-timeout 10 >/dev/null || exit 1
-"$BIN" bench --url "http://127.0.0.1:$PORT" --concurrency 64 --corpus-size 4096 --requests 100000 \
+start_server "$MINILM" float16 --drain-delay 1 --drain-timeout 10 || exit 1
+"$BIN" bench --url "http://127.0.0.1:$PORT" --concurrency 64 --corpus-size 1024 --requests 100000 \
   --max-time 30 --no-warmup --json "$OUT/bench-sigterm.json" > "$OUT/bench-sigterm.txt" 2>&1 &
 BENCH_PID=$!
-sleep 3
+# Signal once the load is really flowing (the bench tokenises its corpus first).
+for _ in $(seq 1 300); do
+  n=$(curl -s "http://127.0.0.1:$PORT/metrics" |
+      awk '/^inference_requests_total\{code="200",route="\/v1\/embeddings"\}/ {print int($2)}')
+  [ "${n:-0}" -gt 200 ] && break
+  sleep 0.1
+done
+sleep 1
 t0=$(date +%s.%N)
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID"; code=$?

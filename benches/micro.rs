@@ -1,0 +1,103 @@
+//! Criterion micro-benchmarks: tokenisation, batch assembly and one forward pass at the shapes
+//! that matter (a short query, a long passage, a mixed batch from the benchmark corpus).
+//! Run: `bash scripts/fetch-test-model.sh && cargo bench --bench micro`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use candle_core::{DType, Device};
+use criterion::{criterion_group, criterion_main, Criterion};
+use spotinfer::batching::{BatchLimits, Priority, Queue};
+use spotinfer::bench::corpus;
+use spotinfer::metrics::Metrics;
+use spotinfer::model::{self, PackedBatch, Pooling, ResolveOptions};
+use spotinfer::tokenize::{EncodeOptions, Encoded, Input, Tokenizers};
+use tokenizers::TruncationDirection;
+
+fn model_dir() -> PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-test-model.sh"))
+        .output()
+        .expect("fetch-test-model.sh");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().expect("path").trim())
+}
+
+const OPTS: EncodeOptions = EncodeOptions {
+    truncate: true,
+    direction: TruncationDirection::Right,
+    add_special_tokens: true,
+};
+
+fn benches(c: &mut Criterion) {
+    let dir = model_dir();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let files = rt
+        .block_on(model::resolve(&ResolveOptions {
+            model_id: dir.display().to_string(),
+            revision: "main".into(),
+            cache_dir: None,
+            progress: false,
+        }))
+        .expect("resolve");
+    let tk = Tokenizers::from_file(&files.tokenizer, 256, 30522).expect("tokenizer");
+    let texts = corpus::generate(64, corpus::SEED);
+
+    c.bench_function("tokenize 64 corpus texts", |b| {
+        b.iter(|| {
+            for (i, t) in texts.iter().enumerate() {
+                tk.encode(i, &Input::Text(t.clone()), OPTS).expect("encode");
+            }
+        })
+    });
+
+    let encoded: Vec<Encoded> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| tk.encode(i, &Input::Text(t.clone()), OPTS).expect("encode"))
+        .collect();
+    let queue = Queue::new(
+        BatchLimits {
+            max_batch_tokens: 16384,
+            max_batch_requests: usize::MAX,
+            max_queue_time: Duration::from_secs(30),
+            job_slice: Duration::from_millis(25),
+        },
+        Metrics::new(),
+    );
+    c.bench_function("queue: submit 64 inputs and form batches", |b| {
+        b.iter(|| {
+            let _rx = queue.submit(encoded.clone(), Priority::Online);
+            while !queue.is_idle() {
+                if queue.next_batch().is_none() {
+                    break;
+                }
+                let _ = queue.is_idle();
+            }
+        })
+    });
+
+    let m = model::load(&files, &Device::Cpu, DType::F32).expect("load");
+    let mut shapes = Vec::new();
+    let mut short = PackedBatch::with_capacity(1, 8);
+    short.push(&encoded.iter().find(|e| e.ids.len() <= 12).expect("a query").ids, &[]);
+    shapes.push(("forward 1 short query", short));
+    let mut long = PackedBatch::with_capacity(1, 256);
+    long.push(&encoded.iter().find(|e| e.ids.len() == 256).expect("a passage").ids, &[]);
+    shapes.push(("forward 1 passage (256 tokens)", long));
+    let mut mixed = PackedBatch::with_capacity(32, 4096);
+    for e in encoded.iter().take(32) {
+        mixed.push(&e.ids, &e.type_ids);
+    }
+    shapes.push(("forward 32 mixed corpus texts", mixed));
+    let mut group = c.benchmark_group("forward");
+    group.sample_size(10);
+    for (name, batch) in &shapes {
+        group.bench_function(*name, |b| {
+            b.iter(|| model::embed(m.as_ref(), batch, Pooling::Mean).expect("embed"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(micro, benches);
+criterion_main!(micro);
