@@ -16,10 +16,19 @@ use tokenizers::TruncationDirection;
 
 fn model_dir() -> PathBuf {
     let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-test-model.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/fetch-test-model.sh"
+        ))
         .output()
         .expect("fetch-test-model.sh");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().expect("path").trim())
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("path")
+            .trim(),
+    )
 }
 
 const OPTS: EncodeOptions = EncodeOptions {
@@ -67,22 +76,79 @@ fn benches(c: &mut Criterion) {
     c.bench_function("queue: submit 64 inputs and form batches", |b| {
         b.iter(|| {
             let _rx = queue.submit(encoded.clone(), Priority::Online);
-            while !queue.is_idle() {
+            // next_batch blocks on an empty queue: take batches only while inputs wait.
+            while queue.depths() != (0, 0) {
                 if queue.next_batch().is_none() {
                     break;
                 }
-                let _ = queue.is_idle();
             }
         })
     });
 
+    // The native CPU path's fused kernels, at MiniLM's sizes (72-row blocks of the FFN).
+    let mut inter: Vec<f32> = (0..72 * 1536)
+        .map(|i| ((i % 1000) as f32 - 500.0) / 200.0)
+        .collect();
+    let bias = vec![0.01f32; 1536];
+    c.bench_function("kernel: bias + GELU (erf), 72 x 1536", |b| {
+        b.iter(|| spotinfer::model::cpu::kernels::bias_gelu(&mut inter, &bias))
+    });
+    let mut scores: Vec<f32> = (0..12 * 64 * 64).map(|i| (i % 77) as f32 / 10.0).collect();
+    c.bench_function("kernel: scaled softmax, 12 heads x 64 x 64", |b| {
+        b.iter(|| spotinfer::model::cpu::kernels::scaled_softmax_rows(&mut scores, 64, 0.17))
+    });
+    let (m_rows, k, n) = (512, 384, 1536);
+    let a: Vec<f32> = (0..m_rows * k).map(|i| (i % 13) as f32 * 0.01).collect();
+    let w = spotinfer::model::cpu::matmul::PackedWeights::new(
+        (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect(),
+        k,
+        n,
+    );
+    let mut out = vec![0f32; m_rows * n];
+    let mut group = c.benchmark_group("kernel");
+    group.throughput(criterion::Throughput::Elements((2 * m_rows * k * n) as u64));
+    group.bench_function(
+        "linear 512 x 384 x 1536 + bias + GELU (elements = FLOP)",
+        |b| {
+            b.iter(|| {
+                spotinfer::model::cpu::matmul::linear(
+                    &mut out,
+                    &a,
+                    m_rows,
+                    &w,
+                    spotinfer::model::cpu::matmul::Epilogue {
+                        bias: &bias,
+                        residual: None,
+                        activation: spotinfer::model::cpu::matmul::Activation::Gelu,
+                        norm: None,
+                    },
+                )
+            })
+        },
+    );
+    group.finish();
+
     let m = model::load(&files, &Device::Cpu, DType::F32).expect("load");
     let mut shapes = Vec::new();
     let mut short = PackedBatch::with_capacity(1, 8);
-    short.push(&encoded.iter().find(|e| e.ids.len() <= 12).expect("a query").ids, &[]);
+    short.push(
+        &encoded
+            .iter()
+            .find(|e| e.ids.len() <= 12)
+            .expect("a query")
+            .ids,
+        &[],
+    );
     shapes.push(("forward 1 short query", short));
     let mut long = PackedBatch::with_capacity(1, 256);
-    long.push(&encoded.iter().find(|e| e.ids.len() == 256).expect("a passage").ids, &[]);
+    long.push(
+        &encoded
+            .iter()
+            .find(|e| e.ids.len() == 256)
+            .expect("a passage")
+            .ids,
+        &[],
+    );
     shapes.push(("forward 1 passage (256 tokens)", long));
     let mut mixed = PackedBatch::with_capacity(32, 4096);
     for e in encoded.iter().take(32) {

@@ -70,6 +70,11 @@ pub struct ModelArgs {
     #[arg(long, env = "POOLING", value_enum)]
     pub pooling: Option<PoolingArg>,
 
+    /// CPU implementation for float32 models: `native` (spotinfer's own fused kernels, the
+    /// fast path) or `candle` (the reference; also used for float16/bfloat16 on the CPU).
+    #[arg(long, env = "CPU_BACKEND", value_enum, default_value = "native")]
+    pub cpu_backend: CpuBackendArg,
+
     /// Print logs as JSON lines (for log collectors) instead of human-readable text.
     #[arg(long, env = "JSON_OUTPUT", default_value_t = false)]
     pub json_output: bool,
@@ -289,6 +294,12 @@ pub enum DTypeArg {
     Float32,
     Float16,
     Bfloat16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpuBackendArg {
+    Native,
+    Candle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -89,10 +89,14 @@ impl Engine {
         let device_name = device::describe(&dev);
         tracing::info!(device = %device_name, dtype = model::dtype_name(dtype), pooling = pooling.as_str(), "loading model");
 
+        let cpu_backend = match opts.model.cpu_backend {
+            crate::config::CpuBackendArg::Native => model::CpuBackend::Native,
+            crate::config::CpuBackendArg::Candle => model::CpuBackend::Candle,
+        };
         let load_files = files.clone();
         let load_dev = dev.clone();
         let (health, loaded) = worker::spawn(
-            Box::new(move || model::load(&load_files, &load_dev, dtype)),
+            Box::new(move || model::load_with(&load_files, &load_dev, dtype, cpu_backend)),
             queue.clone(),
             metrics.clone(),
             WorkerConfig {

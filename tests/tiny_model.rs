@@ -132,3 +132,45 @@ fn over_long_inputs_are_refused_or_truncated_both_ways() {
     }
     assert_ne!(right.ids, left.ids);
 }
+
+#[tokio::test]
+async fn native_and_candle_cpu_backends_agree_on_minilm() {
+    use spotinfer::bench::corpus;
+    use spotinfer::model::CpuBackend;
+    let files = model::resolve(&ResolveOptions {
+        model_id: test_model_dir().display().to_string(),
+        revision: "main".into(),
+        cache_dir: None,
+        progress: false,
+    })
+    .await
+    .expect("resolve");
+    let native = model::load_with(&files, &Device::Cpu, DType::F32, CpuBackend::Native).unwrap();
+    let candle = model::load_with(&files, &Device::Cpu, DType::F32, CpuBackend::Candle).unwrap();
+    let tk = Tokenizers::from_file(&files.tokenizer, 256, 30522).unwrap();
+    let opts = EncodeOptions {
+        truncate: true,
+        direction: TruncationDirection::Right,
+        add_special_tokens: true,
+    };
+    // A mixed batch (queries and 256-token passages) exercises row blocks, column splits and
+    // attention of every length.
+    let mut batch = PackedBatch::with_capacity(40, 4096);
+    for (i, t) in corpus::generate(40, corpus::SEED).into_iter().enumerate() {
+        let e = tk.encode(i, &Input::Text(t), opts).unwrap();
+        batch.push(&e.ids, &e.type_ids);
+    }
+    for pooling in [Pooling::Mean, Pooling::Cls, Pooling::LastToken] {
+        let a = model::embed(native.as_ref(), &batch, pooling).unwrap();
+        let b = model::embed(candle.as_ref(), &batch, pooling).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            let c = cosine(x, y);
+            assert!(c > 0.99999, "{pooling:?}: cosine {c}");
+            assert!(
+                max_abs(x, y) < 2e-3,
+                "{pooling:?}: max abs {}",
+                max_abs(x, y)
+            );
+        }
+    }
+}

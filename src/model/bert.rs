@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::{EmbeddingModel, ModelError, PackedBatch};
+use super::{EmbeddingModel, ModelError, PackedBatch, Pooling};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -347,8 +347,9 @@ impl AttentionPlan {
     }
 }
 
-impl EmbeddingModel for BertModel {
-    fn forward(&self, batch: &PackedBatch) -> Result<Tensor, ModelError> {
+impl BertModel {
+    /// Last hidden states of a packed batch, `[total_tokens, hidden]` in the model dtype.
+    pub fn forward(&self, batch: &PackedBatch) -> Result<Tensor, ModelError> {
         let t = batch.ids.len();
         let dev = &self.device;
         let ids = Tensor::from_slice(&batch.ids, t, dev)?;
@@ -372,6 +373,14 @@ impl EmbeddingModel for BertModel {
         }
         debug_assert_eq!(x.dim(D::Minus1)?, self.config.hidden_size);
         Ok(x)
+    }
+}
+
+impl EmbeddingModel for BertModel {
+    fn embed(&self, batch: &PackedBatch, pooling: Pooling) -> Result<Vec<Vec<f32>>, ModelError> {
+        let hidden = self.forward(batch)?;
+        let pooled = super::pooling::pool_packed(&hidden, &batch.offsets, pooling)?;
+        Ok(pooled.to_vec2::<f32>()?)
     }
 
     fn hidden_size(&self) -> usize {

@@ -5,6 +5,7 @@
 //! config.json's `model_type`.
 
 pub mod bert;
+pub mod cpu;
 pub mod device;
 pub mod pooling;
 pub mod resolve;
@@ -12,7 +13,7 @@ pub mod st_config;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -96,10 +97,10 @@ impl PackedBatch {
     }
 }
 
-/// One architecture family. Implementations own their weights on one device.
+/// One architecture family on one backend. Implementations own their weights on one device.
 pub trait EmbeddingModel: Send {
-    /// Last hidden states of a packed batch, `[total_tokens, hidden]` in the model dtype.
-    fn forward(&self, batch: &PackedBatch) -> Result<Tensor, ModelError>;
+    /// Forward and pool a packed batch: one F32 vector per sequence, on the host.
+    fn embed(&self, batch: &PackedBatch, pooling: Pooling) -> Result<Vec<Vec<f32>>, ModelError>;
     fn hidden_size(&self) -> usize;
     fn max_positions(&self) -> usize;
     fn vocab_size(&self) -> usize;
@@ -107,7 +108,7 @@ pub trait EmbeddingModel: Send {
     fn parameter_bytes(&self) -> usize;
 }
 
-/// Forward, then pool on the device: `[n, hidden]` F32 on the host.
+/// Forward and pool: `[n, hidden]` F32 on the host (empty batches are free).
 pub fn embed(
     model: &dyn EmbeddingModel,
     batch: &PackedBatch,
@@ -116,9 +117,18 @@ pub fn embed(
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let hidden = model.forward(batch)?;
-    let pooled = pooling::pool_packed(&hidden, &batch.offsets, pooling)?;
-    Ok(pooled.to_vec2::<f32>()?)
+    model.embed(batch, pooling)
+}
+
+/// Which implementation runs a model on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuBackend {
+    /// Our own F32 kernels (src/model/cpu): the fast path.
+    #[default]
+    Native,
+    /// candle's CPU backend: any dtype; the reference the native path is tested against.
+    Candle,
 }
 
 #[derive(Deserialize)]
@@ -128,11 +138,21 @@ struct ArchProbe {
     architectures: Vec<String>,
 }
 
-/// Reads config.json and loads the matching architecture from mmaped safetensors.
+/// Reads config.json and loads the matching architecture: the native CPU path for F32 on the
+/// CPU, candle otherwise.
 pub fn load(
     files: &ModelFiles,
     device: &Device,
     dtype: DType,
+) -> Result<Box<dyn EmbeddingModel>, ModelError> {
+    load_with(files, device, dtype, CpuBackend::Native)
+}
+
+pub fn load_with(
+    files: &ModelFiles,
+    device: &Device,
+    dtype: DType,
+    cpu_backend: CpuBackend,
 ) -> Result<Box<dyn EmbeddingModel>, ModelError> {
     let text = read(&files.config)?;
     let probe: ArchProbe = parse(&files.config, &text)?;
@@ -142,6 +162,11 @@ pub fn load(
         .or_else(|| probe.architectures.first().map(|a| a.to_lowercase()))
         .unwrap_or_default();
     check_safetensors(&files.weights)?;
+    let native = device.is_cpu() && dtype == DType::F32 && cpu_backend == CpuBackend::Native;
+    if native && matches!(kind.as_str(), "bert" | "bertmodel") {
+        let cfg: bert::BertConfig = parse(&files.config, &text)?;
+        return Ok(Box::new(cpu::bert::CpuBert::load(&files.weights, cfg)?));
+    }
     // SAFETY: the files are mmaped read-only; a concurrent writer (a download replacing the
     // blob) could change them under us, which the Hub cache avoids by writing new blobs.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device)? };

@@ -76,6 +76,30 @@ pub fn pool_packed(
     Ok(pooled)
 }
 
+/// Pools packed host hidden states `[total_tokens, hidden]` (row-major) into one vector per
+/// sequence; the CPU path's counterpart of [`pool_packed`].
+pub fn pool_host(hidden: &[f32], h: usize, offsets: &[usize], pooling: Pooling) -> Vec<Vec<f32>> {
+    offsets
+        .windows(2)
+        .map(|w| {
+            let (start, end) = (w[0], w[1]);
+            match pooling {
+                Pooling::Cls => hidden[start * h..(start + 1) * h].to_vec(),
+                Pooling::LastToken => hidden[(end - 1) * h..end * h].to_vec(),
+                Pooling::Mean => {
+                    let mut acc = vec![0f32; h];
+                    for row in hidden[start * h..end * h].chunks_exact(h) {
+                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                    }
+                    let n = (end - start).max(1) as f32;
+                    acc.iter_mut().for_each(|a| *a /= n);
+                    acc
+                }
+            }
+        })
+        .collect()
+}
+
 /// Truncates to `dimensions` (Matryoshka) and then L2-normalises if asked, in place.
 pub fn finish_embedding(mut v: Vec<f32>, dimensions: Option<usize>, normalize: bool) -> Vec<f32> {
     if let Some(d) = dimensions {
@@ -120,6 +144,20 @@ mod tests {
             mean.to_vec2::<f32>().unwrap(),
             vec![vec![2., 3.], vec![20., 30.]]
         );
+    }
+
+    #[test]
+    fn host_pooling_matches_device_pooling() {
+        let h = hidden();
+        let host: Vec<f32> = h.flatten_all().unwrap().to_vec1().unwrap();
+        let offsets = [0, 2, 5];
+        for p in [Pooling::Cls, Pooling::Mean, Pooling::LastToken] {
+            let dev = pool_packed(&h, &offsets, p)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(pool_host(&host, 2, &offsets, p), dev, "{p:?}");
+        }
     }
 
     #[test]
