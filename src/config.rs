@@ -162,10 +162,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SPOT_POLL_INTERVAL", default_value = "5", value_parser = parse_seconds)]
     pub spot_poll_interval: Duration,
 
-    /// Longest a device batch carrying batch-job lines should compute, in milliseconds: job
-    /// lines fill batches only up to what this allows at the measured speed, so online requests
-    /// never wait long behind offline work.
-    #[arg(long, env = "BATCH_JOB_SLICE_MS", default_value_t = 25)]
+    /// Target compute time of a device batch of batch-job lines, in milliseconds: job lines
+    /// fill batches only up to what this allows at the measured speed. On the CPU such a batch
+    /// also yields to online requests between its layers.
+    #[arg(long, env = "BATCH_JOB_SLICE_MS", default_value_t = 50)]
     pub batch_job_slice_ms: u64,
 
     /// Batch-job input lines per checkpoint: smaller loses less work to a SIGKILL, larger

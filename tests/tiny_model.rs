@@ -174,3 +174,45 @@ async fn native_and_candle_cpu_backends_agree_on_minilm() {
         }
     }
 }
+
+#[tokio::test]
+async fn online_batches_between_the_layers_of_a_job_batch_leave_both_correct() {
+    let files = model::resolve(&ResolveOptions {
+        model_id: tiny_model_dir().display().to_string(),
+        revision: "main".into(),
+        cache_dir: None,
+        progress: false,
+    })
+    .await
+    .expect("resolve");
+    let m = model::load(&files, &Device::Cpu, DType::F32).expect("load");
+    let tk = Tokenizers::from_file(&files.tokenizer, 64, 2000).expect("tokenizer");
+    let opts = EncodeOptions {
+        truncate: true,
+        direction: TruncationDirection::Right,
+        add_special_tokens: true,
+    };
+    let batch_of = |texts: &[&str]| {
+        let mut b = PackedBatch::with_capacity(texts.len(), 256);
+        for (i, t) in texts.iter().enumerate() {
+            let e = tk.encode(i, &Input::Text(t.to_string()), opts).unwrap();
+            b.push(&e.ids, &e.type_ids);
+        }
+        b
+    };
+    let job = batch_of(&["a long offline line about rivers and tea", "another one", "x"]);
+    let online = batch_of(&["an urgent online query"]);
+    let job_alone = model::embed(m.as_ref(), &job, Pooling::Mean).unwrap();
+    let online_alone = model::embed(m.as_ref(), &online, Pooling::Mean).unwrap();
+    let mut interleaved = Vec::new();
+    let job_preempted = m
+        .embed_preemptible(&job, Pooling::Mean, &mut || {
+            interleaved.push(model::embed(m.as_ref(), &online, Pooling::Mean).unwrap());
+        })
+        .unwrap();
+    assert_eq!(interleaved.len(), 2, "called after each of the 2 layers");
+    assert_eq!(job_preempted, job_alone);
+    for o in interleaved {
+        assert_eq!(o, online_alone);
+    }
+}

@@ -45,6 +45,8 @@ pub struct Entry {
 pub struct Batch {
     pub entries: Vec<Entry>,
     pub padded_tokens: usize,
+    /// How many of the entries came from the online lane (the rest are job lines).
+    pub online: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -220,10 +222,14 @@ impl Queue {
         let job_cap = self.job_token_cap();
         let mut entries: Vec<Entry> = Vec::new();
         let mut max_len = 0usize;
-        for (lane, budget) in [
+        let mut online = 0;
+        for (lane_index, (lane, budget)) in [
             (&mut lanes.online, lim.max_batch_tokens),
             (&mut lanes.batch, job_cap),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             while let Some(front) = lane.front() {
                 let len = front.encoded.ids.len();
                 let new_max = max_len.max(len);
@@ -238,6 +244,9 @@ impl Queue {
                     entries.push(e);
                 }
             }
+            if lane_index == 0 {
+                online = entries.len();
+            }
             if entries.len() >= lim.max_batch_requests {
                 break;
             }
@@ -245,7 +254,29 @@ impl Queue {
         Batch {
             padded_tokens: entries.len() * max_len,
             entries,
+            online,
         }
+    }
+
+    /// Online inputs only, without waiting: what the worker runs between the layers of a
+    /// job-only batch so an online request never waits for a whole job batch.
+    pub fn take_online_now(&self) -> Option<Batch> {
+        let mut lanes = self.lock();
+        self.expire(&mut lanes);
+        if lanes.online.is_empty() {
+            return None;
+        }
+        // Same budget rules, with the job lane left alone.
+        let jobs = std::mem::take(&mut lanes.batch);
+        let batch = self.take(&mut lanes);
+        lanes.batch = jobs;
+        self.update_depth(&lanes);
+        Some(batch)
+    }
+
+    /// True when online inputs are waiting (cheap; polled between layers).
+    pub fn online_waiting(&self) -> bool {
+        !self.lock().online.is_empty()
     }
 
     /// Stops accepting: later submissions are answered at once.
@@ -343,6 +374,21 @@ mod tests {
         q.record_batch(1, Duration::from_secs(10));
         let _o = q.submit((0..20).map(|_| enc(16)).collect(), Priority::Online);
         assert_eq!(q.next_batch().unwrap().entries.len(), 20);
+    }
+
+    #[test]
+    fn online_inputs_can_be_taken_alone_without_waiting() {
+        let q = queue(1000, 100);
+        assert!(q.take_online_now().is_none());
+        let _j = q.submit(vec![enc(5), enc(5)], Priority::Batch);
+        assert!(!q.online_waiting());
+        let _o = q.submit(vec![enc(5)], Priority::Online);
+        assert!(q.online_waiting());
+        let b = q.take_online_now().unwrap();
+        assert_eq!((b.entries.len(), b.online), (1, 1));
+        assert_eq!(q.depths(), (0, 2), "job lines stay queued");
+        let b = q.next_batch().unwrap();
+        assert_eq!((b.entries.len(), b.online), (2, 0));
     }
 
     #[test]

@@ -150,63 +150,95 @@ fn run(
     cfg: &WorkerConfig,
 ) {
     while let Some(batch) = queue.next_batch() {
-        health.batch_started_ms.store(now_ms(), Ordering::Release);
-        let started = Instant::now();
-        let n = batch.entries.len();
-        // A panic inside the model (a kernel bug, an unexpected shape) fails this batch's inputs
-        // with an error instead of killing the only device thread.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            compute(model, &batch, cfg.pooling)
-        }))
-        .unwrap_or_else(|_| Err(ModelError::Device("panic in the forward pass".into())));
-        let elapsed = started.elapsed();
-        health
-            .busy_ns
-            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        metrics.compute_time.observe(elapsed.as_secs_f64());
-        queue.record_batch(batch.padded_tokens, elapsed);
-        metrics.batch_size.observe(n as f64);
-        let tokens: usize = batch.entries.iter().map(|e| e.encoded.ids.len()).sum();
-        metrics.batch_tokens.observe(tokens as f64);
-        if !cfg.test_batch_delay.is_zero() {
-            std::thread::sleep(cfg.test_batch_delay);
-        }
-        match result {
-            Ok(vectors) => {
-                metrics.tokens_total.inc_by(tokens as u64);
-                metrics.embeddings_total.inc_by(n as u64);
-                for (entry, v) in batch.entries.into_iter().zip(vectors) {
-                    metrics
-                        .queue_time
-                        .observe((started - entry.enqueued).as_secs_f64());
-                    let _ = entry.reply.send(Ok(v));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, inputs = n, "batch failed");
-                metrics.errors_total.with_label_values(&["backend"]).inc();
-                let err = InferError::Backend(e.to_string());
-                for entry in batch.entries {
-                    let _ = entry.reply.send(Err(err.clone()));
-                }
-            }
-        }
-        health.batch_started_ms.store(0, Ordering::Release);
+        run_batch(model, queue, metrics, health, cfg, batch, true);
     }
     tracing::info!("device worker stopped: queue closed");
 }
 
-fn compute(
+/// Computes one batch and answers its inputs. A batch of job lines only may be preempted
+/// between layers: online inputs that arrive meanwhile run first (nested, never preempted).
+fn run_batch(
     model: &dyn EmbeddingModel,
-    batch: &Batch,
-    pooling: Pooling,
-) -> Result<Vec<Vec<f32>>, ModelError> {
+    queue: &Queue,
+    metrics: &Metrics,
+    health: &WorkerHealth,
+    cfg: &WorkerConfig,
+    batch: Batch,
+    preemptible: bool,
+) {
+    health.batch_started_ms.store(now_ms(), Ordering::Release);
+    let started = Instant::now();
+    let mut preempted = Duration::ZERO;
+    let n = batch.entries.len();
+    let jobs_only = preemptible && batch.online == 0;
+    // A panic inside the model (a kernel bug, an unexpected shape) fails this batch's inputs
+    // with an error instead of killing the only device thread.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let packed = pack(&batch);
+        if jobs_only {
+            let mut between_layers = || {
+                while queue.online_waiting() {
+                    let Some(online) = queue.take_online_now() else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    run_batch(model, queue, metrics, health, cfg, online, false);
+                    preempted += t.elapsed();
+                }
+            };
+            model.embed_preemptible(&packed, cfg.pooling, &mut between_layers)
+        } else {
+            model::embed(model, &packed, cfg.pooling)
+        }
+    }))
+    .unwrap_or_else(|_| Err(ModelError::Device("panic in the forward pass".into())));
+    // Time spent on nested online batches is theirs, not this batch's.
+    let elapsed = started.elapsed().saturating_sub(preempted);
+    health
+        .busy_ns
+        .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    metrics.compute_time.observe(elapsed.as_secs_f64());
+    queue.record_batch(batch.padded_tokens, elapsed);
+    metrics.batch_size.observe(n as f64);
+    let tokens: usize = batch.entries.iter().map(|e| e.encoded.ids.len()).sum();
+    metrics.batch_tokens.observe(tokens as f64);
+    if !cfg.test_batch_delay.is_zero() {
+        std::thread::sleep(cfg.test_batch_delay);
+    }
+    match result {
+        Ok(vectors) => {
+            metrics.tokens_total.inc_by(tokens as u64);
+            metrics.embeddings_total.inc_by(n as u64);
+            for (entry, v) in batch.entries.into_iter().zip(vectors) {
+                metrics.queue_time.observe(
+                    started
+                        .saturating_duration_since(entry.enqueued)
+                        .as_secs_f64(),
+                );
+                let _ = entry.reply.send(Ok(v));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, inputs = n, "batch failed");
+            metrics.errors_total.with_label_values(&["backend"]).inc();
+            let err = InferError::Backend(e.to_string());
+            for entry in batch.entries {
+                let _ = entry.reply.send(Err(err.clone()));
+            }
+        }
+    }
+    if preemptible {
+        health.batch_started_ms.store(0, Ordering::Release);
+    }
+}
+
+fn pack(batch: &Batch) -> PackedBatch {
     let tokens: usize = batch.entries.iter().map(|e| e.encoded.ids.len()).sum();
     let mut packed = PackedBatch::with_capacity(batch.entries.len(), tokens);
     for e in &batch.entries {
         packed.push(&e.encoded.ids, &e.encoded.type_ids);
     }
-    model::embed(model, &packed, pooling)
+    packed
 }
 
 #[cfg(test)]

@@ -71,6 +71,9 @@ pub struct CpuBert {
     head_dim: usize,
     eps: f32,
     scratch: Mutex<Scratch>,
+    /// Separate buffers for a preemptible (offline) batch, so online batches can run between
+    /// its layers without touching its activations.
+    job_scratch: Mutex<Scratch>,
 }
 
 /// Reads named tensors from (possibly sharded) safetensors files as F32.
@@ -268,6 +271,7 @@ impl CpuBert {
             eps: config.layer_norm_eps as f32,
             config,
             scratch: Mutex::new(Scratch::default()),
+            job_scratch: Mutex::new(Scratch::default()),
         })
     }
 
@@ -371,7 +375,12 @@ impl CpuBert {
     }
 
     /// Last hidden states `[T, h]`, into the scratch `x` buffer.
-    fn forward_into(&self, batch: &PackedBatch, s: &mut Scratch) -> Result<usize, ModelError> {
+    fn forward_into(
+        &self,
+        batch: &PackedBatch,
+        s: &mut Scratch,
+        between_layers: &mut dyn FnMut(),
+    ) -> Result<usize, ModelError> {
         let t = batch.ids.len();
         let h = self.config.hidden_size;
         let i = self.config.intermediate_size;
@@ -430,6 +439,7 @@ impl CpuBert {
                     ..plain(&layer.output.b)
                 },
             );
+            between_layers();
         }
         Ok(t)
     }
@@ -441,7 +451,22 @@ impl EmbeddingModel for CpuBert {
             return Ok(Vec::new());
         }
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        let t = self.forward_into(batch, &mut scratch)?;
+        let t = self.forward_into(batch, &mut scratch, &mut || {})?;
+        let h = self.config.hidden_size;
+        Ok(pool_host(&scratch.x[..t * h], h, &batch.offsets, pooling))
+    }
+
+    fn embed_preemptible(
+        &self,
+        batch: &PackedBatch,
+        pooling: Pooling,
+        between_layers: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut scratch = self.job_scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self.forward_into(batch, &mut scratch, between_layers)?;
         let h = self.config.hidden_size;
         Ok(pool_host(&scratch.x[..t * h], h, &batch.offsets, pooling))
     }

@@ -1,0 +1,40 @@
+"""The peer in the same run: sentence-transformers encode() in-process on the same corpus.
+
+Usage: python st_baseline.py MODEL_DIR CORPUS_JSONL
+Prints one JSON object: sentences/s with encode(batch_size=32), and the FP32 GEMM rate torch
+reaches on this machine (a [4096 x 1024] x [1024 x 1024] product).
+"""
+import json
+import os
+import sys
+import time
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+model_dir, corpus_path = sys.argv[1], sys.argv[2]
+threads = os.cpu_count() or 1
+torch.set_num_threads(threads)
+texts = [json.loads(line)["text"] for line in open(corpus_path)]
+
+a, b = torch.randn(4096, 1024), torch.randn(1024, 1024)
+for _ in range(3):
+    a @ b
+t = time.perf_counter()
+for _ in range(10):
+    a @ b
+gemm = 2 * 4096 * 1024 * 1024 * 10 / (time.perf_counter() - t) / 1e9
+
+model = SentenceTransformer(model_dir, device="cpu")
+model.encode(texts[:64], batch_size=32)
+t = time.perf_counter()
+model.encode(texts, batch_size=32)
+seconds = time.perf_counter() - t
+print(json.dumps({
+    "sentences_per_s": len(texts) / seconds,
+    "seconds": seconds,
+    "texts": len(texts),
+    "torch_gemm_gflops": gemm,
+    "torch": torch.__version__,
+    "threads": threads,
+}))
