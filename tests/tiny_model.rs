@@ -200,7 +200,11 @@ async fn online_batches_between_the_layers_of_a_job_batch_leave_both_correct() {
         }
         b
     };
-    let job = batch_of(&["a long offline line about rivers and tea", "another one", "x"]);
+    let job = batch_of(&[
+        "a long offline line about rivers and tea",
+        "another one",
+        "x",
+    ]);
     let online = batch_of(&["an urgent online query"]);
     let job_alone = model::embed(m.as_ref(), &job, Pooling::Mean).unwrap();
     let online_alone = model::embed(m.as_ref(), &online, Pooling::Mean).unwrap();
