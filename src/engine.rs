@@ -155,13 +155,14 @@ impl Engine {
         })
     }
 
-    /// Tokenises `inputs` (one tokenizer job for the whole request).
+    /// Tokenises `inputs` (one tokenizer job for the whole request) at `priority`.
     pub async fn encode(
         &self,
         inputs: Vec<Input>,
         opts: EncodeOptions,
+        priority: Priority,
     ) -> Result<Vec<Encoded>, TokenizeError> {
-        self.tokenizers.encode_all(inputs, opts).await
+        self.tokenizers.encode_all(inputs, opts, priority).await
     }
 
     /// Runs encoded inputs through the queue; one result per input, in order.

@@ -1,13 +1,17 @@
-//! The tokenizer pool: N threads, each with its own tokenizer copies, fed by one channel.
+//! The tokenizer pool: N threads, each with its own tokenizer copies, fed by two channels.
 //!
 //! Tokenising on dedicated threads keeps it off the async runtime and off the device worker, so
 //! the next batch is tokenised while the device computes the current one; the pool size is the
-//! CPU budget left over from the matmul threads.
+//! CPU budget left over from the matmul threads. Online requests have their own channel that
+//! every thread drains first: a batch job queues hundreds of lines at once, and an online query
+//! must not wait behind them.
 
 use std::path::Path;
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 use tokio::sync::oneshot;
+
+use crate::batching::Priority;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum TokenizeError {
@@ -233,19 +237,21 @@ type Job = Box<dyn FnOnce(&Tokenizers) + Send>;
 /// A fixed set of tokenizer threads. Cloning shares the same threads.
 #[derive(Clone)]
 pub struct TokenizerPool {
-    tx: crossbeam_channel::Sender<Job>,
+    online: crossbeam_channel::Sender<Job>,
+    batch: crossbeam_channel::Sender<Job>,
     pub max_length: usize,
     pub vocab_size: usize,
 }
 
 impl TokenizerPool {
     pub fn start(tokenizers: Tokenizers, workers: usize) -> Result<Self, TokenizeError> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (online, online_rx) = crossbeam_channel::unbounded::<Job>();
+        let (batch, batch_rx) = crossbeam_channel::unbounded::<Job>();
         let max_length = tokenizers.max_length;
         let vocab_size = tokenizers.vocab_size;
         let mut owned = Some(tokenizers);
         for i in 0..workers.max(1) {
-            let rx = rx.clone();
+            let (online_rx, batch_rx) = (online_rx.clone(), batch_rx.clone());
             let tk = match (i + 1 == workers.max(1), owned.take()) {
                 (true, Some(t)) => t,
                 (_, Some(t)) => {
@@ -263,9 +269,18 @@ impl TokenizerPool {
             };
             std::thread::Builder::new()
                 .name(format!("tokenizer-{i}"))
-                .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        job(&tk);
+                .spawn(move || loop {
+                    // Online work first, always; batch lines only when no online job waits.
+                    let next = match online_rx.try_recv() {
+                        Ok(job) => Ok(job),
+                        Err(_) => crossbeam_channel::select_biased! {
+                            recv(online_rx) -> job => job,
+                            recv(batch_rx) -> job => job,
+                        },
+                    };
+                    match next {
+                        Ok(job) => job(&tk),
+                        Err(_) => break,
                     }
                 })
                 .map_err(|e| {
@@ -273,14 +288,24 @@ impl TokenizerPool {
                 })?;
         }
         Ok(Self {
-            tx,
+            online,
+            batch,
             max_length,
             vocab_size,
         })
     }
 
-    /// Runs `f` on a tokenizer thread and awaits its result.
+    /// Runs `f` on a tokenizer thread at online priority and awaits its result.
     pub async fn run<T, F>(&self, f: F) -> Result<T, TokenizeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tokenizers) -> Result<T, TokenizeError> + Send + 'static,
+    {
+        self.run_at(Priority::Online, f).await
+    }
+
+    /// Runs `f` on a tokenizer thread at `priority` and awaits its result.
+    pub async fn run_at<T, F>(&self, priority: Priority, f: F) -> Result<T, TokenizeError>
     where
         T: Send + 'static,
         F: FnOnce(&Tokenizers) -> Result<T, TokenizeError> + Send + 'static,
@@ -289,7 +314,11 @@ impl TokenizerPool {
         let job: Job = Box::new(move |tk| {
             let _ = tx.send(f(tk));
         });
-        self.tx.send(job).map_err(|_| TokenizeError::Stopped)?;
+        let lane = match priority {
+            Priority::Online => &self.online,
+            Priority::Batch => &self.batch,
+        };
+        lane.send(job).map_err(|_| TokenizeError::Stopped)?;
         rx.await.map_err(|_| TokenizeError::Stopped)?
     }
 
@@ -298,8 +327,9 @@ impl TokenizerPool {
         &self,
         inputs: Vec<Input>,
         opts: EncodeOptions,
+        priority: Priority,
     ) -> Result<Vec<Encoded>, TokenizeError> {
-        self.run(move |tk| {
+        self.run_at(priority, move |tk| {
             inputs
                 .iter()
                 .enumerate()
@@ -307,5 +337,65 @@ impl TokenizerPool {
                 .collect()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn tiny_tokenizers() -> Tokenizers {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert/tokenizer.json");
+        Tokenizers::from_file(&path, 64, 2000).expect("the tiny fixture tokenizer")
+    }
+
+    #[tokio::test]
+    async fn online_work_overtakes_queued_batch_work() {
+        let pool = TokenizerPool::start(tiny_tokenizers(), 1).expect("pool");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Hold the only thread while both lanes fill up.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let p = pool.clone();
+        let blocker = tokio::spawn(async move {
+            p.run_at(Priority::Batch, move |_| {
+                let _ = hold.recv();
+                Ok(())
+            })
+            .await
+        });
+        let mut waiting = Vec::new();
+        for i in 0..10 {
+            let order = order.clone();
+            let p = pool.clone();
+            waiting.push(tokio::spawn(async move {
+                p.run_at(Priority::Batch, move |_| {
+                    order.lock().map(|mut o| o.push(format!("batch{i}"))).ok();
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        let o = order.clone();
+        let p = pool.clone();
+        let online = tokio::spawn(async move {
+            p.run_at(Priority::Online, move |_| {
+                o.lock().map(|mut o| o.push("online".to_string())).ok();
+                Ok(())
+            })
+            .await
+        });
+        // Let every submission reach its channel before the thread is released.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        release.send(()).expect("release");
+        blocker.await.expect("join").expect("blocker");
+        online.await.expect("join").expect("online");
+        for w in waiting {
+            w.await.expect("join").expect("batch");
+        }
+        let order = order.lock().expect("order").clone();
+        assert_eq!(order.len(), 11);
+        assert_eq!(order[0], "online", "online ran first: {order:?}");
     }
 }

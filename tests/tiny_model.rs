@@ -176,7 +176,7 @@ async fn native_and_candle_cpu_backends_agree_on_minilm() {
 }
 
 #[tokio::test]
-async fn online_batches_between_the_layers_of_a_job_batch_leave_both_correct() {
+async fn online_batches_inside_the_layers_of_a_job_batch_leave_both_correct() {
     let files = model::resolve(&ResolveOptions {
         model_id: tiny_model_dir().display().to_string(),
         revision: "main".into(),
@@ -214,7 +214,11 @@ async fn online_batches_between_the_layers_of_a_job_batch_leave_both_correct() {
             interleaved.push(model::embed(m.as_ref(), &online, Pooling::Mean).unwrap());
         })
         .unwrap();
-    assert_eq!(interleaved.len(), 2, "called after each of the 2 layers");
+    assert_eq!(
+        interleaved.len(),
+        8,
+        "4 yield points (after attention, the output projection, the FFN up and down GEMMs) x 2 layers"
+    );
     assert_eq!(job_preempted, job_alone);
     for o in interleaved {
         assert_eq!(o, online_alone);

@@ -274,7 +274,7 @@ impl Queue {
         Some(batch)
     }
 
-    /// True when online inputs are waiting (cheap; polled between layers).
+    /// True when online inputs are waiting (cheap; polled at yield points).
     pub fn online_waiting(&self) -> bool {
         !self.lock().online.is_empty()
     }

@@ -155,8 +155,9 @@ fn run(
     tracing::info!("device worker stopped: queue closed");
 }
 
-/// Computes one batch and answers its inputs. A batch of job lines only may be preempted
-/// between layers: online inputs that arrive meanwhile run first (nested, never preempted).
+/// Computes one batch and answers its inputs. A batch of job lines only may be preempted at
+/// yield points inside each layer: online inputs that arrive meanwhile run first (nested, never
+/// preempted), so an online request waits for at most one GEMM of a job batch.
 fn run_batch(
     model: &dyn EmbeddingModel,
     queue: &Queue,
@@ -176,7 +177,7 @@ fn run_batch(
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let packed = pack(&batch);
         if jobs_only {
-            let mut between_layers = || {
+            let mut at_yield_point = || {
                 while queue.online_waiting() {
                     let Some(online) = queue.take_online_now() else {
                         break;
@@ -186,7 +187,7 @@ fn run_batch(
                     preempted += t.elapsed();
                 }
             };
-            model.embed_preemptible(&packed, cfg.pooling, &mut between_layers)
+            model.embed_preemptible(&packed, cfg.pooling, &mut at_yield_point)
         } else {
             model::embed(model, &packed, cfg.pooling)
         }

@@ -168,7 +168,7 @@ pub async fn compute(
         direction: p.direction,
         add_special_tokens: true,
     };
-    let encoded = engine.encode(inputs, opts).await?;
+    let encoded = engine.encode(inputs, opts, priority).await?;
     let prompt_tokens = encoded.iter().map(|e| e.ids.len()).sum();
     let results = engine.embed_encoded(encoded, priority).await;
     let mut vectors = Vec::with_capacity(n);

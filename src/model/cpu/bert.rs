@@ -379,7 +379,7 @@ impl CpuBert {
         &self,
         batch: &PackedBatch,
         s: &mut Scratch,
-        between_layers: &mut dyn FnMut(),
+        at_yield_point: &mut dyn FnMut(),
     ) -> Result<usize, ModelError> {
         let t = batch.ids.len();
         let h = self.config.hidden_size;
@@ -402,6 +402,9 @@ impl CpuBert {
             linear(qkv, x, t, &layer.qkv.w, plain(&layer.qkv.b));
             let ctx = take(&mut s.ctx, t * h);
             self.attention(qkv, ctx, &batch.offsets);
+            // Yield points split each layer at its GEMMs (the FFN GEMMs are a third of the
+            // layer each): a waiting online request never waits for a whole layer.
+            at_yield_point();
             // h1 = LN(ctx Wo + bo + x)
             let h1 = take(&mut s.h, t * h);
             linear(
@@ -415,6 +418,7 @@ impl CpuBert {
                     ..plain(&layer.attn_out.b)
                 },
             );
+            at_yield_point();
             // inter = act(h1 Wi + bi)
             let inter = take(&mut s.inter, t * i);
             linear(
@@ -427,6 +431,7 @@ impl CpuBert {
                     ..plain(&layer.inter.b)
                 },
             );
+            at_yield_point();
             // x = LN(inter Wout + bout + h1)
             linear(
                 x,
@@ -439,7 +444,7 @@ impl CpuBert {
                     ..plain(&layer.output.b)
                 },
             );
-            between_layers();
+            at_yield_point();
         }
         Ok(t)
     }
@@ -460,13 +465,13 @@ impl EmbeddingModel for CpuBert {
         &self,
         batch: &PackedBatch,
         pooling: Pooling,
-        between_layers: &mut dyn FnMut(),
+        at_yield_point: &mut dyn FnMut(),
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let mut scratch = self.job_scratch.lock().unwrap_or_else(|p| p.into_inner());
-        let t = self.forward_into(batch, &mut scratch, between_layers)?;
+        let t = self.forward_into(batch, &mut scratch, at_yield_point)?;
         let h = self.config.hidden_size;
         Ok(pool_host(&scratch.x[..t * h], h, &batch.offsets, pooling))
     }
