@@ -164,7 +164,7 @@ pub struct ServeArgs {
 
     /// Target compute time of a device batch of batch-job lines, in milliseconds: job lines
     /// fill batches only up to what this allows at the measured speed. On the CPU such a batch
-    /// also yields to online requests between its layers.
+    /// also yields to online requests at every GEMM of each layer.
     #[arg(long, env = "BATCH_JOB_SLICE_MS", default_value_t = 50)]
     pub batch_job_slice_ms: u64,
 
