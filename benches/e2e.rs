@@ -48,7 +48,11 @@ struct Server {
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Server {
         let started = Instant::now();
+        // Without --state-dir the server would keep (empty) batch state in the repository.
+        let own_state =
+            std::env::temp_dir().join(format!("spotinfer-e2e-state-{}", std::process::id()));
         let mut child = Command::new(BIN)
+            .env("STATE_DIR", &own_state)
             .args([
                 "serve",
                 "--hostname",

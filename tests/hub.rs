@@ -202,6 +202,7 @@ fn loads_by_repo_id_through_a_mirror_then_offline_from_the_cache() {
             empty.to_str().unwrap(),
         ])
         .env("HF_HUB_OFFLINE", "1")
+        .env("STATE_DIR", cache.with_extension("state"))
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
@@ -211,4 +212,5 @@ fn loads_by_repo_id_through_a_mirror_then_offline_from_the_cache() {
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::remove_dir_all(cache.with_extension("state"));
 }

@@ -74,6 +74,8 @@ pub struct Server {
     pub base: String,
     pub metrics_base: String,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// A state dir this harness made (removed on drop); None when the test chose its own.
+    own_state_dir: Option<std::path::PathBuf>,
 }
 
 pub struct ServerBuilder {
@@ -104,7 +106,17 @@ impl ServerBuilder {
     }
 
     pub fn start(self) -> Server {
+        // Each server gets its own batch-job state dir unless the test picks one: the default
+        // (./spotinfer-state) would be shared by concurrent tests and left in the repository.
+        let own_state_dir = (!self.args.iter().any(|a| a == "--state-dir")).then(|| {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("spotinfer-test-state-{}-{n}", std::process::id()))
+        });
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotinfer"));
+        if let Some(dir) = &own_state_dir {
+            cmd.env("STATE_DIR", dir);
+        }
         cmd.arg("serve")
             .args([
                 "--hostname",
@@ -166,6 +178,7 @@ impl ServerBuilder {
             base,
             metrics_base,
             logs,
+            own_state_dir,
         };
         if self.wait_ready {
             server.wait_ready(Duration::from_secs(60));
@@ -276,6 +289,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.own_state_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
