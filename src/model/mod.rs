@@ -101,10 +101,9 @@ impl PackedBatch {
 pub trait EmbeddingModel: Send {
     /// Forward and pool a packed batch: one F32 vector per sequence, on the host.
     fn embed(&self, batch: &PackedBatch, pooling: Pooling) -> Result<Vec<Vec<f32>>, ModelError>;
-    /// Like `embed`, calling `at_yield_point` between the steps of each layer (each GEMM)
-    /// so the caller can run urgent
-    /// work (online requests) in the middle of a long offline batch. Backends whose batches
-    /// are short anyway (the GPU) may ignore it.
+    /// Like `embed`, calling `at_yield_point` between the steps of each layer (each GEMM) so
+    /// the caller can run urgent work (online requests) in the middle of a long offline batch.
+    /// Backends whose batches are short anyway (the GPU) may ignore it.
     fn embed_preemptible(
         &self,
         batch: &PackedBatch,
