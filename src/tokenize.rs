@@ -270,13 +270,10 @@ impl TokenizerPool {
             std::thread::Builder::new()
                 .name(format!("tokenizer-{i}"))
                 .spawn(move || loop {
-                    // Online work first, always; batch lines only when no online job waits.
-                    let next = match online_rx.try_recv() {
-                        Ok(job) => Ok(job),
-                        Err(_) => crossbeam_channel::select_biased! {
-                            recv(online_rx) -> job => job,
-                            recv(batch_rx) -> job => job,
-                        },
+                    // Biased select: online work first whenever both lanes have some.
+                    let next = crossbeam_channel::select_biased! {
+                        recv(online_rx) -> job => job,
+                        recv(batch_rx) -> job => job,
                     };
                     match next {
                         Ok(job) => job(&tk),
