@@ -2,6 +2,7 @@
 //! drains it.
 
 pub mod queue;
+pub mod select;
 pub mod worker;
 
 pub use queue::{BatchLimits, InferError, Priority, Queue};

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::select;
 use crate::metrics::Metrics;
 use crate::tokenize::Encoded;
 
@@ -216,43 +217,37 @@ impl Queue {
     }
 
     /// Fills one batch under the token budget (padded tokens: inputs x longest) and the
-    /// request limit, online lane first; job lines only up to the job-slice cap.
+    /// request limit, online lane first, grouping similar lengths (`select`); job lines fill
+    /// the rest only up to the job-slice cap.
     fn take(&self, lanes: &mut Lanes) -> Batch {
         let lim = self.limits;
-        let job_cap = self.job_token_cap();
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut max_len = 0usize;
-        let mut online = 0;
-        for (lane_index, (lane, budget)) in [
-            (&mut lanes.online, lim.max_batch_tokens),
-            (&mut lanes.batch, job_cap),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            while let Some(front) = lane.front() {
-                let len = front.encoded.ids.len();
-                let new_max = max_len.max(len);
-                let fits = (entries.len() + 1) * new_max <= budget
-                    && entries.len() < lim.max_batch_requests;
-                // The first input always goes, even alone over budget, so nothing starves.
-                if !fits && !entries.is_empty() {
-                    break;
-                }
-                if let Some(e) = lane.pop_front() {
-                    max_len = new_max;
-                    entries.push(e);
-                }
-            }
-            if lane_index == 0 {
-                online = entries.len();
-            }
-            if entries.len() >= lim.max_batch_requests {
-                break;
-            }
+        let max_inputs = lim.max_batch_requests.max(1);
+        if lanes.online.is_empty() {
+            let cap = self.job_token_cap();
+            let (entries, longest) =
+                take_chosen(&mut lanes.batch, |lens| select::pick(lens, cap, max_inputs));
+            return Batch {
+                padded_tokens: entries.len() * longest,
+                entries,
+                online: 0,
+            };
+        }
+        let (mut entries, longest) = take_chosen(&mut lanes.online, |lens| {
+            select::pick(lens, lim.max_batch_tokens, max_inputs)
+        });
+        let online = entries.len();
+        // Job lines fill the free slots, no longer than the batch's longest input.
+        let slots = (self.job_token_cap() / longest.max(1))
+            .min(max_inputs)
+            .saturating_sub(online);
+        if slots > 0 && !lanes.batch.is_empty() {
+            let (lines, _) = take_chosen(&mut lanes.batch, |lens| {
+                (select::fill(lens, longest, slots), longest)
+            });
+            entries.extend(lines);
         }
         Batch {
-            padded_tokens: entries.len() * max_len,
+            padded_tokens: entries.len() * longest,
             entries,
             online,
         }
@@ -313,6 +308,40 @@ impl Queue {
     }
 }
 
+/// Removes the entries `choose` picks (indices into the lane's token counts, ascending) from
+/// `lane`, keeping the rest in queue order. Returns them and the longest length.
+fn take_chosen(
+    lane: &mut VecDeque<Entry>,
+    choose: impl FnOnce(&[usize]) -> (Vec<usize>, usize),
+) -> (Vec<Entry>, usize) {
+    let lens: Vec<usize> = lane
+        .iter()
+        .take(select::WINDOW)
+        .map(|e| e.encoded.ids.len())
+        .collect();
+    let (chosen, longest) = choose(&lens);
+    let mut picked = Vec::with_capacity(chosen.len());
+    if chosen.iter().enumerate().all(|(k, &i)| k == i) {
+        // A prefix (the common case under light load): no reshuffle.
+        picked.extend(lane.drain(..chosen.len()));
+        return (picked, longest);
+    }
+    let mut is_chosen = vec![false; lens.len()];
+    for &i in &chosen {
+        is_chosen[i] = true;
+    }
+    let mut rest = VecDeque::with_capacity(lane.len());
+    for (i, e) in lane.drain(..).enumerate() {
+        if is_chosen.get(i).copied().unwrap_or(false) {
+            picked.push(e);
+        } else {
+            rest.push_back(e);
+        }
+    }
+    *lane = rest;
+    (picked, longest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,13 +369,14 @@ mod tests {
     fn batches_respect_padded_token_budget() {
         let q = queue(100, 1000);
         let _rx = q.submit(vec![enc(10), enc(10), enc(40), enc(10)], Priority::Online);
-        // 2 x 10 fits; adding the 40-token input makes 3 x 40 = 120 > 100.
+        // The three 10-token inputs go together (30 padded tokens); the 40-token one would
+        // have padded them to 4 x 40 = 160 > 100, so it goes next, alone.
         let b = q.next_batch().unwrap();
-        assert_eq!(b.entries.len(), 2);
-        assert_eq!(b.padded_tokens, 20);
+        assert_eq!(b.entries.len(), 3);
+        assert_eq!(b.padded_tokens, 30);
         let b = q.next_batch().unwrap();
-        assert_eq!(b.entries.len(), 2);
-        assert_eq!(b.padded_tokens, 80);
+        assert_eq!(b.entries.len(), 1);
+        assert_eq!(b.padded_tokens, 40);
     }
 
     #[test]

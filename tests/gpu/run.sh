@@ -4,7 +4,9 @@
 #   2. check that F16 is really used (weights' memory ~ half of F32) and that NVML gauges appear;
 #   3. load benchmark at concurrency 1-256 with MiniLM and a BERT-large-shaped model (random
 #      weights), recording throughput, p50/p99, device busy ratio and GPU utilisation;
-#   4. SIGTERM under load on the GPU: zero lost requests.
+#   4. SIGTERM under load on the GPU: zero lost requests;
+#   and beside 3, on the same corpus in the same run: the peer (sentence-transformers encode() in
+#   FP16 on the GPU, tests/gpu/peer_st.py) and offline `spotinfer batch`.
 #
 # Inputs (built on the CPU machine, see docs/CUDA.md "GPU verification"):
 #   $CARRY/spotinfer.xz     the CUDA binary (CUDA_COMPUTE_CAP=90), xz-compressed
@@ -125,6 +127,44 @@ bench() { # name model
 }
 bench minilm "$MINILM"
 
+# --- 3b. the peer and offline `spotinfer batch` on the same corpus, in the same run ------------
+CORPUS=$WORK/corpus.jsonl
+"$BIN" bench --dump-corpus "$CORPUS" --corpus-size 4096 >/dev/null 2>&1
+"$PY" - "$CORPUS" "$WORK/jobs.jsonl" <<'EOF'
+import json, sys
+with open(sys.argv[2], "w") as out:
+    for i, line in enumerate(open(sys.argv[1])):
+        body = {"input": json.loads(line)["text"]}
+        out.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings",
+                              "body": body}) + "\n")
+EOF
+peer_and_offline() { # name model max_seq_length
+  local name=$1 model=$2 maxlen=$3
+  "$PY" tests/gpu/peer_st.py "$model" "$CORPUS" "$maxlen" >"$OUT/peer-$name.json" 2>"$OUT/peer-$name.log" &&
+    record "peer_${name}" "$(cat "$OUT/peer-$name.json")"
+  tail -c 600 "$OUT/peer-$name.json"; echo
+  for budget in 16384 65536; do
+    rm -f "$WORK/batch-out.jsonl" "$WORK/batch-out.jsonl.ckpt"
+    local t0 t1; t0=$(date +%s.%N)
+    "$BIN" batch --model-id "$model" --dtype float16 --input "$WORK/jobs.jsonl" \
+      --output "$WORK/batch-out.jsonl" --max-batch-tokens "$budget" --no-progress \
+      >>"$OUT/batch-$name.log" 2>&1
+    t1=$(date +%s.%N)
+    "$PY" - "$WORK/batch-out.jsonl" "$t0" "$t1" "$budget" >"$OUT/offline-$name-$budget.json" <<'EOF'
+import json, sys
+path, t0, t1, budget = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+lines = [json.loads(line) for line in open(path)]
+ok = sum(1 for r in lines if (r.get("response") or {}).get("status_code") == 200)
+secs = t1 - t0
+print(json.dumps({"max_batch_tokens": budget, "lines": len(lines), "ok": ok,
+                  "seconds_incl_model_load": round(secs, 3), "sentences_per_s": round(ok / secs, 1)}))
+EOF
+    cat "$OUT/offline-$name-$budget.json"
+    record "offline_${name}_${budget}" "$(cat "$OUT/offline-$name-$budget.json")"
+  done
+}
+peer_and_offline minilm "$MINILM" 256
+
 # A BERT-large-shaped model (24 layers, hidden 1024, 16 heads, 335 M parameters), random weights.
 LARGE=$WORK/bert-large-random
 "$PY" - "$LARGE" "$MINILM" <<'EOF'
@@ -143,6 +183,7 @@ for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", 
 print("bert-large-random written")
 EOF
 bench bert-large "$LARGE"
+peer_and_offline bert-large "$LARGE" 512
 start_server "$LARGE" float16 --drain-delay 0 && l16=$(gpu_mem_of "$SERVER_PID"); stop_server
 start_server "$LARGE" float32 --drain-delay 0 && l32=$(gpu_mem_of "$SERVER_PID"); stop_server
 record bert_large_gpu_mem_mib "{\"float16\": ${l16:-null}, \"float32\": ${l32:-null}, \"weights_f16_mib\": 639}"
