@@ -95,7 +95,7 @@ fn benches(c: &mut Criterion) {
     });
     let mut scores: Vec<f32> = (0..12 * 64 * 64).map(|i| (i % 77) as f32 / 10.0).collect();
     c.bench_function("kernel: scaled softmax, 12 heads x 64 x 64", |b| {
-        b.iter(|| spotinfer::model::cpu::kernels::scaled_softmax_rows(&mut scores, 64, 0.17))
+        b.iter(|| spotinfer::model::cpu::kernels::scaled_softmax_rows(&mut scores, 64, 64, 0.17))
     });
     let (m_rows, k, n) = (512, 384, 1536);
     let a: Vec<f32> = (0..m_rows * k).map(|i| (i % 13) as f32 * 0.01).collect();

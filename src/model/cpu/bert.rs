@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::kernels;
-use super::matmul::{linear, Activation, Epilogue, PackedWeights};
+use super::matmul::{self, linear, Activation, Epilogue, PackedWeights};
 use crate::model::bert::{BertConfig, HiddenAct};
 use crate::model::pooling::pool_host;
 use crate::model::{EmbeddingModel, ModelError, PackedBatch, Pooling};
@@ -213,6 +213,50 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// `c[m, n] = a[m, k] · b[k, n]` through the `gemm` crate, one thread: rows of `a` and `c` at
+/// strides `lda`, `ldc`; element (kk, j) of `b` at `b[kk * b_row + j * b_col]`.
+///
+/// # Safety
+/// Every address so described must be valid (`c` writable, untouched by others meanwhile).
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    b_row: usize,
+    b_col: usize,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            ldc as isize,
+            false,
+            a,
+            1,
+            lda as isize,
+            b,
+            b_col as isize,
+            b_row as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    };
+}
+
 impl CpuBert {
     pub fn load(paths: &[PathBuf], config: BertConfig) -> Result<Self, ModelError> {
         if config
@@ -310,68 +354,129 @@ impl CpuBert {
     fn attention(&self, qkv: &[f32], ctx: &mut [f32], offsets: &[usize]) {
         let h = self.config.hidden_size;
         let (heads, d) = (self.heads, self.head_dim);
-        let scale = 1.0 / (d as f32).sqrt();
         let ctx_ptr = SharedMut(ctx.as_mut_ptr());
         let tasks: Vec<(usize, usize)> = (0..offsets.len() - 1)
             .flat_map(|s| (0..heads).map(move |hd| (s, hd)))
             .collect();
         tasks.par_iter().for_each(|&(s, hd)| {
             let (start, len) = (offsets[s], offsets[s + 1] - offsets[s]);
-            let q = &qkv[start * 3 * h + hd * d..];
-            let k = &qkv[start * 3 * h + h + hd * d..];
-            let v = &qkv[start * 3 * h + 2 * h + hd * d..];
+            let head = &qkv[start * 3 * h + hd * d..];
             SCORES.with(|cell| {
-                let mut scores = cell.borrow_mut();
-                let scores = take(&mut scores, len * len);
-                // SAFETY: q, k, v rows are `3h` apart and `d` wide within `qkv`; `scores` holds
-                // len*len; this task alone writes rows start..start+len, columns hd*d..+d of ctx.
-                unsafe {
-                    gemm::gemm(
-                        len,
-                        len,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        len as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        (3 * h) as isize,
-                        k.as_ptr(),
-                        (3 * h) as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                    kernels::scaled_softmax_rows(scores, len, scale);
-                    gemm::gemm(
-                        len,
-                        d,
-                        len,
-                        ctx_ptr.get().add(start * h + hd * d),
-                        1,
-                        h as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        len as isize,
-                        v.as_ptr(),
-                        1,
-                        (3 * h) as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+                let mut scratch = cell.borrow_mut();
+                // SAFETY: this task alone writes rows start..start+len, columns hd*d..+d of ctx.
+                let out = unsafe { ctx_ptr.get().add(start * h + hd * d) };
+                // SAFETY: as above; `head` starts this sequence's q at its head's columns.
+                let fast = d % 16 == 0 && unsafe { self.head_fast(head, len, &mut scratch, out) };
+                if !fast {
+                    // SAFETY: as above.
+                    unsafe { self.head_gemm(head, len, &mut scratch, out) };
                 }
             });
         });
+    }
+
+    /// One sequence and head with the SIMD kernel of `matmul` (head_dim a multiple of 16): the
+    /// keys are transposed into 16-key panels, scores are `[len, len rounded up to 16]`.
+    /// Returns false, doing nothing, without AVX2+FMA.
+    ///
+    /// # Safety
+    /// `head` must hold `len` rows of `3h` (q, k, v of this head at columns 0, h, 2h) and `out`
+    /// `len` rows of stride h and `d` writable values that no one else touches meanwhile.
+    unsafe fn head_fast(
+        &self,
+        head: &[f32],
+        len: usize,
+        scratch: &mut Vec<f32>,
+        out: *mut f32,
+    ) -> bool {
+        let (h, d) = (self.config.hidden_size, self.head_dim);
+        let ld = len.next_multiple_of(16);
+        let buf = take(scratch, len * ld + d * ld);
+        let (scores, kt) = buf.split_at_mut(len * ld);
+        // Panel p holds keys 16p..16p+16: row kk is feature kk of those keys (zero past len).
+        kt.fill(0.0);
+        for j in 0..len {
+            let key = &head[j * 3 * h + h..j * 3 * h + h + d];
+            let panel = &mut kt[(j / 16) * d * 16 + j % 16..];
+            for (kk, v) in key.iter().enumerate() {
+                panel[kk * 16] = *v;
+            }
+        }
+        let v = &head[2 * h..];
+        // SAFETY: q rows are 3h apart with d values each; kt holds ld/16 panels of d x 16;
+        // scores holds len rows of ld; then scores rows (len values each) times v rows (3h
+        // apart, d values) into out (caller's guarantee).
+        unsafe {
+            let q = head.as_ptr();
+            if !matmul::small_product(
+                scores.as_mut_ptr(),
+                ld,
+                q,
+                3 * h,
+                len,
+                d,
+                kt.as_ptr(),
+                16,
+                d * 16,
+                ld / 16,
+            ) {
+                return false;
+            }
+            kernels::scaled_softmax_rows(scores, len, ld, 1.0 / (d as f32).sqrt());
+            matmul::small_product(
+                out,
+                h,
+                scores.as_ptr(),
+                ld,
+                len,
+                len,
+                v.as_ptr(),
+                3 * h,
+                16,
+                d / 16,
+            );
+        }
+        true
+    }
+
+    /// One sequence and head with the `gemm` crate (any head_dim, any CPU).
+    ///
+    /// # Safety
+    /// As for `head_fast`.
+    unsafe fn head_gemm(&self, head: &[f32], len: usize, scratch: &mut Vec<f32>, out: *mut f32) {
+        let (h, d) = (self.config.hidden_size, self.head_dim);
+        let scores = take(scratch, len * len);
+        let (q, k, v) = (head, &head[h..], &head[2 * h..]);
+        // SAFETY: q, k, v rows are `3h` apart and `d` wide within `head`; `scores` holds
+        // len*len; `out` as the caller guarantees.
+        unsafe {
+            // scores = q · kᵀ (k read with its strides swapped), then scores · v.
+            product(
+                len,
+                len,
+                d,
+                scores.as_mut_ptr(),
+                len,
+                q.as_ptr(),
+                3 * h,
+                k.as_ptr(),
+                1,
+                3 * h,
+            );
+            kernels::scaled_softmax_rows(scores, len, len, 1.0 / (d as f32).sqrt());
+            product(
+                len,
+                d,
+                len,
+                out,
+                h,
+                scores.as_ptr(),
+                len,
+                v.as_ptr(),
+                3 * h,
+                1,
+            );
+        }
     }
 
     /// Last hidden states `[T, h]`, into the scratch `x` buffer.

@@ -154,9 +154,11 @@ multiversion! {
 }
 
 multiversion! {
-    /// Each row of `x` (`cols` wide): softmax(row * scale), in place.
-    pub fn scaled_softmax_rows(x: &mut [f32], cols: usize, scale: f32) {
-        for row in x.chunks_exact_mut(cols) {
+    /// Each row of `x` (rows `ld` apart, the first `cols` values used): softmax(row * scale), in
+    /// place.
+    pub fn scaled_softmax_rows(x: &mut [f32], cols: usize, ld: usize, scale: f32) {
+        for row in x.chunks_exact_mut(ld) {
+            let row = &mut row[..cols];
             let max = max_lanes(row);
             for v in row.iter_mut() {
                 *v = exp((*v - max) * scale);
@@ -284,7 +286,7 @@ mod tests {
             assert!((f64::from(*g) - gelu(v)).abs() < 1e-6, "{g} vs {}", gelu(v));
         }
         let mut s = vec![1.0, 2.0, 3.0, -1e9, 0.0, 0.0];
-        scaled_softmax_rows(&mut s, 3, 1.0);
+        scaled_softmax_rows(&mut s, 3, 3, 1.0);
         assert!((s[0..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!((s[2] - 0.665_240_9).abs() < 1e-6);
         assert!(s[3] < 1e-30 && (s[4] - 0.5).abs() < 1e-6);
