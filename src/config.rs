@@ -103,7 +103,8 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
     pub max_concurrent_requests: usize,
 
-    /// Token budget of one device batch, counting padded tokens (inputs x longest input).
+    /// Token budget of one device batch: padded tokens (inputs x longest input) on CUDA and the
+    /// candle CPU backend, real tokens on the native CPU backend (it computes no padding).
     #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 16384)]
     pub max_batch_tokens: usize,
 

@@ -45,7 +45,8 @@ pub struct Entry {
 /// A batch taken off the queue for the device.
 pub struct Batch {
     pub entries: Vec<Entry>,
-    pub padded_tokens: usize,
+    /// What the batch costs the backend: `inputs x longest` where it pads, else the sum.
+    pub tokens: usize,
     /// How many of the entries came from the online lane (the rest are job lines).
     pub online: usize,
 }
@@ -61,7 +62,7 @@ pub struct BatchLimits {
     pub job_slice: Duration,
 }
 
-/// Fewest padded tokens a batch may carry for job lines, however slow the device.
+/// Fewest tokens a batch may carry for job lines, however slow the device.
 const MIN_JOB_TOKENS: usize = 64;
 
 struct Lanes {
@@ -73,8 +74,10 @@ struct Lanes {
 }
 
 pub struct Queue {
-    /// Exponentially weighted seconds per padded token, as f64 bits (0 = not measured yet).
+    /// Exponentially weighted seconds per batch token, as f64 bits (0 = not measured yet).
     secs_per_token: std::sync::atomic::AtomicU64,
+    /// Group similar lengths (the backend pads to the longest) or take inputs first come.
+    length_aware: std::sync::atomic::AtomicBool,
     lanes: Mutex<Lanes>,
     ready: Condvar,
     limits: BatchLimits,
@@ -85,6 +88,7 @@ impl Queue {
     pub fn new(limits: BatchLimits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             secs_per_token: std::sync::atomic::AtomicU64::new(0),
+            length_aware: std::sync::atomic::AtomicBool::new(true),
             lanes: Mutex::new(Lanes {
                 online: VecDeque::new(),
                 batch: VecDeque::new(),
@@ -99,6 +103,12 @@ impl Queue {
 
     pub fn limits(&self) -> BatchLimits {
         self.limits
+    }
+
+    /// Set by the worker from the loaded model (`EmbeddingModel::pads_to_longest`).
+    pub fn set_length_aware(&self, on: bool) {
+        self.length_aware
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Lanes> {
@@ -188,12 +198,12 @@ impl Queue {
     }
 
     /// Records how long a batch took, for the job-line token cap.
-    pub fn record_batch(&self, padded_tokens: usize, elapsed: Duration) {
+    pub fn record_batch(&self, tokens: usize, elapsed: Duration) {
         use std::sync::atomic::Ordering;
-        if padded_tokens == 0 {
+        if tokens == 0 {
             return;
         }
-        let sample = elapsed.as_secs_f64() / padded_tokens as f64;
+        let sample = elapsed.as_secs_f64() / tokens as f64;
         let old = f64::from_bits(self.secs_per_token.load(Ordering::Relaxed));
         let new = if old == 0.0 {
             sample
@@ -203,7 +213,7 @@ impl Queue {
         self.secs_per_token.store(new.to_bits(), Ordering::Relaxed);
     }
 
-    /// Padded tokens a batch may reach while adding job lines.
+    /// Tokens a batch may reach while adding job lines.
     pub fn job_token_cap(&self) -> usize {
         let spt = f64::from_bits(
             self.secs_per_token
@@ -216,38 +226,51 @@ impl Queue {
         ((self.limits.job_slice.as_secs_f64() / spt) as usize).clamp(MIN_JOB_TOKENS.min(max), max)
     }
 
-    /// Fills one batch under the token budget (padded tokens: inputs x longest) and the
-    /// request limit, online lane first, grouping similar lengths (`select`); job lines fill
-    /// the rest only up to the job-slice cap.
+    /// Fills one batch under the token budget and the request limit, online lane first, then
+    /// job lines only up to the job-slice cap. On a padding backend tokens count as
+    /// `inputs x longest` and the batch groups similar lengths (`select::pick`); on a
+    /// padding-free one they count as they are and inputs go first come (`select::first_come`).
     fn take(&self, lanes: &mut Lanes) -> Batch {
         let lim = self.limits;
         let max_inputs = lim.max_batch_requests.max(1);
-        if lanes.online.is_empty() {
-            let cap = self.job_token_cap();
-            let (entries, longest) =
-                take_chosen(&mut lanes.batch, |lens| select::pick(lens, cap, max_inputs));
-            return Batch {
-                padded_tokens: entries.len() * longest,
-                entries,
-                online: 0,
-            };
+        let aware = self.length_aware.load(std::sync::atomic::Ordering::Relaxed);
+        let job_cap = self.job_token_cap();
+        let mut entries = Vec::new();
+        if !lanes.online.is_empty() {
+            entries = take_chosen(&mut lanes.online, |lens| {
+                if aware {
+                    select::pick(lens, lim.max_batch_tokens, max_inputs).0
+                } else {
+                    select::first_come(lens, lim.max_batch_tokens, max_inputs, 0, 0)
+                }
+            });
         }
-        let (mut entries, longest) = take_chosen(&mut lanes.online, |lens| {
-            select::pick(lens, lim.max_batch_tokens, max_inputs)
-        });
         let online = entries.len();
-        // Job lines fill the free slots, no longer than the batch's longest input.
-        let slots = (self.job_token_cap() / longest.max(1))
-            .min(max_inputs)
-            .saturating_sub(online);
-        if slots > 0 && !lanes.batch.is_empty() {
-            let (lines, _) = take_chosen(&mut lanes.batch, |lens| {
-                (select::fill(lens, longest, slots), longest)
+        let longest = lens_of(&entries).max().unwrap_or(0);
+        if !lanes.batch.is_empty() && online < max_inputs {
+            let sum: usize = lens_of(&entries).sum();
+            let lines = take_chosen(&mut lanes.batch, |l| {
+                if !aware {
+                    select::first_come(l, job_cap, max_inputs, online, sum)
+                } else if online == 0 {
+                    select::pick(l, job_cap, max_inputs).0
+                } else {
+                    // Job lines fill the free slots, no longer than the batch's longest input.
+                    let slots = (job_cap / longest.max(1))
+                        .min(max_inputs)
+                        .saturating_sub(online);
+                    select::fill(l, longest, slots)
+                }
             });
             entries.extend(lines);
         }
+        let tokens = if aware {
+            entries.len() * lens_of(&entries).max().unwrap_or(0)
+        } else {
+            lens_of(&entries).sum()
+        };
         Batch {
-            padded_tokens: entries.len() * longest,
+            tokens,
             entries,
             online,
         }
@@ -308,28 +331,31 @@ impl Queue {
     }
 }
 
+fn lens_of(entries: &[Entry]) -> impl Iterator<Item = usize> + '_ {
+    entries.iter().map(|e| e.encoded.ids.len())
+}
+
 /// Removes the entries `choose` picks (indices into the lane's token counts, ascending) from
-/// `lane`, keeping the rest in queue order. Returns them and the longest length.
+/// `lane`, keeping the rest in queue order.
 fn take_chosen(
     lane: &mut VecDeque<Entry>,
-    choose: impl FnOnce(&[usize]) -> (Vec<usize>, usize),
-) -> (Vec<Entry>, usize) {
+    choose: impl FnOnce(&[usize]) -> Vec<usize>,
+) -> Vec<Entry> {
     let lens: Vec<usize> = lane
         .iter()
         .take(select::WINDOW)
         .map(|e| e.encoded.ids.len())
         .collect();
-    let (chosen, longest) = choose(&lens);
-    let mut picked = Vec::with_capacity(chosen.len());
+    let chosen = choose(&lens);
     if chosen.iter().enumerate().all(|(k, &i)| k == i) {
-        // A prefix (the common case under light load): no reshuffle.
-        picked.extend(lane.drain(..chosen.len()));
-        return (picked, longest);
+        // A prefix (first come, or everything fits): no reshuffle.
+        return lane.drain(..chosen.len()).collect();
     }
     let mut is_chosen = vec![false; lens.len()];
     for &i in &chosen {
         is_chosen[i] = true;
     }
+    let mut picked = Vec::with_capacity(chosen.len());
     let mut rest = VecDeque::with_capacity(lane.len());
     for (i, e) in lane.drain(..).enumerate() {
         if is_chosen.get(i).copied().unwrap_or(false) {
@@ -339,7 +365,7 @@ fn take_chosen(
         }
     }
     *lane = rest;
-    (picked, longest)
+    picked
 }
 
 #[cfg(test)]
@@ -373,10 +399,29 @@ mod tests {
         // have padded them to 4 x 40 = 160 > 100, so it goes next, alone.
         let b = q.next_batch().unwrap();
         assert_eq!(b.entries.len(), 3);
-        assert_eq!(b.padded_tokens, 30);
+        assert_eq!(b.tokens, 30);
         let b = q.next_batch().unwrap();
         assert_eq!(b.entries.len(), 1);
-        assert_eq!(b.padded_tokens, 40);
+        assert_eq!(b.tokens, 40);
+    }
+
+    #[test]
+    fn padding_free_backends_get_first_come_batches() {
+        let q = queue(100, 1000);
+        q.set_length_aware(false);
+        let _rx = q.submit(vec![enc(10), enc(10), enc(40), enc(10)], Priority::Online);
+        // Real tokens count: 10 + 10 + 40 + 10 = 70 fits, in arrival order.
+        let b = q.next_batch().unwrap();
+        assert_eq!((b.entries.len(), b.tokens), (4, 70));
+        let _rx = q.submit(vec![enc(60), enc(30), enc(20)], Priority::Online);
+        let b = q.next_batch().unwrap();
+        assert_eq!((b.entries.len(), b.tokens), (2, 90));
+        q.next_batch().unwrap();
+        // Job lines fill up to the cap (64 tokens until measured) after online inputs.
+        let _j = q.submit(vec![enc(20), enc(20), enc(20)], Priority::Batch);
+        let _o = q.submit(vec![enc(10)], Priority::Online);
+        let b = q.next_batch().unwrap();
+        assert_eq!((b.entries.len(), b.online, b.tokens), (3, 1, 50));
     }
 
     #[test]

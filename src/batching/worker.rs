@@ -102,6 +102,7 @@ pub fn spawn(
                     return;
                 }
             };
+            queue.set_length_aware(model.pads_to_longest());
             if let Err(e) = warm_up(model.as_ref(), &cfg) {
                 let _ = tx.send(Err(e));
                 return;
@@ -199,7 +200,7 @@ fn run_batch(
         .busy_ns
         .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     metrics.compute_time.observe(elapsed.as_secs_f64());
-    queue.record_batch(batch.padded_tokens, elapsed);
+    queue.record_batch(batch.tokens, elapsed);
     metrics.batch_size.observe(n as f64);
     let tokens: usize = batch.entries.iter().map(|e| e.encoded.ids.len()).sum();
     metrics.batch_tokens.observe(tokens as f64);

@@ -205,8 +205,9 @@ pub trait DriveHooks {
     fn committed(&mut self, checkpoint: &super::store::Checkpoint, succeeded: u64, failed: u64);
 }
 
-/// Runs the input file from the checkpoint to the end, `depth` chunks in flight so the device
-/// never idles between chunks, committing chunks in order.
+/// Runs the input file from the checkpoint to the end, `DEPTH` chunks in flight so the device
+/// never idles between chunks and the queue holds enough lines to group similar lengths into
+/// full batches, committing chunks in order.
 pub async fn drive(
     engine: &Engine,
     limits: RequestLimits,
@@ -217,7 +218,8 @@ pub async fn drive(
     hooks: &mut (dyn DriveHooks + Send),
 ) -> Result<DriveEnd, super::store::StoreError> {
     use futures::stream::{FuturesOrdered, StreamExt};
-    const DEPTH: usize = 2;
+    // 4 x 256 lines: about four 16k-token batches queued at the corpus's mean length.
+    const DEPTH: usize = 4;
     let mut read_offset = out.checkpoint.input_offset;
     let mut read_line_no = out.checkpoint.lines_done;
     let mut eof = false;

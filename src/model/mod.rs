@@ -118,6 +118,11 @@ pub trait EmbeddingModel: Send {
     fn vocab_size(&self) -> usize;
     /// Bytes the weights take at the loaded dtype.
     fn parameter_bytes(&self) -> usize;
+    /// Whether a batch costs `inputs x longest input` (every sequence padded to the longest):
+    /// then the queue groups similar lengths. Padding-free backends get first-come batches.
+    fn pads_to_longest(&self) -> bool {
+        true
+    }
 }
 
 /// Forward and pool: `[n, hidden]` F32 on the host (empty batches are free).

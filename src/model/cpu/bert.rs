@@ -593,6 +593,10 @@ impl EmbeddingModel for CpuBert {
         self.config.vocab_size
     }
 
+    fn pads_to_longest(&self) -> bool {
+        false // dense layers on the packed tokens, attention per sequence
+    }
+
     fn parameter_bytes(&self) -> usize {
         let dense: usize = self
             .layers
