@@ -15,11 +15,7 @@
 # Outputs: $OUT (or ./gpu-out): results.json, bench-*.json and logs.tar.gz (server logs, metrics,
 # tables: few files, as the device tool returns at most 8); a summary on stdout.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-CARRY=${CARRY:-.carry}
-FINAL=${OUT:-$PWD/gpu-out}
-mkdir -p "$FINAL"
-WORK=$(mktemp -d)
+. "$(dirname "$0")/common.sh"
 OUT=$WORK/out   # everything is written here; the end copies the results and packs the logs
 mkdir -p "$OUT"
 finish() {
@@ -27,11 +23,7 @@ finish() {
   tar -C "$OUT" -czf "$FINAL/logs.tar.gz" --exclude='bench-*.json' --exclude=results.json .
 }
 trap finish EXIT
-BIN=$WORK/spotinfer
-xz -dc "$CARRY/spotinfer.xz" > "$BIN" && chmod +x "$BIN"
 MINILM=$CARRY/minilm-f16
-PY=${PY:-python3}
-export CUDA_CACHE_PATH=$WORK/cuda-cache   # the PTX JIT cache: the first start fills it
 export RUST_LOG=info
 RESULTS=$OUT/results.json
 echo '{}' > "$RESULTS"
@@ -130,15 +122,7 @@ bench minilm "$MINILM"
 # --- 3b. the peer and offline `spotinfer batch` on the same corpus, in the same run ------------
 CORPUS=$WORK/corpus.jsonl
 # 16,384 texts: long enough that model load and warm-up do not dominate the offline runs.
-"$BIN" bench --dump-corpus "$CORPUS" --corpus-size "${OFFLINE_TEXTS:-16384}" >/dev/null 2>&1
-"$PY" - "$CORPUS" "$WORK/jobs.jsonl" <<'EOF'
-import json, sys
-with open(sys.argv[2], "w") as out:
-    for i, line in enumerate(open(sys.argv[1])):
-        body = {"input": json.loads(line)["text"]}
-        out.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings",
-                              "body": body}) + "\n")
-EOF
+corpus_jobs "${OFFLINE_TEXTS:-16384}" "$CORPUS" "$WORK/jobs.jsonl"
 peer_and_offline() { # name model max_seq_length
   local name=$1 model=$2 maxlen=$3
   "$PY" tests/gpu/peer_st.py "$model" "$CORPUS" "$maxlen" >"$OUT/peer-$name.json" 2>"$OUT/peer-$name.log" &&
@@ -173,21 +157,7 @@ peer_and_offline minilm "$MINILM" 256
 
 # A BERT-large-shaped model (24 layers, hidden 1024, 16 heads, 335 M parameters), random weights.
 LARGE=$WORK/bert-large-random
-"$PY" - "$LARGE" "$MINILM" <<'EOF'
-import shutil, sys, torch
-from transformers import BertConfig, BertModel
-out, minilm = sys.argv[1], sys.argv[2]
-torch.manual_seed(0)
-cfg = BertConfig(vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                 intermediate_size=4096, max_position_embeddings=512)
-BertModel(cfg).half().save_pretrained(out, safe_serialization=True)
-for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
-    try:
-        shutil.copy(f"{minilm}/{f}", out)
-    except FileNotFoundError:
-        pass
-print("bert-large-random written")
-EOF
+"$PY" tests/gpu/make_bert_large.py "$LARGE" "$MINILM"
 bench bert-large "$LARGE"
 peer_and_offline bert-large "$LARGE" 512
 start_server "$LARGE" float16 --drain-delay 0 && l16=$(gpu_mem_of "$SERVER_PID"); stop_server
