@@ -239,7 +239,7 @@ impl Queue {
         if !lanes.online.is_empty() {
             entries = take_chosen(&mut lanes.online, |lens| {
                 if aware {
-                    select::pick(lens, lim.max_batch_tokens, max_inputs).0
+                    select::pick(lens, lim.max_batch_tokens, max_inputs)
                 } else {
                     select::first_come(lens, lim.max_batch_tokens, max_inputs, 0, 0)
                 }
@@ -253,7 +253,7 @@ impl Queue {
                 if !aware {
                     select::first_come(l, job_cap, max_inputs, online, sum)
                 } else if online == 0 {
-                    select::pick(l, job_cap, max_inputs).0
+                    select::pick(l, job_cap, max_inputs)
                 } else {
                     // Job lines fill the free slots, no longer than the batch's longest input.
                     let slots = (job_cap / longest.max(1))

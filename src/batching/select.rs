@@ -18,11 +18,11 @@ pub const WINDOW: usize = 4096;
 
 /// Picks one batch from `lens` (token counts of queued inputs, oldest first; `lens[0]` always
 /// goes) with at most `max_inputs` inputs and `inputs x longest <= budget` (a lone input may
-/// exceed it). Returns the chosen indices in ascending (queue) order and the longest length.
-pub fn pick(lens: &[usize], budget: usize, max_inputs: usize) -> (Vec<usize>, usize) {
+/// exceed it). Returns the chosen indices in ascending (queue) order.
+pub fn pick(lens: &[usize], budget: usize, max_inputs: usize) -> Vec<usize> {
     let n = lens.len().min(WINDOW);
     if n == 0 {
-        return (Vec::new(), 0);
+        return Vec::new();
     }
     let anchor = lens[0];
     let max_inputs = max_inputs.max(1);
@@ -64,8 +64,7 @@ pub fn pick(lens: &[usize], budget: usize, max_inputs: usize) -> (Vec<usize>, us
         .chain(order[end - k..end].iter().copied())
         .collect();
     chosen.sort_unstable();
-    let longest = chosen.iter().map(|&i| lens[i]).max().unwrap_or(0);
-    (chosen, longest)
+    chosen
 }
 
 /// Up to `slots` inputs of `lens` (oldest `WINDOW`) no longer than `longest` and longer than
@@ -115,27 +114,21 @@ mod tests {
     #[test]
     fn everything_goes_when_it_fits_in_one_efficient_batch() {
         let lens = [12, 9, 14, 11, 10];
-        let (chosen, longest) = pick(&lens, 1000, 100);
-        assert_eq!(chosen, vec![0, 1, 2, 3, 4]);
-        assert_eq!(longest, 14);
+        assert_eq!(pick(&lens, 1000, 100), vec![0, 1, 2, 3, 4]);
     }
 
     #[test]
     fn a_long_input_does_not_pad_short_ones() {
         // First come, first served would pad all four to 40 (160 tokens for 70 real).
         let lens = [10, 10, 40, 10];
-        let (chosen, longest) = pick(&lens, 100, 100);
-        assert_eq!((chosen, longest), (vec![0, 1, 3], 10));
-        let (chosen, longest) = pick(&[40], 100, 100);
-        assert_eq!((chosen, longest), (vec![0], 40));
+        assert_eq!(pick(&lens, 100, 100), vec![0, 1, 3]);
+        assert_eq!(pick(&[40], 100, 100), vec![0]);
     }
 
     #[test]
     fn the_oldest_input_always_goes_even_alone_over_budget() {
-        let (chosen, longest) = pick(&[300, 5, 5, 5], 100, 100);
-        assert_eq!((chosen, longest), (vec![0], 300));
-        let (chosen, _) = pick(&[5, 300, 300], 100, 100);
-        assert_eq!(chosen, vec![0]);
+        assert_eq!(pick(&[300, 5, 5, 5], 100, 100), vec![0]);
+        assert_eq!(pick(&[5, 300, 300], 100, 100), vec![0]);
     }
 
     #[test]
@@ -158,12 +151,11 @@ mod tests {
         let (budget, max_inputs) = (4096, 200);
         let (mut real, mut pad) = (0, 0);
         while !lens.is_empty() {
-            let (chosen, longest) = pick(&lens, budget, max_inputs);
+            let chosen = pick(&lens, budget, max_inputs);
             assert_eq!(chosen[0], 0, "the oldest goes");
             assert!(chosen.windows(2).all(|w| w[0] < w[1]));
             assert!(chosen.len() <= max_inputs);
             assert!(chosen.len() == 1 || padded(&lens, &chosen) <= budget);
-            assert_eq!(longest, chosen.iter().map(|&i| lens[i]).max().unwrap_or(0));
             real += chosen.iter().map(|&i| lens[i]).sum::<usize>();
             pad += padded(&lens, &chosen);
             for &i in chosen.iter().rev() {
