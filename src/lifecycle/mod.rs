@@ -125,14 +125,18 @@ impl Lifecycle {
 
     /// SIGTERM: readiness goes red at once. Returns false if already draining.
     pub fn begin_drain(&self, drain_timeout: Duration) -> bool {
-        if !self.advance(State::Draining) {
+        // The deadline is recorded before the state turns Draining, so every reader that sees
+        // "draining" (readiness probe, metrics) also sees the deadline.
+        let mut slot = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() || self.state() >= State::Draining {
             return false;
         }
-        let info = DrainInfo {
+        *slot = Some(DrainInfo {
             started: Instant::now(),
             deadline_unix: unix_now() + drain_timeout.as_secs_f64(),
-        };
-        *self.drain.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
+        });
+        drop(slot);
+        self.advance(State::Draining);
         self.metrics.spot_interruption_pending.set(1);
         self.checkpoint_hint.send_modify(|n| *n += 1);
         true
@@ -236,6 +240,26 @@ mod tests {
         assert!(lc.drain_deadline_unix().unwrap() > unix_now() + 20.0);
         lc.set_stopped();
         assert_eq!(lc.state(), State::Stopped);
+    }
+
+    #[test]
+    fn whoever_sees_draining_also_sees_the_deadline() {
+        // CI once caught the readiness probe between the state change and the deadline.
+        for _ in 0..200 {
+            let lc = Arc::new(Lifecycle::new(Metrics::new()));
+            lc.set_ready();
+            let reader = {
+                let lc = lc.clone();
+                std::thread::spawn(move || {
+                    while lc.state() < State::Draining {
+                        std::hint::spin_loop();
+                    }
+                    lc.drain_deadline_unix().is_some()
+                })
+            };
+            lc.begin_drain(Duration::from_secs(5));
+            assert_eq!(reader.join().ok(), Some(true));
+        }
     }
 
     #[test]
