@@ -380,3 +380,49 @@ fn overload_answers_429_with_retry_after() {
         .metrics_text()
         .contains("inference_requests_rejected_total{reason=\"overloaded\"}"));
 }
+
+#[test]
+fn early_errors_close_the_connection_so_the_next_request_survives() {
+    // A 413 or 401 is sent before the body is read; the server then closes the connection.
+    // It must say so (`Connection: close`), or a keep-alive client sends its next request into
+    // the closing socket and that request fails (this once turned CI red).
+    let server = Server::builder(&test_model_dir())
+        .args(["--payload-limit", "100000", "--api-key", "k"])
+        .start();
+    let client = blocking_client();
+    let too_big = format!("{{\"inputs\":\"{}\"}}", "a".repeat(200_000));
+    let unread = format!("{{\"inputs\":\"{}\"}}", "b".repeat(50_000));
+    for round in 0..15 {
+        let r = client
+            .post(server.url("/embed"))
+            .bearer_auth("k")
+            .header("content-type", "application/json")
+            .body(too_big.clone())
+            .send()
+            .unwrap_or_else(|e| panic!("round {round}, over the limit: {e}"));
+        assert_eq!(r.status().as_u16(), 413);
+        assert_eq!(r.headers()["connection"], "close", "round {round}");
+        drop(r.text());
+        let r = client
+            .post(server.url("/embed"))
+            .bearer_auth("wrong")
+            .header("content-type", "application/json")
+            .body(unread.clone())
+            .send()
+            .unwrap_or_else(|e| panic!("round {round}, after the 413: {e}"));
+        assert_eq!(r.status().as_u16(), 401);
+        assert_eq!(r.headers()["connection"], "close", "round {round}");
+        drop(r.text());
+        let r = client
+            .post(server.url("/embed"))
+            .bearer_auth("k")
+            .json(&json!({"inputs": "fine"}))
+            .send()
+            .unwrap_or_else(|e| panic!("round {round}, after the 401: {e}"));
+        assert_eq!(r.status().as_u16(), 200, "round {round}");
+        // A request whose body was read keeps its connection.
+        assert!(r.headers().get("connection").is_none(), "round {round}");
+        let body: Value = r.json().unwrap();
+        assert_eq!(as_matrix(&body)[0].len(), 384);
+    }
+}

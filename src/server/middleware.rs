@@ -1,7 +1,13 @@
-//! Cross-cutting request handling for inference routes: refusal after the listener closed,
-//! API-key check, and request metrics.
+//! Cross-cutting request handling: refusal after the listener closed, API-key check, request
+//! metrics, and closing connections whose request body was never read.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
+
+use axum::body::{Body, Bytes};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue};
@@ -89,6 +95,55 @@ fn check_auth(state: &AppState, req: &Request) -> Option<ApiError> {
             "missing or wrong API key: send `Authorization: Bearer <key>`",
         ))
     }
+}
+
+/// A request body that records whether it was read to its end.
+struct ReadToEnd {
+    inner: Body,
+    done: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ReadToEnd {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.done.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response sent before the request body was read (413 over the payload limit, 401 before the
+/// body, a handler that bails early) leaves the rest of the body on the wire, so hyper closes
+/// the connection after it. Saying `Connection: close` lets a keep-alive client know, instead of
+/// sending its next request into a socket that is about to shut (which fails that request).
+pub async fn close_if_body_unread(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let done = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(&body)));
+    let body = Body::new(ReadToEnd {
+        inner: body,
+        done: done.clone(),
+    });
+    let mut resp = next.run(Request::from_parts(parts, body)).await;
+    if !done.load(Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Compares without an early exit, so response time does not leak the key's prefix.

@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.payload_limit))
+        .layer(axum::middleware::from_fn(middleware::close_if_body_unread))
         .with_state(state)
 }
 
