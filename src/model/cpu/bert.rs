@@ -7,7 +7,8 @@
 //! - packs the tokens of all sequences (no padding in any dense layer);
 //! - packs each weight matrix once at load and applies bias, residual, GELU and layer norm to
 //!   each block of output rows while it is in cache (`matmul.rs`);
-//! - fuses scale + softmax, with vectorised polynomial `exp`/`erf`;
+//! - fuses scale + softmax, with vectorised polynomial `exp`/`erf`, and divides attention's
+//!   output rows by the softmax sums (d values a row) instead of normalising the probabilities;
 //! - reuses its activation buffers across calls (no page faults or zeroing per batch);
 //! - runs attention per sequence and head, in parallel, reading Q, K and V in place through
 //!   strides (no gathers, no padding, no mask).
@@ -376,7 +377,8 @@ impl CpuBert {
     }
 
     /// One sequence and head with the SIMD kernel of `matmul` (head_dim a multiple of 16): the
-    /// keys are transposed into 16-key panels, scores are `[len, len rounded up to 16]`.
+    /// keys are transposed into 16-key panels (8 x 8 blocks in registers), scores are
+    /// `[len, len rounded up to 16]`.
     /// Returns false, doing nothing, without AVX2+FMA.
     ///
     /// # Safety
@@ -391,22 +393,19 @@ impl CpuBert {
     ) -> bool {
         let (h, d) = (self.config.hidden_size, self.head_dim);
         let ld = len.next_multiple_of(16);
-        let buf = take(scratch, len * ld + d * ld);
-        let (scores, kt) = buf.split_at_mut(len * ld);
-        // Panel p holds keys 16p..16p+16: row kk is feature kk of those keys (zero past len).
-        kt.fill(0.0);
-        for j in 0..len {
-            let key = &head[j * 3 * h + h..j * 3 * h + h + d];
-            let panel = &mut kt[(j / 16) * d * 16 + j % 16..];
-            for (kk, v) in key.iter().enumerate() {
-                panel[kk * 16] = *v;
-            }
-        }
+        let buf = take(scratch, len * ld + d * ld + len);
+        let (scores, rest) = buf.split_at_mut(len * ld);
+        let (kt, sums) = rest.split_at_mut(d * ld);
         let v = &head[2 * h..];
-        // SAFETY: q rows are 3h apart with d values each; kt holds ld/16 panels of d x 16;
+        // SAFETY: key j's d features start at head[j * 3h + h] (the caller's `head`); kt holds
+        // d * ld. Then q rows are 3h apart with d values each; kt holds ld/16 panels of d x 16;
         // scores holds len rows of ld; then scores rows (len values each) times v rows (3h
         // apart, d values) into out (caller's guarantee).
         unsafe {
+            // Panel p holds keys 16p..16p+16: row kk is feature kk of those keys (zero past len).
+            if !matmul::pack_key_panels(kt.as_mut_ptr(), head.as_ptr().add(h), 3 * h, len, d) {
+                return false;
+            }
             let q = head.as_ptr();
             if !matmul::small_product(
                 scores.as_mut_ptr(),
@@ -422,7 +421,9 @@ impl CpuBert {
             ) {
                 return false;
             }
-            kernels::scaled_softmax_rows(scores, len, ld, 1.0 / (d as f32).sqrt());
+            // Unnormalised: each output row is divided by its sum after the product, d values
+            // per row instead of len.
+            kernels::scaled_exp_rows(scores, len, ld, 1.0 / (d as f32).sqrt(), sums);
             matmul::small_product(
                 out,
                 h,
@@ -435,6 +436,10 @@ impl CpuBert {
                 16,
                 d / 16,
             );
+            for (i, sum) in sums.iter().enumerate() {
+                let row = std::slice::from_raw_parts_mut(out.add(i * h), d);
+                kernels::scale(row, 1.0 / sum);
+            }
         }
         true
     }

@@ -3,9 +3,9 @@
 //! per instruction set (AVX-512, AVX2+FMA, baseline) and picked at run time, with our own
 //! polynomial `exp`/`erf` so no scalar libm call sits in the inner loop.
 //!
-//! Accuracy: `exp` has a relative error below 2e-7 on the range used; `erf` follows
-//! Abramowitz & Stegun 7.1.26 (absolute error below 1e-6 in f32), far inside the 1e-4 cosine
-//! budget.
+//! Accuracy: `exp` and the `2^y` used by softmax and `erf` have relative errors below 3e-7 on
+//! the range used; `erf` follows Abramowitz & Stegun 7.1.26 (absolute error below 1e-6 in f32),
+//! far inside the 1e-4 cosine budget.
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -37,6 +37,28 @@ fn exp(x: f32) -> f32 {
     p * f32::from_bits(bits)
 }
 
+/// 2^y for y <= 0 (softmax's exponents, once the row maximum is subtracted); below -126 it
+/// returns 2^-126 (about 1e-38: nothing next to the maximum's 1). Cheaper than `exp` (no
+/// Cody-Waite split, a degree-5 polynomial): relative error below 3e-7.
+#[inline(always)]
+fn exp2_nonpositive(y: f32) -> f32 {
+    // `max` also maps NaN to -126, so the conversion below always sees a whole number in range.
+    let y = y.max(-126.0);
+    const SHIFT: f32 = 12_582_912.0;
+    let n = (y + SHIFT) - SHIFT;
+    let f = y - n;
+    // Minimax (relative error) for 2^f on [-1/2, 1/2].
+    let p = 1.326_821_5e-3_f32
+        .mul_add(f, 9.671_511e-3)
+        .mul_add(f, 5.550_722e-2)
+        .mul_add(f, 2.402_224_2e-1)
+        .mul_add(f, std::f32::consts::LN_2)
+        .mul_add(f, 1.0);
+    // SAFETY: n is a whole number in [-126, 1] (y <= 0 up to rounding).
+    let ni: i32 = unsafe { n.to_int_unchecked() };
+    p * f32::from_bits(((ni + 127) as u32) << 23)
+}
+
 /// erf(x), Abramowitz & Stegun 7.1.26.
 #[inline(always)]
 fn erf(x: f32) -> f32 {
@@ -48,7 +70,8 @@ fn erf(x: f32) -> f32 {
         .mul_add(t, -0.284_496_74)
         .mul_add(t, 0.254_829_6)
         * t;
-    let r = (-y).mul_add(exp(-a * a), 1.0);
+    // e^(-a²) = 2^(-a² log2 e), an exponent that is never positive.
+    let r = (-y).mul_add(exp2_nonpositive(-a * a * LOG2E), 1.0);
     r.copysign(x)
 }
 
@@ -159,14 +182,42 @@ multiversion! {
     pub fn scaled_softmax_rows(x: &mut [f32], cols: usize, ld: usize, scale: f32) {
         for row in x.chunks_exact_mut(ld) {
             let row = &mut row[..cols];
-            let max = max_lanes(row);
+            let c = scale * LOG2E;
+            let m = max_lanes(row) * c;
             for v in row.iter_mut() {
-                *v = exp((*v - max) * scale);
+                *v = exp2_nonpositive(v.mul_add(c, -m));
             }
             let inv = 1.0 / sum_lanes(row);
             for v in row.iter_mut() {
                 *v *= inv;
             }
+        }
+    }
+}
+
+multiversion! {
+    /// Each row of `x` (rows `ld` apart, the first `cols` values used): `exp((v - max) * scale)`
+    /// in place, unnormalised; row `i`'s sum goes to `sums[i]`. Attention divides its output
+    /// rows by the sums instead (fewer values than the probabilities).
+    pub fn scaled_exp_rows(x: &mut [f32], cols: usize, ld: usize, scale: f32, sums: &mut [f32]) {
+        for (row, sum) in x.chunks_exact_mut(ld).zip(sums.iter_mut()) {
+            let row = &mut row[..cols];
+            // e^((v - max) * scale) = 2^(v * c - max * c): one FMA before the power of two.
+            let c = scale * LOG2E;
+            let m = max_lanes(row) * c;
+            for v in row.iter_mut() {
+                *v = exp2_nonpositive(v.mul_add(c, -m));
+            }
+            *sum = sum_lanes(row);
+        }
+    }
+}
+
+multiversion! {
+    /// `x *= factor`.
+    pub fn scale(x: &mut [f32], factor: f32) {
+        for v in x.iter_mut() {
+            *v *= factor;
         }
     }
 }
@@ -253,6 +304,47 @@ mod tests {
         assert!(worst_erf < 1e-6, "erf absolute error {worst_erf}");
         assert_eq!(exp(-1000.0), exp(-87.0));
         assert!(exp(-87.0) < 1e-37);
+    }
+
+    #[test]
+    fn softmax_exponentials_are_accurate() {
+        let mut worst = 0f64;
+        for i in 0..=126_000 {
+            let y = -(i as f32) / 1000.0;
+            let got = f64::from(exp2_nonpositive(y));
+            let want = 2f64.powf(f64::from(y));
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 3e-7, "2^y relative error {worst}");
+        assert_eq!(exp2_nonpositive(-1000.0), exp2_nonpositive(-126.0));
+        assert_eq!(exp2_nonpositive(f32::NAN), exp2_nonpositive(-126.0));
+        // Rows against f64, with padding past `cols` left alone.
+        let (cols, ld, scale) = (37, 48, 0.17);
+        let mut x: Vec<f32> = (0..2 * ld)
+            .map(|i| ((i * 7919) % 113) as f32 - 50.0)
+            .collect();
+        let orig = x.clone();
+        let mut sums = [0f32; 2];
+        scaled_exp_rows(&mut x, cols, ld, scale, &mut sums);
+        for r in 0..2 {
+            let row = &orig[r * ld..r * ld + cols];
+            let max = row.iter().fold(f32::MIN, |m, &v| m.max(v));
+            let mut sum = 0f64;
+            for j in 0..cols {
+                let want = (f64::from(row[j] - max) * f64::from(scale)).exp();
+                sum += want;
+                let got = f64::from(x[r * ld + j]);
+                assert!(
+                    ((got - want) / want).abs() < 2e-6,
+                    "row {r} col {j}: {got} vs {want}"
+                );
+            }
+            assert!((f64::from(sums[r]) - sum).abs() / sum < 2e-6);
+            assert_eq!(
+                x[r * ld + cols..(r + 1) * ld],
+                orig[r * ld + cols..(r + 1) * ld]
+            );
+        }
     }
 
     /// erf in f64 from its series / continued fraction, as a reference.

@@ -266,6 +266,90 @@ pub unsafe fn small_product(
     true
 }
 
+/// Lays out `len` keys as the `b` operand of `small_product`: `d` features by 16 keys per panel
+/// (panel `p`, row `kk`, lane `j` = feature `kk` of key `16p + j`; zero past `len`). Key `j`'s
+/// features are `d` contiguous values at `keys + j * stride`. 8 x 8 blocks are transposed in
+/// registers: the scalar loop this replaces stored one float per cycle at a 64-byte stride.
+/// Returns false (and does nothing) without AVX2+FMA or when `d` is not a multiple of 8.
+///
+/// # Safety
+/// `keys` must be readable as described and `panels` writable for `d * len.next_multiple_of(16)`
+/// floats.
+pub unsafe fn pack_key_panels(
+    panels: *mut f32,
+    keys: *const f32,
+    stride: usize,
+    len: usize,
+    d: usize,
+) -> bool {
+    if !simd_ok() || d % 8 != 0 {
+        return false;
+    }
+    // SAFETY: the caller's guarantee; SIMD checked above.
+    unsafe { pack_key_panels_avx(panels, keys, stride, len, d) };
+    true
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_key_panels_avx(
+    panels: *mut f32,
+    keys: *const f32,
+    stride: usize,
+    len: usize,
+    d: usize,
+) {
+    use std::arch::x86_64::*;
+    let padded = len.next_multiple_of(16);
+    for j0 in (0..padded).step_by(8) {
+        let dst = panels.add((j0 / 16) * d * 16 + j0 % 16);
+        for f0 in (0..d).step_by(8) {
+            let r: [__m256; 8] = std::array::from_fn(|j| {
+                if j0 + j < len {
+                    _mm256_loadu_ps(keys.add((j0 + j) * stride + f0))
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            // Row f of the block: feature f0 + f of keys j0..j0+8.
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            for (f, v) in out.iter().enumerate() {
+                _mm256_storeu_ps(dst.add((f0 + f) * 16), *v);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_key_panels_avx(_: *mut f32, _: *const f32, _: usize, _: usize, _: usize) {
+    unreachable!("the SIMD paths are only taken on x86_64 with AVX2")
+}
+
 /// `c[rows, 16] (+)= a[rows, kc] · b[kc, 16]`: row `r` of `a` at `a + r * lda` (contiguous
 /// along k), row `kk` of `b` at `b + kk * ldb`, row `r` of `c` at `c + r * ldc`. Rows past
 /// `rows` re-read the first row and are not stored.
@@ -425,6 +509,27 @@ mod tests {
                     } else {
                         assert!(got.is_nan(), "wrote past the panels at {i},{j}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn key_panels_are_the_transposed_keys_zero_padded() {
+        for &(len, d) in &[(1, 8), (7, 32), (16, 32), (17, 64), (45, 16), (64, 32)] {
+            let stride = 3 * d + 5;
+            let keys = values(len * stride, 21);
+            let padded = len.next_multiple_of(16);
+            let mut panels = vec![f32::NAN; d * padded];
+            // SAFETY: keys holds len rows of stride >= d; panels holds d * padded.
+            if !unsafe { pack_key_panels(panels.as_mut_ptr(), keys.as_ptr(), stride, len, d) } {
+                return; // no AVX2+FMA: callers use the gemm crate
+            }
+            for j in 0..padded {
+                for kk in 0..d {
+                    let got = panels[(j / 16) * d * 16 + kk * 16 + j % 16];
+                    let want = if j < len { keys[j * stride + kk] } else { 0.0 };
+                    assert_eq!(got, want, "len {len} d {d}: key {j} feature {kk}");
                 }
             }
         }
