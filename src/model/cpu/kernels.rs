@@ -285,7 +285,7 @@ multiversion! {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -348,7 +348,7 @@ mod tests {
     }
 
     /// erf in f64 from its series / continued fraction, as a reference.
-    fn libm_erf(x: f64) -> f64 {
+    pub(crate) fn libm_erf(x: f64) -> f64 {
         // erf(x) = 2/sqrt(pi) * sum_{n} (-1)^n x^(2n+1) / (n! (2n+1)) converges for |x| <= 8
         // slowly; use erfc's continued fraction above 3.
         if x.abs() > 3.0 {

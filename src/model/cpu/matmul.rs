@@ -575,6 +575,42 @@ mod tests {
     }
 
     #[test]
+    fn exact_gelu_epilogue_matches_reference() {
+        // Several KC passes, a partial row tile, and a short input that takes the
+        // column-split path.
+        let gelu =
+            |v: f64| 0.5 * v * (1.0 + kernels::tests::libm_erf(v / std::f64::consts::SQRT_2));
+        for &(m, k, n) in &[(150, 600, 48), (7, 300, 32), (2, 40, 64)] {
+            let a = values(m * k, 8);
+            let wv = values(k * n, 9);
+            let w = PackedWeights::new(wv.clone(), k, n);
+            let bias = values(n, 10);
+            let mut c = vec![f32::NAN; m * n];
+            linear(
+                &mut c,
+                &a,
+                m,
+                &w,
+                Epilogue {
+                    bias: &bias,
+                    residual: None,
+                    activation: Activation::Gelu,
+                    norm: None,
+                },
+            );
+            let raw = reference(&a, &wv, m, k, n);
+            for i in 0..m * n {
+                let want = gelu(raw[i] + f64::from(bias[i % n]));
+                assert!(
+                    (f64::from(c[i]) - want).abs() < 1e-3,
+                    "({m},{k},{n}) at {i}: {} vs {want}",
+                    c[i]
+                );
+            }
+        }
+    }
+
+    #[test]
     fn epilogue_applies_activation_then_norm() {
         let (m, k, n) = (9, 20, 32);
         let a = values(m * k, 5);
