@@ -117,10 +117,8 @@ fn benches(c: &mut Criterion) {
                     m_rows,
                     &w,
                     spotinfer::model::cpu::matmul::Epilogue {
-                        bias: &bias,
-                        residual: None,
                         activation: spotinfer::model::cpu::matmul::Activation::Gelu,
-                        norm: None,
+                        ..spotinfer::model::cpu::matmul::Epilogue::bias(&bias)
                     },
                 )
             })

@@ -501,15 +501,9 @@ impl CpuBert {
             HiddenAct::GeluApproximate => Activation::GeluTanh,
             HiddenAct::Relu => Activation::Relu,
         };
-        let plain = |bias| Epilogue {
-            bias,
-            residual: None,
-            activation: Activation::None,
-            norm: None,
-        };
         for layer in &self.layers {
             let qkv = take(&mut s.qkv, t * 3 * h);
-            linear(qkv, x, t, &layer.qkv.w, plain(&layer.qkv.b));
+            linear(qkv, x, t, &layer.qkv.w, Epilogue::bias(&layer.qkv.b));
             let ctx = take(&mut s.ctx, t * h);
             self.attention(qkv, ctx, &batch.offsets);
             // Yield points split each layer at its GEMMs (the FFN GEMMs are a third of the
@@ -525,7 +519,7 @@ impl CpuBert {
                 Epilogue {
                     residual: Some(x),
                     norm: Some((&layer.attn_norm.gamma, &layer.attn_norm.beta, self.eps)),
-                    ..plain(&layer.attn_out.b)
+                    ..Epilogue::bias(&layer.attn_out.b)
                 },
             );
             at_yield_point();
@@ -538,7 +532,7 @@ impl CpuBert {
                 &layer.inter.w,
                 Epilogue {
                     activation: act,
-                    ..plain(&layer.inter.b)
+                    ..Epilogue::bias(&layer.inter.b)
                 },
             );
             at_yield_point();
@@ -551,7 +545,7 @@ impl CpuBert {
                 Epilogue {
                     residual: Some(h1),
                     norm: Some((&layer.out_norm.gamma, &layer.out_norm.beta, self.eps)),
-                    ..plain(&layer.output.b)
+                    ..Epilogue::bias(&layer.output.b)
                 },
             );
             at_yield_point();

@@ -42,6 +42,18 @@ pub struct Epilogue<'a> {
     pub norm: Option<(&'a [f32], &'a [f32], f32)>,
 }
 
+impl<'a> Epilogue<'a> {
+    /// Bias only; the other steps are added with struct update syntax.
+    pub fn bias(bias: &'a [f32]) -> Self {
+        Self {
+            bias,
+            residual: None,
+            activation: Activation::None,
+            norm: None,
+        }
+    }
+}
+
 /// A weight matrix `[k, n]` (input features x output features) packed for the micro-kernel.
 pub struct PackedWeights {
     pub k: usize,
@@ -556,10 +568,8 @@ mod tests {
                 m,
                 &w,
                 Epilogue {
-                    bias: &bias,
                     residual: Some(&residual),
-                    activation: Activation::None,
-                    norm: None,
+                    ..Epilogue::bias(&bias)
                 },
             );
             let want = reference(&a, &wv, m, k, n);
@@ -592,10 +602,8 @@ mod tests {
                 m,
                 &w,
                 Epilogue {
-                    bias: &bias,
-                    residual: None,
                     activation: Activation::Gelu,
-                    norm: None,
+                    ..Epilogue::bias(&bias)
                 },
             );
             let raw = reference(&a, &wv, m, k, n);
@@ -626,10 +634,9 @@ mod tests {
             m,
             &w,
             Epilogue {
-                bias: &bias,
-                residual: None,
                 activation: Activation::Relu,
                 norm: Some((&gamma, &beta, 1e-5)),
+                ..Epilogue::bias(&bias)
             },
         );
         let raw = reference(&a, &wv, m, k, n);
