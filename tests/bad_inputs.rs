@@ -392,33 +392,26 @@ fn early_errors_close_the_connection_so_the_next_request_survives() {
     let client = blocking_client();
     let too_big = format!("{{\"inputs\":\"{}\"}}", "a".repeat(200_000));
     let unread = format!("{{\"inputs\":\"{}\"}}", "b".repeat(50_000));
-    for round in 0..15 {
-        let r = client
+    let fine = json!({"inputs": "fine"}).to_string();
+    let send = |key: &str, body: &str, round: usize, what: &str| {
+        client
             .post(server.url("/embed"))
-            .bearer_auth("k")
+            .bearer_auth(key)
             .header("content-type", "application/json")
-            .body(too_big.clone())
+            .body(body.to_string())
             .send()
-            .unwrap_or_else(|e| panic!("round {round}, over the limit: {e}"));
+            .unwrap_or_else(|e| panic!("round {round}, {what}: {e}"))
+    };
+    for round in 0..15 {
+        let r = send("k", &too_big, round, "over the limit");
         assert_eq!(r.status().as_u16(), 413);
         assert_eq!(r.headers()["connection"], "close", "round {round}");
         drop(r.text());
-        let r = client
-            .post(server.url("/embed"))
-            .bearer_auth("wrong")
-            .header("content-type", "application/json")
-            .body(unread.clone())
-            .send()
-            .unwrap_or_else(|e| panic!("round {round}, after the 413: {e}"));
+        let r = send("wrong", &unread, round, "after the 413");
         assert_eq!(r.status().as_u16(), 401);
         assert_eq!(r.headers()["connection"], "close", "round {round}");
         drop(r.text());
-        let r = client
-            .post(server.url("/embed"))
-            .bearer_auth("k")
-            .json(&json!({"inputs": "fine"}))
-            .send()
-            .unwrap_or_else(|e| panic!("round {round}, after the 401: {e}"));
+        let r = send("k", &fine, round, "after the 401");
         assert_eq!(r.status().as_u16(), 200, "round {round}");
         // A request whose body was read keeps its connection.
         assert!(r.headers().get("connection").is_none(), "round {round}");
