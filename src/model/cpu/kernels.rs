@@ -105,6 +105,18 @@ fn max_lanes(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
+/// `row = e^((row - max(row)) * scale)` in place; returns the new row's sum.
+#[inline(always)]
+fn exp_shifted(row: &mut [f32], scale: f32) -> f32 {
+    // e^((v - max) * scale) = 2^(v * c - max * c): one FMA before the power of two.
+    let c = scale * LOG2E;
+    let m = max_lanes(row) * c;
+    for v in row.iter_mut() {
+        *v = exp2_nonpositive(v.mul_add(c, -m));
+    }
+    sum_lanes(row)
+}
+
 /// Defines `$name` dispatching at run time to copies of `$body` compiled for AVX-512, AVX2+FMA
 /// or the baseline target.
 macro_rules! multiversion {
@@ -182,12 +194,7 @@ multiversion! {
     pub fn scaled_softmax_rows(x: &mut [f32], cols: usize, ld: usize, scale: f32) {
         for row in x.chunks_exact_mut(ld) {
             let row = &mut row[..cols];
-            let c = scale * LOG2E;
-            let m = max_lanes(row) * c;
-            for v in row.iter_mut() {
-                *v = exp2_nonpositive(v.mul_add(c, -m));
-            }
-            let inv = 1.0 / sum_lanes(row);
+            let inv = 1.0 / exp_shifted(row, scale);
             for v in row.iter_mut() {
                 *v *= inv;
             }
@@ -201,14 +208,7 @@ multiversion! {
     /// rows by the sums instead (fewer values than the probabilities).
     pub fn scaled_exp_rows(x: &mut [f32], cols: usize, ld: usize, scale: f32, sums: &mut [f32]) {
         for (row, sum) in x.chunks_exact_mut(ld).zip(sums.iter_mut()) {
-            let row = &mut row[..cols];
-            // e^((v - max) * scale) = 2^(v * c - max * c): one FMA before the power of two.
-            let c = scale * LOG2E;
-            let m = max_lanes(row) * c;
-            for v in row.iter_mut() {
-                *v = exp2_nonpositive(v.mul_add(c, -m));
-            }
-            *sum = sum_lanes(row);
+            *sum = exp_shifted(&mut row[..cols], scale);
         }
     }
 }
