@@ -3,10 +3,10 @@
 //! - the FP32 GEMM ceiling (our packed kernel, the `gemm` crate, and torch: the best of them,
 //!   measured at the start and again around the offline run);
 //! - sentence-transformers `encode(batch_size=32)` in-process on the same corpus (the peer);
-//! - `spotinfer serve` over HTTP at concurrency 1, 8, 32, 128 (`spotinfer bench`), with the
-//!   server's CPU seconds per request;
+//! - `spotinfer serve` over HTTP at concurrency 1, 8, 32, 128 (`spotinfer bench`, two mirrored
+//!   rounds), with the server's CPU seconds per request;
 //! - p50 of a short query at concurrency 1, cold start (exec to /ready 200), RSS after load;
-//! - `spotinfer batch` over the corpus (offline throughput);
+//! - `spotinfer batch` over the corpus (offline throughput), twice;
 //! - online p50 with and without a large batch job running.
 //!
 //! Run: `cargo bench --bench e2e` (needs the test model and the reference venv: see
@@ -329,8 +329,10 @@ fn main() {
         .args([
             "--requests",
             "2048",
+            "--rounds",
+            "2",
             "--max-time",
-            "60",
+            "120",
             "--server-pid",
             &pid,
         ])
@@ -408,36 +410,45 @@ fn main() {
     });
     drop(server);
 
-    eprintln!("== spotinfer batch (offline)");
-    // This VM's speed drifts by ±15 % over minutes (shared hosts), so the ceiling is measured
-    // again right before and right after the offline run, and the highest of all counts.
-    let before = gemm_ceiling();
-    let out = scratch.join("out.jsonl");
-    let t = Instant::now();
-    let status = Command::new(BIN)
-        .args(["batch", "--no-progress", "--model-id"])
-        .arg(&model)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
-        .stderr(Stdio::null())
-        .status()
-        .expect("spotinfer batch");
-    assert!(status.success());
-    let offline = corpus.len() as f64 / t.elapsed().as_secs_f64();
+    eprintln!("== spotinfer batch (offline), twice, the GEMM ceiling before, between and after");
+    // This VM's speed drifts by ±15 % over minutes (shared hosts): the ceiling is measured
+    // around each offline run and the highest of all counts; the offline figure is the better
+    // of two runs (the ceiling is a best-of-8 too), and both runs are reported.
+    let mut around = vec![gemm_ceiling()];
+    let mut offline_runs = Vec::new();
+    for _ in 0..2 {
+        let out = scratch.join("out.jsonl");
+        let _ = std::fs::remove_file(&out);
+        let t = Instant::now();
+        let status = Command::new(BIN)
+            .args(["batch", "--no-progress", "--model-id"])
+            .arg(&model)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&out)
+            .stderr(Stdio::null())
+            .status()
+            .expect("spotinfer batch");
+        assert!(status.success());
+        offline_runs.push(corpus.len() as f64 / t.elapsed().as_secs_f64());
+        around.push(gemm_ceiling());
+    }
+    let offline = offline_runs.iter().copied().fold(0.0, f64::max);
     report["offline_batch_sentences_per_s"] = json!(offline);
-    let after = gemm_ceiling();
-    report["gemm_gflops_around_offline"] = json!({
-        "before": {"spotinfer_packed": before.0, "gemm_crate": before.1},
-        "after": {"spotinfer_packed": after.0, "gemm_crate": after.1},
-    });
+    report["offline_batch_runs_sentences_per_s"] = json!(offline_runs);
+    report["gemm_gflops_around_offline"] = json!(around
+        .iter()
+        .map(|g| json!({"spotinfer_packed": g.0, "gemm_crate": g.1}))
+        .collect::<Vec<_>>());
 
     // Ratios, all from this run.
     let mean_tokens = load["corpus_mean_tokens"].as_f64().unwrap_or(63.0);
     let mflop_per_token = 22.7;
-    let ceiling_gflops = [ours, crate_gemm, before.0, before.1, after.0, after.1]
-        .into_iter()
+    let ceiling_gflops = around
+        .iter()
+        .flat_map(|g| [g.0, g.1])
+        .chain([ours, crate_gemm])
         .fold(st["torch_gemm_gflops"].as_f64().unwrap_or(0.0), f64::max);
     let ceiling = ceiling_gflops * 1e3 / (mflop_per_token * mean_tokens);
     let st_rate = st["sentences_per_s"].as_f64().unwrap_or(1.0);

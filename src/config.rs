@@ -269,9 +269,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub requests: Option<usize>,
 
-    /// Time limit per concurrency level in seconds.
+    /// Time limit per concurrency level in seconds (shared by its rounds).
     #[arg(long, default_value = "120", value_parser = parse_seconds)]
     pub max_time: Duration,
+
+    /// Split each level's requests into this many rounds, run in mirrored order (1,8,32,128,
+    /// then 128,32,8,1, ...) so that a machine whose speed drifts over minutes slows every
+    /// level alike; each level reports its pooled figures and the rate of every round.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 
     /// PID of the server, to report its CPU seconds per request (Linux /proc).
     #[arg(long)]

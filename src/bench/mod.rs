@@ -39,6 +39,8 @@ pub struct LevelResult {
     pub device_busy_ratio: Option<f64>,
     pub gpu_utilization: Option<f64>,
     pub gpu_memory_used_bytes: Option<f64>,
+    /// Sentences/s of each round of this level, in the order they ran (see `--rounds`).
+    pub round_sentences_per_s: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,7 +84,7 @@ async fn sample_gauges(
     client: reqwest::Client,
     url: String,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> [Option<f64>; 3] {
+) -> ([f64; 3], [usize; 3]) {
     let names = [
         "inference_device_busy_ratio",
         "inference_gpu_utilization_ratio",
@@ -105,7 +107,88 @@ async fn sample_gauges(
             }
         }
     }
-    std::array::from_fn(|i| (counts[i] > 0).then(|| sums[i] / counts[i] as f64))
+    (sums, counts)
+}
+
+/// What the rounds of one level measured so far, before it is summarised.
+#[derive(Default)]
+struct LevelRun {
+    /// (seconds, prompt tokens when the request got an embedding) per request.
+    samples: Vec<(f64, Option<u64>)>,
+    /// Refused with Retry-After, connection refused, lost.
+    outcome: [usize; 3],
+    seconds: f64,
+    cpu_seconds: Option<f64>,
+    gauge_sums: [f64; 3],
+    gauge_counts: [usize; 3],
+    round_rates: Vec<f64>,
+}
+
+impl LevelRun {
+    fn ok(&self) -> usize {
+        self.samples.iter().filter(|s| s.1.is_some()).count()
+    }
+
+    /// Adds one more round of the same level.
+    fn absorb(&mut self, round: LevelRun) {
+        self.cpu_seconds = if self.round_rates.is_empty() {
+            round.cpu_seconds
+        } else {
+            self.cpu_seconds.zip(round.cpu_seconds).map(|(a, b)| a + b)
+        };
+        self.round_rates
+            .push(round.ok() as f64 / round.seconds.max(1e-9));
+        self.samples.extend(round.samples);
+        for k in 0..3 {
+            self.outcome[k] += round.outcome[k];
+            self.gauge_sums[k] += round.gauge_sums[k];
+            self.gauge_counts[k] += round.gauge_counts[k];
+        }
+        self.seconds += round.seconds;
+    }
+
+    fn summary(&self, concurrency: usize) -> LevelResult {
+        let ok: Vec<&(f64, Option<u64>)> = self.samples.iter().filter(|s| s.1.is_some()).collect();
+        let mut lat: Vec<f64> = ok.iter().map(|s| s.0 * 1000.0).collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let tokens: u64 = ok.iter().filter_map(|s| s.1).sum();
+        let seconds = self.seconds.max(1e-9);
+        let gauge = |i: usize| {
+            (self.gauge_counts[i] > 0).then(|| self.gauge_sums[i] / self.gauge_counts[i] as f64)
+        };
+        LevelResult {
+            concurrency,
+            requests: self.samples.len(),
+            errors: self.samples.len() - ok.len(),
+            refused_with_retry_after: self.outcome[0],
+            connection_refused: self.outcome[1],
+            lost: self.outcome[2],
+            seconds: self.seconds,
+            sentences_per_s: ok.len() as f64 / seconds,
+            tokens_per_s: tokens as f64 / seconds,
+            p50_ms: percentile(&lat, 50.0),
+            p90_ms: percentile(&lat, 90.0),
+            p99_ms: percentile(&lat, 99.0),
+            cpu_s_per_request: self
+                .cpu_seconds
+                .filter(|_| !self.samples.is_empty())
+                .map(|c| c / self.samples.len() as f64),
+            device_busy_ratio: gauge(0),
+            gpu_utilization: gauge(1),
+            gpu_memory_used_bytes: gauge(2),
+            round_sentences_per_s: self.round_rates.clone(),
+        }
+    }
+}
+
+/// The order in which (round, level index) pairs run: the levels as given, then reversed, and
+/// so on. This VM-class hardware drifts by up to ±15 % over minutes; in the mirrored order every
+/// level's rounds sit, on average, at the same point in time, so a steady drift cancels out of
+/// the comparison between levels instead of landing on whichever level ran in a slow minute.
+fn round_order(levels: usize, rounds: usize) -> Vec<(usize, usize)> {
+    (0..rounds)
+        .flat_map(|r| (0..levels).map(move |i| (r, if r % 2 == 0 { i } else { levels - 1 - i })))
+        .collect()
 }
 
 async fn run_level(
@@ -113,10 +196,10 @@ async fn run_level(
     url: &str,
     corpus: Arc<Vec<String>>,
     concurrency: usize,
-    limit: usize,
+    (first, limit): (usize, usize),
     max_time: Duration,
     pid: Option<u32>,
-) -> LevelResult {
+) -> LevelRun {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let cpu_before = pid.and_then(cpu_seconds);
@@ -136,7 +219,7 @@ async fn run_level(
                     if i >= limit || started.elapsed() > max_time {
                         break;
                     }
-                    let text = &corpus[i % corpus.len()];
+                    let text = &corpus[(first + i) % corpus.len()];
                     let t0 = Instant::now();
                     let r = client
                         .post(&endpoint)
@@ -183,32 +266,19 @@ async fn run_level(
     }
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Release);
-    let [busy, gpu, mem] = sampler.await.unwrap_or([None; 3]);
-    let cpu = match (cpu_before, pid.and_then(cpu_seconds)) {
-        (Some(a), Some(b)) if !samples.is_empty() => Some((b - a) / samples.len() as f64),
+    let (gauge_sums, gauge_counts) = sampler.await.unwrap_or_default();
+    let cpu_seconds = match (cpu_before, pid.and_then(cpu_seconds)) {
+        (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
-    let ok: Vec<&(f64, Option<u64>)> = samples.iter().filter(|s| s.1.is_some()).collect();
-    let mut lat: Vec<f64> = ok.iter().map(|s| s.0 * 1000.0).collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let tokens: u64 = ok.iter().filter_map(|s| s.1).sum();
-    LevelResult {
-        concurrency,
-        requests: samples.len(),
-        errors: samples.len() - ok.len(),
-        refused_with_retry_after: outcome[0],
-        connection_refused: outcome[1],
-        lost: outcome[2],
+    LevelRun {
+        samples,
+        outcome,
         seconds,
-        sentences_per_s: ok.len() as f64 / seconds,
-        tokens_per_s: tokens as f64 / seconds,
-        p50_ms: percentile(&lat, 50.0),
-        p90_ms: percentile(&lat, 90.0),
-        p99_ms: percentile(&lat, 99.0),
-        cpu_s_per_request: cpu,
-        device_busy_ratio: busy,
-        gpu_utilization: gpu,
-        gpu_memory_used_bytes: mem,
+        cpu_seconds,
+        gauge_sums,
+        gauge_counts,
+        round_rates: Vec::new(),
     }
 }
 
@@ -269,13 +339,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             &url,
             corpus.clone(),
             8,
-            64.min(limit),
+            (0, 64.min(limit)),
             args.max_time,
             None,
         )
         .await;
     }
     let mut levels = Vec::new();
+    let rounds = args.rounds.clamp(1, limit.max(1));
+    let mut runs: Vec<LevelRun> = args
+        .concurrency
+        .iter()
+        .map(|_| LevelRun::default())
+        .collect();
+    for (round, i) in round_order(args.concurrency.len(), rounds) {
+        // Round r of a level sends the r-th slice of its texts: all rounds together send the
+        // same texts as one pass would.
+        let (first, next) = (round * limit / rounds, (round + 1) * limit / rounds);
+        let run = run_level(
+            &client,
+            &url,
+            corpus.clone(),
+            args.concurrency[i].max(1),
+            (first, next - first),
+            args.max_time / rounds as u32,
+            args.server_pid,
+        )
+        .await;
+        if rounds > 1 {
+            eprintln!(
+                "round {} of {rounds}, concurrency {}: {:.1} sent/s",
+                round + 1,
+                args.concurrency[i].max(1),
+                run.ok() as f64 / run.seconds.max(1e-9)
+            );
+        }
+        runs[i].absorb(run);
+    }
     eprintln!(
         "{:>5} {:>8} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6}",
         "conc",
@@ -290,17 +390,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "busy",
         "gpu"
     );
-    for &c in &args.concurrency {
-        let r = run_level(
-            &client,
-            &url,
-            corpus.clone(),
-            c.max(1),
-            limit,
-            args.max_time,
-            args.server_pid,
-        )
-        .await;
+    for (run, &c) in runs.iter().zip(&args.concurrency) {
+        let r = run.summary(c.max(1));
         let opt =
             |v: Option<f64>, scale: f64| v.map_or("-".to_string(), |v| format!("{:.2}", v * scale));
         eprintln!(
@@ -360,5 +451,46 @@ mod tests {
         let text = "# HELP x\ninference_device_busy_ratio 0.25\ninference_device_busy_ratio_x 9\n";
         assert_eq!(gauge(text, "inference_device_busy_ratio"), Some(0.25));
         assert!(cpu_seconds(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn rounds_run_mirrored_and_add_up() {
+        assert_eq!(
+            round_order(3, 2),
+            vec![(0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0)]
+        );
+        assert_eq!(round_order(2, 1), vec![(0, 0), (0, 1)]);
+        let round = |lat: &[f64], errors: usize, seconds: f64, cpu: Option<f64>, busy: f64| {
+            let mut samples: Vec<(f64, Option<u64>)> = lat.iter().map(|&l| (l, Some(10))).collect();
+            samples.extend((0..errors).map(|_| (0.5, None)));
+            LevelRun {
+                samples,
+                outcome: [0, 0, errors],
+                seconds,
+                cpu_seconds: cpu,
+                gauge_sums: [busy, 0.0, 0.0],
+                gauge_counts: [1, 0, 0],
+                round_rates: Vec::new(),
+            }
+        };
+        let mut level = LevelRun::default();
+        level.absorb(round(&[0.010, 0.020], 0, 1.0, Some(0.5), 0.9));
+        level.absorb(round(&[0.030, 0.040, 0.050, 0.060], 1, 1.0, Some(1.0), 0.7));
+        let r = level.summary(8);
+        assert_eq!((r.requests, r.errors, r.lost), (7, 1, 1));
+        assert_eq!(r.round_sentences_per_s, vec![2.0, 4.0]);
+        assert!((r.sentences_per_s - 3.0).abs() < 1e-9, "6 ok in 2 s");
+        assert!((r.tokens_per_s - 30.0).abs() < 1e-9);
+        assert!(
+            (r.p50_ms - 40.0).abs() < 1e-9,
+            "latencies pooled: {}",
+            r.p50_ms
+        );
+        assert!((r.cpu_s_per_request.unwrap_or(0.0) - 1.5 / 7.0).abs() < 1e-9);
+        assert!((r.device_busy_ratio.unwrap_or(0.0) - 0.8).abs() < 1e-9);
+        assert_eq!(r.gpu_utilization, None);
+        // A round without the server's CPU time leaves the level without it.
+        level.absorb(round(&[0.01], 0, 1.0, None, 0.5));
+        assert_eq!(level.summary(8).cpu_s_per_request, None);
     }
 }
