@@ -416,9 +416,9 @@ fn main() {
     // of two runs (the ceiling is a best-of-8 too), and both runs are reported.
     let mut around = vec![gemm_ceiling()];
     let mut offline_runs = Vec::new();
-    for _ in 0..2 {
-        let out = scratch.join("out.jsonl");
-        let _ = std::fs::remove_file(&out);
+    for run in 0..2 {
+        // A fresh output each time: the same output again would resume from its checkpoint.
+        let out = scratch.join(format!("out-{run}.jsonl"));
         let t = Instant::now();
         let status = Command::new(BIN)
             .args(["batch", "--no-progress", "--model-id"])
