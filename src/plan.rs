@@ -695,7 +695,7 @@ pub fn compute(facts: &ModelFacts, opts: &PlanOptions) -> Plan {
 
 /// A Kubernetes quantity: whole GiB as `NGi`, else MiB.
 pub fn quantity(bytes: u64) -> String {
-    if bytes % GIB == 0 {
+    if bytes.is_multiple_of(GIB) {
         format!("{}Gi", bytes / GIB)
     } else {
         format!("{}Mi", bytes.div_ceil(MIB))

@@ -108,7 +108,7 @@ pub async fn watch(
             Err(e) => {
                 failures += 1;
                 // Log the first failure and then every 60th, not every poll.
-                if failures == 1 || failures % 60 == 0 {
+                if failures == 1 || failures.is_multiple_of(60) {
                     tracing::warn!(provider = p.name(), error = %e, failures, "metadata poll failed");
                 }
             }

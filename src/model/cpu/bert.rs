@@ -270,7 +270,7 @@ impl CpuBert {
             ));
         }
         let h = config.hidden_size;
-        if h % config.num_attention_heads != 0 {
+        if !h.is_multiple_of(config.num_attention_heads) {
             return Err(ModelError::Unsupported(format!(
                 "hidden_size {h} is not a multiple of num_attention_heads {}",
                 config.num_attention_heads
@@ -407,7 +407,9 @@ impl CpuBert {
                 return false;
             }
             let q = head.as_ptr();
+            let simd = matmul::Simd::detect();
             if !matmul::small_product(
+                simd,
                 scores.as_mut_ptr(),
                 ld,
                 q,
@@ -425,6 +427,7 @@ impl CpuBert {
             // per row instead of len.
             kernels::scaled_exp_rows(scores, len, ld, 1.0 / (d as f32).sqrt(), sums);
             matmul::small_product(
+                simd,
                 out,
                 h,
                 scores.as_ptr(),

@@ -6,7 +6,9 @@
 //! short query that packing costs more than the arithmetic), and its output then needs separate
 //! passes over memory for bias, GELU, residual and layer norm. Here:
 //! - `W` is packed at load into 16-column panels, `KC` rows deep (the layout the kernel reads);
-//! - an AVX2+FMA 6x16 micro-kernel (12 accumulators) does the arithmetic;
+//! - a micro-kernel does the arithmetic: 12 x 32 with AVX-512F (24 of its 32 zmm registers
+//!   accumulate; two panels per call), else 6 x 16 with AVX2+FMA (12 of 16 ymm registers).
+//!   Both read the same packed panels; `Simd::detect` picks one at run time;
 //! - rows are processed in blocks of `MC`; each block gets its whole epilogue right after its
 //!   product, while it is in L2;
 //! - blocks run in parallel on rayon's threads (columns are split too when there are few rows).
@@ -19,6 +21,8 @@ use rayon::prelude::*;
 use super::kernels;
 
 const MR: usize = 6;
+/// Rows of the AVX-512 kernel (12 x 32: 24 of the 32 vector registers accumulate).
+const MR512: usize = 12;
 const NR: usize = 16;
 const KC: usize = 256;
 const MC: usize = 72;
@@ -64,22 +68,53 @@ pub struct PackedWeights {
     packed: Vec<f32>,
 }
 
+/// The micro-kernel a CPU can run, best last. Both SIMD kernels read the same packed weights.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Simd {
+    /// The `gemm` crate and scalar epilogues.
+    None,
+    /// 6 x 16 with AVX2+FMA.
+    Avx2,
+    /// 12 x 32 with AVX-512F: twice the width, twice the registers.
+    Avx512,
+}
+
+impl Simd {
+    /// The best this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Simd::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Simd::Avx2;
+            }
+        }
+        Simd::None
+    }
+
+    /// Every level this CPU can run (for tests comparing them).
+    #[cfg(test)]
+    fn available() -> Vec<Self> {
+        [Simd::None, Simd::Avx2, Simd::Avx512]
+            .into_iter()
+            .filter(|s| *s <= Self::detect())
+            .collect()
+    }
+}
+
 fn simd_ok() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Simd::detect() != Simd::None
 }
 
 impl PackedWeights {
     /// From `w` row-major `[k, n]`.
     pub fn new(w: Vec<f32>, k: usize, n: usize) -> Self {
         assert_eq!(w.len(), k * n, "weight size");
-        let packed = if n % NR == 0 && simd_ok() {
+        let packed = if n.is_multiple_of(NR) && simd_ok() {
             let mut p = Vec::with_capacity(k * n);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
@@ -111,6 +146,18 @@ impl PackedWeights {
 
 /// `c[m, n] = epilogue(a[m, k] · w)`.
 pub fn linear(c: &mut [f32], a: &[f32], m: usize, w: &PackedWeights, epi: Epilogue<'_>) {
+    linear_on(Simd::detect(), c, a, m, w, epi)
+}
+
+/// `linear` with the given kernel (`simd` must be supported by this CPU).
+pub fn linear_on(
+    simd: Simd,
+    c: &mut [f32],
+    a: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    epi: Epilogue<'_>,
+) {
     let (k, n) = (w.k, w.n);
     assert!(c.len() >= m * n && a.len() >= m * k, "buffer sizes");
     assert_eq!(epi.bias.len(), n, "bias width");
@@ -119,6 +166,11 @@ pub fn linear(c: &mut [f32], a: &[f32], m: usize, w: &PackedWeights, epi: Epilog
     }
     let c = &mut c[..m * n];
     let threads = rayon::current_num_threads().max(1);
+    // Packed weights drop their plain copy, so they need a SIMD kernel.
+    assert!(
+        w.packed.is_empty() || simd != Simd::None,
+        "packed weights without a SIMD kernel"
+    );
     if w.packed.is_empty() {
         fallback(c, a, m, w);
         row_blocks(c, m, n, threads)
@@ -135,13 +187,17 @@ pub fn linear(c: &mut [f32], a: &[f32], m: usize, w: &PackedWeights, epi: Epilog
             .for_each(|(r0, rows)| {
                 let mr = rows.len() / n;
                 // SAFETY: `rows` holds mr rows of n.
-                unsafe { product(rows.as_mut_ptr(), &a[r0 * k..], mr, w, 0, n) };
+                unsafe { product(simd, rows.as_mut_ptr(), &a[r0 * k..], mr, w, 0, n) };
                 epilogue(rows, r0, n, &epi);
             });
     } else {
         // Few rows (a short query): split the columns across threads, then the epilogue.
         let panels = n / NR;
-        let per = panels.div_ceil(threads);
+        // Whole panel pairs per task for the AVX-512 kernel.
+        let per = match simd {
+            Simd::Avx512 => panels.div_ceil(threads).next_multiple_of(2),
+            _ => panels.div_ceil(threads),
+        };
         let cptr = SendPtr(c.as_mut_ptr());
         (0..threads).into_par_iter().for_each(|t| {
             let (j0, j1) = (t * per * NR, ((t + 1) * per * NR).min(n));
@@ -149,7 +205,7 @@ pub fn linear(c: &mut [f32], a: &[f32], m: usize, w: &PackedWeights, epi: Epilog
                 return;
             }
             // SAFETY: c holds m rows of n; each task writes only its own columns j0..j1.
-            unsafe { product(cptr.get(), a, m, w, j0, j1) };
+            unsafe { product(simd, cptr.get(), a, m, w, j0, j1) };
         });
         row_blocks(c, m, n, threads)
             .into_par_iter()
@@ -159,21 +215,22 @@ pub fn linear(c: &mut [f32], a: &[f32], m: usize, w: &PackedWeights, epi: Epilog
     }
 }
 
-/// Splits `c` (`m` rows of `n`) into at most `MC`-row blocks, as equal as whole kernel rows
-/// (`MR`) allow, their count a multiple of `threads`: each task is `(first row, rows)`.
+/// Splits `c` (`m` rows of `n`) into at most `MC`-row blocks, as equal as whole kernel tiles
+/// (`MR512` rows) allow, their count a multiple of `threads`: each task is `(first row, rows)`.
 ///
 /// Why not fixed `MC`-row chunks: a short batch has few blocks, and 5 equal blocks on 2
 /// threads leave one core idle for a fifth of the product. Online batches are short: over a
 /// `spotinfer bench` run at concurrency 8-128, 55 % of device batches carried 257-2,048
 /// tokens (4-28 blocks) and 43 % at most 256.
 fn row_blocks(c: &mut [f32], m: usize, n: usize, threads: usize) -> Vec<(usize, &mut [f32])> {
-    let groups = m.div_ceil(MR);
-    let tasks = groups.div_ceil(MC / MR).next_multiple_of(threads).max(1);
+    // Whole tiles of the 12-row kernel (two of the 6-row one).
+    let groups = m.div_ceil(MR512);
+    let tasks = groups.div_ceil(MC / MR512).next_multiple_of(threads).max(1);
     let mut blocks = Vec::with_capacity(tasks);
     let mut rest = c;
     let mut r0 = 0;
     for t in 0..tasks {
-        let r1 = ((t + 1) * groups / tasks * MR).min(m);
+        let r1 = ((t + 1) * groups / tasks * MR512).min(m);
         if r1 > r0 {
             let (block, tail) = std::mem::take(&mut rest).split_at_mut((r1 - r0) * n);
             blocks.push((r0, block));
@@ -228,8 +285,20 @@ fn epilogue(rows: &mut [f32], r0: usize, n: usize, epi: &Epilogue<'_>) {
 ///
 /// # Safety
 /// `c` must point to `m * w.n` writable floats that no one else reads or writes in columns
-/// `j0..j1` meanwhile; `w` must be packed (AVX2+FMA available).
-unsafe fn product(c: *mut f32, a: &[f32], m: usize, w: &PackedWeights, j0: usize, j1: usize) {
+/// `j0..j1` meanwhile; `w` must be packed and `simd` (not `None`) supported by this CPU.
+unsafe fn product(
+    simd: Simd,
+    c: *mut f32,
+    a: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    j0: usize,
+    j1: usize,
+) {
+    if simd == Simd::Avx512 {
+        // SAFETY: the caller's guarantee.
+        return unsafe { product_avx512(c, a, m, w, j0, j1) };
+    }
     let (k, n) = (w.k, w.n);
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
@@ -261,17 +330,63 @@ unsafe fn product(c: *mut f32, a: &[f32], m: usize, w: &PackedWeights, j0: usize
     }
 }
 
+/// `product` with the 12 x 32 AVX-512 kernel: two 16-column panels per call (one for an odd
+/// last panel).
+///
+/// # Safety
+/// As `product`, with AVX-512F available.
+unsafe fn product_avx512(
+    c: *mut f32,
+    a: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    j0: usize,
+    j1: usize,
+) {
+    let (k, n) = (w.k, w.n);
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        let bblock = &w.packed[pc * n..];
+        for i0 in (0..m).step_by(MC) {
+            let mc = MC.min(m - i0);
+            let mut jr = j0;
+            while jr < j1 {
+                let pair = jr + 2 * NR <= j1;
+                let bpanel = bblock[(jr / NR) * kc * NR..].as_ptr();
+                for ir in (0..mc).step_by(MR512) {
+                    let (ap, cp) = (
+                        a.as_ptr().wrapping_add((i0 + ir) * k + pc),
+                        c.wrapping_add((i0 + ir) * n + jr),
+                    );
+                    let rows = MR512.min(mc - ir);
+                    // SAFETY: as in `product`; a pair of panels is kc*NR apart in the block.
+                    unsafe {
+                        if pair {
+                            kernel_12x16n::<2>(kc, ap, k, rows, bpanel, NR, kc * NR, cp, n, pc > 0)
+                        } else {
+                            kernel_12x16n::<1>(kc, ap, k, rows, bpanel, NR, 0, cp, n, pc > 0)
+                        }
+                    };
+                }
+                jr += if pair { 2 * NR } else { NR };
+            }
+        }
+    }
+}
+
 /// `c = a · b` for attention's small products (one sequence and head), nothing packed:
 /// `a` has `m` rows of `k` values at row stride `lda`; `b` is `panels` panels of 16 columns,
 /// panel `p` starting at `b + p * panel_stride` with `k` rows of 16 values at row stride `ldb`;
 /// `c` gets `m` rows of `16 * panels` values at row stride `ldc`. Returns false (and does
-/// nothing) without AVX2+FMA: the caller then uses the `gemm` crate.
+/// nothing) with `Simd::None`: the caller then uses the `gemm` crate.
+/// `simd` picks the kernel (`Simd::detect()`; another level only where this CPU supports it).
 ///
 /// # Safety
 /// Every address described above must be readable (`a`, `b`) or writable (`c`), and no one
 /// else may touch those `c` values meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn small_product(
+    simd: Simd,
     c: *mut f32,
     ldc: usize,
     a: *const f32,
@@ -283,8 +398,32 @@ pub unsafe fn small_product(
     panel_stride: usize,
     panels: usize,
 ) -> bool {
-    if !simd_ok() {
+    if simd == Simd::None {
         return false;
+    }
+    if simd == Simd::Avx512 {
+        for i in (0..m).step_by(MR512) {
+            let rows = MR512.min(m - i);
+            let mut p = 0;
+            while p < panels {
+                let pair = p + 2 <= panels;
+                // SAFETY: the caller vouches for these addresses; AVX-512F was checked above.
+                unsafe {
+                    let (ap, bp, cp) = (
+                        a.add(i * lda),
+                        b.add(p * panel_stride),
+                        c.add(i * ldc + p * NR),
+                    );
+                    if pair {
+                        kernel_12x16n::<2>(k, ap, lda, rows, bp, ldb, panel_stride, cp, ldc, false)
+                    } else {
+                        kernel_12x16n::<1>(k, ap, lda, rows, bp, ldb, 0, cp, ldc, false)
+                    }
+                };
+                p += if pair { 2 } else { 1 };
+            }
+        }
+        return true;
     }
     for i in (0..m).step_by(MR) {
         for p in 0..panels {
@@ -323,7 +462,7 @@ pub unsafe fn pack_key_panels(
     len: usize,
     d: usize,
 ) -> bool {
-    if !simd_ok() || d % 8 != 0 {
+    if !simd_ok() || !d.is_multiple_of(8) {
         return false;
     }
     // SAFETY: the caller's guarantee; SIMD checked above.
@@ -432,6 +571,70 @@ unsafe fn kernel_6x16(
     }
 }
 
+/// `c[rows, 16 * NP] (+)= a[rows, kc] · b[kc, 16 * NP]` with AVX-512: as `kernel_6x16`, up
+/// to 12 rows, and `NP` panels of 16 columns, panel `p` at `b + p * panel_stride`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_12x16n<const NP: usize>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: *const f32,
+    ldb: usize,
+    panel_stride: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let ar: [*const f32; MR512] =
+        std::array::from_fn(|r| a.add(if r < rows { r * lda } else { 0 }));
+    let mut acc = [[_mm512_setzero_ps(); NP]; MR512];
+    for kk in 0..kc {
+        let mut bv = [_mm512_setzero_ps(); NP];
+        for (p, v) in bv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(b.add(p * panel_stride + kk * ldb));
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ar[r].add(kk));
+            for (x, v) in accr.iter_mut().zip(&bv) {
+                *x = _mm512_fmadd_ps(av, *v, *x);
+            }
+        }
+    }
+    for (r, accr) in acc.iter().enumerate().take(rows) {
+        let cr = c.add(r * ldc);
+        for (p, x) in accr.iter().enumerate() {
+            let dst = cr.add(p * NR);
+            let v = if accumulate {
+                _mm512_add_ps(*x, _mm512_loadu_ps(dst))
+            } else {
+                *x
+            };
+            _mm512_storeu_ps(dst, v);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_12x16n<const NP: usize>(
+    _: usize,
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+    _: bool,
+) {
+    unreachable!("the SIMD paths are only taken on x86_64 with AVX-512")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_6x16(
@@ -504,11 +707,27 @@ mod tests {
             .collect()
     }
 
+    /// Each case with each kernel.
+    fn every<T: Copy>(kernels: &[Simd], cases: &[T]) -> Vec<(Simd, T)> {
+        kernels
+            .iter()
+            .flat_map(|&s| cases.iter().map(move |&c| (s, c)))
+            .collect()
+    }
+
     #[test]
     fn small_product_matches_reference_with_strides() {
         // Attention's shapes: a few rows, k = head_dim or sequence length, 1-4 panels, every
         // operand inside a wider buffer (row strides larger than the rows).
-        for &(m, k, panels) in &[(1, 32, 2), (5, 3, 1), (7, 45, 2), (17, 64, 4), (6, 1, 3)] {
+        let cases = [
+            (1, 32, 2),
+            (5, 3, 1),
+            (7, 45, 2),
+            (17, 64, 4),
+            (6, 1, 3),
+            (25, 40, 5),
+        ];
+        for (simd, (m, k, panels)) in every(&Simd::available(), &cases) {
             let n = 16 * panels;
             let (lda, ldb, ldc) = (k + 3, n + 5, n + 7);
             let a = values(m * lda, 11);
@@ -517,6 +736,7 @@ mod tests {
             // SAFETY: a has m rows of lda >= k, b k rows of ldb >= n, c m rows of ldc >= n.
             let done = unsafe {
                 small_product(
+                    simd,
                     c.as_mut_ptr(),
                     ldc,
                     a.as_ptr(),
@@ -530,7 +750,8 @@ mod tests {
                 )
             };
             if !done {
-                return; // no AVX2+FMA: callers use the gemm crate
+                assert_eq!(simd, Simd::None, "a SIMD level this CPU has refused");
+                continue; // callers use the gemm crate
             }
             let dense_a: Vec<f32> = (0..m)
                 .flat_map(|i| a[i * lda..i * lda + k].to_vec())
@@ -545,7 +766,7 @@ mod tests {
                     if j < n {
                         assert!(
                             (f64::from(got) - want[i * n + j]).abs() < 1e-4,
-                            "{m}x{k}x{n} at {i},{j}"
+                            "{simd:?} {m}x{k}x{n} at {i},{j}"
                         );
                     } else {
                         assert!(got.is_nan(), "wrote past the panels at {i},{j}");
@@ -583,6 +804,7 @@ mod tests {
             (5, 2),
             (360, 2),
             (432, 2),
+            (864, 2),
             (433, 2),
             (16384, 2),
             (100, 3),
@@ -600,9 +822,9 @@ mod tests {
             assert_eq!(next, m, "m={m}: every row once");
             let sizes: Vec<usize> = blocks.iter().map(|(_, r)| r.len() / n).collect();
             let (lo, hi) = (sizes.iter().min(), sizes.iter().max());
-            if blocks.len() > 1 && m % MR == 0 {
+            if blocks.len() > 1 && m % MR512 == 0 {
                 assert!(
-                    hi.unwrap_or(&0) - lo.unwrap_or(&0) <= MR,
+                    hi.unwrap_or(&0) - lo.unwrap_or(&0) <= MR512,
                     "m={m}: {sizes:?}"
                 );
                 assert_eq!(blocks.len() % threads, 0, "m={m}: {sizes:?}");
@@ -612,21 +834,30 @@ mod tests {
 
     #[test]
     fn packed_product_matches_reference_at_awkward_shapes() {
-        for &(m, k, n) in &[
+        let shapes = [
             (1, 5, 16),
             (7, 300, 32),
             (73, 513, 48),
             (150, 40, 16),
             (13, 260, 20),
             (433, 64, 32),
-        ] {
+            (301, 300, 80),
+        ];
+        // Every SIMD kernel this CPU has, on the same packed weights (without one, or at a
+        // width not a multiple of 16, the weights stay plain and the gemm crate runs).
+        let kernels: Vec<Simd> = match Simd::available().as_slice() {
+            [Simd::None] => vec![Simd::None],
+            all => all.iter().copied().filter(|s| *s != Simd::None).collect(),
+        };
+        for (simd, (m, k, n)) in every(&kernels, &shapes) {
             let a = values(m * k, 1);
             let wv = values(k * n, 2);
             let w = PackedWeights::new(wv.clone(), k, n);
             let bias = values(n, 3);
             let residual = values(m * n, 4);
             let mut c = vec![f32::NAN; m * n];
-            linear(
+            linear_on(
+                simd,
                 &mut c,
                 &a,
                 m,
@@ -641,13 +872,14 @@ mod tests {
                 let expect = want[i] + f64::from(bias[i % n]) + f64::from(residual[i]);
                 assert!(
                     (f64::from(c[i]) - expect).abs() < 1e-3,
-                    "({m},{k},{n}) at {i}: {} vs {expect}",
+                    "{simd:?} ({m},{k},{n}) at {i}: {} vs {expect}",
                     c[i]
                 );
             }
             // The same product with the FFN's exact-GELU epilogue.
             c.fill(f32::NAN);
-            linear(
+            linear_on(
+                simd,
                 &mut c,
                 &a,
                 m,
@@ -663,7 +895,7 @@ mod tests {
                     0.5 * v * (1.0 + kernels::tests::libm_erf(v / std::f64::consts::SQRT_2));
                 assert!(
                     (f64::from(c[i]) - expect).abs() < 1e-3,
-                    "GELU ({m},{k},{n}) at {i}: {} vs {expect}",
+                    "{simd:?} GELU ({m},{k},{n}) at {i}: {} vs {expect}",
                     c[i]
                 );
             }
