@@ -24,7 +24,12 @@ const MR: usize = 6;
 /// Rows of the AVX-512 kernel (12 x 32: 24 of the 32 vector registers accumulate).
 const MR512: usize = 12;
 const NR: usize = 16;
-const KC: usize = 256;
+/// Depth of a packed block: 384 = a whole BERT-base-or-smaller hidden size, so the products
+/// over it (QKV, attention output, FFN up) finish in one pass with no reload of C. The B panels
+/// then come from L2, which feeds the kernel's two loads per 24 FMAs easily. Measured against
+/// 256 on the Sapphire Rapids VM (`spotinfer batch`, 2,048 corpus lines, three alternating
+/// pairs): 116.0 / 99.2 / 112.2 sentences/s → 123.3 / 103.0 / 117.2.
+const KC: usize = 384;
 const MC: usize = 72;
 
 /// What happens to each output row after the product.
