@@ -101,6 +101,22 @@ impl Simd {
         Simd::None
     }
 
+    /// Rows of one micro-kernel call.
+    fn tile_rows(self) -> usize {
+        match self {
+            Simd::Avx512 => MR512,
+            _ => MR,
+        }
+    }
+
+    /// 16-column panels of one micro-kernel call.
+    fn tile_panels(self) -> usize {
+        match self {
+            Simd::Avx512 => 2,
+            _ => 1,
+        }
+    }
+
     /// Every level this CPU can run (for tests comparing them).
     #[cfg(test)]
     fn available() -> Vec<Self> {
@@ -198,11 +214,10 @@ pub fn linear_on(
     } else {
         // Few rows (a short query): split the columns across threads, then the epilogue.
         let panels = n / NR;
-        // Whole panel pairs per task for the AVX-512 kernel.
-        let per = match simd {
-            Simd::Avx512 => panels.div_ceil(threads).next_multiple_of(2),
-            _ => panels.div_ceil(threads),
-        };
+        // Whole kernel calls per task (panel pairs for the AVX-512 kernel).
+        let per = panels
+            .div_ceil(threads)
+            .next_multiple_of(simd.tile_panels());
         let cptr = SendPtr(c.as_mut_ptr());
         (0..threads).into_par_iter().for_each(|t| {
             let (j0, j1) = (t * per * NR, ((t + 1) * per * NR).min(n));
@@ -284,7 +299,7 @@ fn epilogue(rows: &mut [f32], r0: usize, n: usize, epi: &Epilogue<'_>) {
 
 /// `c[:, j0..j1] = a · w[:, j0..j1]` for `m` rows (`c` row stride `n`).
 ///
-/// `a` is read in place, not packed: the kernel broadcasts from six row pointers. Measured
+/// `a` is read in place, not packed: the kernel broadcasts from one pointer per row. Measured
 /// against a packed copy of each `MC x KC` block (`cargo bench --bench micro -- linear`): the
 /// same speed, without the copy.
 ///
@@ -300,54 +315,6 @@ unsafe fn product(
     j0: usize,
     j1: usize,
 ) {
-    if simd == Simd::Avx512 {
-        // SAFETY: the caller's guarantee.
-        return unsafe { product_avx512(c, a, m, w, j0, j1) };
-    }
-    let (k, n) = (w.k, w.n);
-    for pc in (0..k).step_by(KC) {
-        let kc = KC.min(k - pc);
-        let bblock = &w.packed[pc * n..];
-        for i0 in (0..m).step_by(MC) {
-            let mc = MC.min(m - i0);
-            for jr in (j0..j1).step_by(NR) {
-                let bpanel = &bblock[(jr / NR) * kc * NR..];
-                for ir in (0..mc).step_by(MR) {
-                    // SAFETY: a holds m rows of k, so each of these rows has kc values from pc;
-                    // bpanel holds kc*NR; c has the rows of stride n from (i0+ir, jr);
-                    // AVX2+FMA were checked at pack time.
-                    unsafe {
-                        kernel_6x16(
-                            kc,
-                            a.as_ptr().add((i0 + ir) * k + pc),
-                            k,
-                            MR.min(mc - ir),
-                            bpanel.as_ptr(),
-                            NR,
-                            c.add((i0 + ir) * n + jr),
-                            n,
-                            pc > 0,
-                        )
-                    };
-                }
-            }
-        }
-    }
-}
-
-/// `product` with the 12 x 32 AVX-512 kernel: two 16-column panels per call (one for an odd
-/// last panel).
-///
-/// # Safety
-/// As `product`, with AVX-512F available.
-unsafe fn product_avx512(
-    c: *mut f32,
-    a: &[f32],
-    m: usize,
-    w: &PackedWeights,
-    j0: usize,
-    j1: usize,
-) {
     let (k, n) = (w.k, w.n);
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
@@ -356,25 +323,69 @@ unsafe fn product_avx512(
             let mc = MC.min(m - i0);
             let mut jr = j0;
             while jr < j1 {
-                let pair = jr + 2 * NR <= j1;
+                // j1 - jr is whole panels (n and every task's columns are multiples of NR).
+                let panels = simd.tile_panels().min((j1 - jr) / NR);
                 let bpanel = bblock[(jr / NR) * kc * NR..].as_ptr();
-                for ir in (0..mc).step_by(MR512) {
-                    let (ap, cp) = (
-                        a.as_ptr().wrapping_add((i0 + ir) * k + pc),
-                        c.wrapping_add((i0 + ir) * n + jr),
-                    );
-                    let rows = MR512.min(mc - ir);
-                    // SAFETY: as in `product`; a pair of panels is kc*NR apart in the block.
+                for ir in (0..mc).step_by(simd.tile_rows()) {
+                    // SAFETY: a holds m rows of k, so each of these rows has kc values from pc;
+                    // the block holds each panel's kc*NR values one after another from bpanel;
+                    // c has the rows of stride n from (i0+ir, jr); simd is the caller's.
                     unsafe {
-                        if pair {
-                            kernel_12x16n::<2>(kc, ap, k, rows, bpanel, NR, kc * NR, cp, n, pc > 0)
-                        } else {
-                            kernel_12x16n::<1>(kc, ap, k, rows, bpanel, NR, 0, cp, n, pc > 0)
-                        }
+                        tile(
+                            simd,
+                            kc,
+                            a.as_ptr().add((i0 + ir) * k + pc),
+                            k,
+                            simd.tile_rows().min(mc - ir),
+                            bpanel,
+                            NR,
+                            kc * NR,
+                            panels,
+                            c.add((i0 + ir) * n + jr),
+                            n,
+                            pc > 0,
+                        )
                     };
                 }
-                jr += if pair { 2 * NR } else { NR };
+                jr += panels * NR;
             }
+        }
+    }
+}
+
+/// One call of `simd`'s micro-kernel: `c[rows, 16 * panels] (+)= a[rows, kc] · b[kc, 16 *
+/// panels]`, panel `p` of `b` at `b + p * panel_stride`; `rows` and `panels` at most
+/// `simd.tile_rows()` and `simd.tile_panels()`.
+///
+/// # Safety
+/// As the kernels: the addresses readable / writable as described, `simd` not `None` and
+/// supported by this CPU.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    simd: Simd,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: *const f32,
+    ldb: usize,
+    panel_stride: usize,
+    panels: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        match (simd, panels) {
+            (Simd::Avx512, 2) => {
+                kernel_12x16n::<2>(kc, a, lda, rows, b, ldb, panel_stride, c, ldc, accumulate)
+            }
+            (Simd::Avx512, _) => {
+                kernel_12x16n::<1>(kc, a, lda, rows, b, ldb, 0, c, ldc, accumulate)
+            }
+            (Simd::Avx2, _) => kernel_6x16(kc, a, lda, rows, b, ldb, c, ldc, accumulate),
+            (Simd::None, _) => unreachable!("no micro-kernel without SIMD"),
         }
     }
 }
@@ -406,46 +417,28 @@ pub unsafe fn small_product(
     if simd == Simd::None {
         return false;
     }
-    if simd == Simd::Avx512 {
-        for i in (0..m).step_by(MR512) {
-            let rows = MR512.min(m - i);
-            let mut p = 0;
-            while p < panels {
-                let pair = p + 2 <= panels;
-                // SAFETY: the caller vouches for these addresses; AVX-512F was checked above.
-                unsafe {
-                    let (ap, bp, cp) = (
-                        a.add(i * lda),
-                        b.add(p * panel_stride),
-                        c.add(i * ldc + p * NR),
-                    );
-                    if pair {
-                        kernel_12x16n::<2>(k, ap, lda, rows, bp, ldb, panel_stride, cp, ldc, false)
-                    } else {
-                        kernel_12x16n::<1>(k, ap, lda, rows, bp, ldb, 0, cp, ldc, false)
-                    }
-                };
-                p += if pair { 2 } else { 1 };
-            }
-        }
-        return true;
-    }
-    for i in (0..m).step_by(MR) {
-        for p in 0..panels {
-            // SAFETY: the caller vouches for these addresses; SIMD was checked above.
+    for i in (0..m).step_by(simd.tile_rows()) {
+        let mut p = 0;
+        while p < panels {
+            let np = simd.tile_panels().min(panels - p);
+            // SAFETY: the caller vouches for these addresses and for simd (not None here).
             unsafe {
-                kernel_6x16(
+                tile(
+                    simd,
                     k,
                     a.add(i * lda),
                     lda,
-                    MR.min(m - i),
+                    simd.tile_rows().min(m - i),
                     b.add(p * panel_stride),
                     ldb,
+                    panel_stride,
+                    np,
                     c.add(i * ldc + p * NR),
                     ldc,
                     false,
                 )
             };
+            p += np;
         }
     }
     true
