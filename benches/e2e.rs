@@ -154,23 +154,44 @@ fn sequential(url: &str, texts: &[String]) -> Vec<f64> {
         .collect()
 }
 
-/// GEMM ceiling in GFLOP/s: best of our packed kernel and the gemm crate on a large product.
-fn gemm_ceiling() -> (f64, f64) {
-    use spotinfer::model::cpu::matmul::{linear, Epilogue, PackedWeights};
+/// GEMM rates in GFLOP/s on a large product: our F32 kernel, the gemm crate, and (on CPUs with
+/// AMX) the split-BF16 tile products the server runs its batches on. The first two set the
+/// FP32 ceiling; the third is reported beside it.
+struct GemmRates {
+    ours_f32: f64,
+    crate_gemm: f64,
+    amx: Option<f64>,
+}
+
+impl GemmRates {
+    fn to_json(&self) -> Value {
+        json!({"spotinfer_packed": self.ours_f32, "gemm_crate": self.crate_gemm,
+               "spotinfer_amx_bf16x3": self.amx})
+    }
+}
+
+fn gemm_ceiling() -> GemmRates {
+    use spotinfer::model::cpu::matmul::{linear_on, Epilogue, PackedWeights, Simd};
     let (m, k, n) = (4096, 1024, 1024);
     let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.01).collect();
     let w: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect();
     let flop = 2.0 * (m * k * n) as f64;
-    let packed = PackedWeights::new(w.clone(), k, n);
+
     let bias = vec![0.0; n];
     let mut c = vec![0f32; m * n];
-    let mut best = f64::MAX;
-    for _ in 0..8 {
-        let t = Instant::now();
-        linear(&mut c, &a, m, &packed, Epilogue::bias(&bias));
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    let ours = flop / best / 1e9;
+    let mut rate = |simd: Simd| {
+        let packed = PackedWeights::new_for(simd, w.clone(), k, n);
+        let mut best = f64::MAX;
+        for _ in 0..8 {
+            let t = Instant::now();
+            linear_on(simd, &mut c, &a, m, &packed, Epilogue::bias(&bias));
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        flop / best / 1e9
+    };
+    let best_simd = Simd::detect();
+    let ours_f32 = rate(best_simd.min(Simd::Avx512));
+    let amx = (best_simd == Simd::Amx).then(|| rate(Simd::Amx));
     let mut best = f64::MAX;
     for _ in 0..8 {
         let t = Instant::now();
@@ -200,7 +221,11 @@ fn gemm_ceiling() -> (f64, f64) {
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
-    (ours, flop / best / 1e9)
+    GemmRates {
+        ours_f32,
+        crate_gemm: flop / best / 1e9,
+        amx,
+    }
 }
 
 fn plot(levels: &[Value], path: &Path) {
@@ -284,8 +309,8 @@ fn main() {
     });
 
     eprintln!("== GEMM ceiling");
-    let (ours, crate_gemm) = gemm_ceiling();
-    report["gemm_gflops"] = json!({"spotinfer_packed": ours, "gemm_crate": crate_gemm});
+    let start = gemm_ceiling();
+    report["gemm_gflops"] = start.to_json();
 
     eprintln!("== sentence-transformers in-process (the peer)");
     let venv = std::env::var("SPOTINFER_REF_VENV")
@@ -437,26 +462,32 @@ fn main() {
     let offline = offline_runs.iter().copied().fold(0.0, f64::max);
     report["offline_batch_sentences_per_s"] = json!(offline);
     report["offline_batch_runs_sentences_per_s"] = json!(offline_runs);
-    report["gemm_gflops_around_offline"] = json!(around
-        .iter()
-        .map(|g| json!({"spotinfer_packed": g.0, "gemm_crate": g.1}))
-        .collect::<Vec<_>>());
+    report["gemm_gflops_around_offline"] =
+        json!(around.iter().map(GemmRates::to_json).collect::<Vec<_>>());
 
     // Ratios, all from this run.
     let mean_tokens = load["corpus_mean_tokens"].as_f64().unwrap_or(63.0);
     let mflop_per_token = 22.7;
     let ceiling_gflops = around
         .iter()
-        .flat_map(|g| [g.0, g.1])
-        .chain([ours, crate_gemm])
+        .chain([&start])
+        .flat_map(|g| [g.ours_f32, g.crate_gemm])
         .fold(st["torch_gemm_gflops"].as_f64().unwrap_or(0.0), f64::max);
-    let ceiling = ceiling_gflops * 1e3 / (mflop_per_token * mean_tokens);
+    let sentences_at = |gflops: f64| gflops * 1e3 / (mflop_per_token * mean_tokens);
+    let ceiling = sentences_at(ceiling_gflops);
+    // The rate of the arithmetic the batches actually ran on (AMX tiles where present).
+    let amx_gflops = around
+        .iter()
+        .chain([&start])
+        .filter_map(|g| g.amx)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
     let st_rate = st["sentences_per_s"].as_f64().unwrap_or(1.0);
     report["ceiling"] = json!({"gemm_gflops": ceiling_gflops, "mflop_per_token": mflop_per_token,
-        "mean_tokens": mean_tokens, "sentences_per_s": ceiling});
+        "mean_tokens": mean_tokens, "sentences_per_s": ceiling, "amx_gemm_gflops": amx_gflops});
     report["ratios"] = json!({
         "offline_vs_sentence_transformers": offline / st_rate,
         "offline_vs_ceiling": offline / ceiling,
+        "offline_vs_amx_gemm_rate": amx_gflops.map(|g| offline / sentences_at(g)),
         "http_c32_vs_sentence_transformers": load["levels"][2]["sentences_per_s"].as_f64().unwrap_or(0.0) / st_rate,
     });
     let levels = load["levels"].as_array().cloned().unwrap_or_default();

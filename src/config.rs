@@ -75,6 +75,13 @@ pub struct ModelArgs {
     #[arg(long, env = "CPU_BACKEND", value_enum, default_value = "native")]
     pub cpu_backend: CpuBackendArg,
 
+    /// Highest CPU instruction set the native backend may use: `auto` (the best this CPU has:
+    /// AMX tiles, else AVX-512, else AVX2+FMA), `amx`, `avx512`, `avx2` or `generic` (the gemm
+    /// crate). A cap, never a promise: a level the CPU lacks falls back to the best below it.
+    /// For A/B measurements, and for hosts where AMX is slower than expected.
+    #[arg(long, env = "CPU_KERNEL", value_enum, default_value = "auto")]
+    pub cpu_kernel: CpuKernelArg,
+
     /// Print logs as JSON lines (for log collectors) instead of human-readable text.
     #[arg(long, env = "JSON_OUTPUT", default_value_t = false)]
     pub json_output: bool,
@@ -307,6 +314,15 @@ pub enum DTypeArg {
 pub enum CpuBackendArg {
     Native,
     Candle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpuKernelArg {
+    Auto,
+    Amx,
+    Avx512,
+    Avx2,
+    Generic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -89,6 +89,17 @@ impl Engine {
         let device_name = device::describe(&dev);
         tracing::info!(device = %device_name, dtype = model::dtype_name(dtype), pooling = pooling.as_str(), "loading model");
 
+        {
+            use crate::config::CpuKernelArg;
+            use crate::model::cpu::matmul::Simd;
+            Simd::limit_to(match opts.model.cpu_kernel {
+                CpuKernelArg::Auto | CpuKernelArg::Amx => Simd::Amx,
+                CpuKernelArg::Avx512 => Simd::Avx512,
+                CpuKernelArg::Avx2 => Simd::Avx2,
+                CpuKernelArg::Generic => Simd::None,
+            });
+            tracing::info!(kernel = ?Simd::detect(), "CPU kernel");
+        }
         let cpu_backend = match opts.model.cpu_backend {
             crate::config::CpuBackendArg::Native => model::CpuBackend::Native,
             crate::config::CpuBackendArg::Candle => model::CpuBackend::Candle,

@@ -14,10 +14,12 @@
 //! - blocks run in parallel on rayon's threads (columns are split too when there are few rows).
 //!
 //! CPUs without AVX2+FMA, and widths not a multiple of 16, use the `gemm` crate and separate
-//! epilogue passes: slower, same results.
+//! epilogue passes: slower, same results. CPUs with AMX run batches of 32 rows or more on its
+//! tiles instead (`amx.rs`), at F32 accuracy.
 
 use rayon::prelude::*;
 
+use super::amx::{self, AmxWeights};
 use super::kernels;
 
 const MR: usize = 6;
@@ -31,6 +33,8 @@ const NR: usize = 16;
 /// pairs): 116.0 / 99.2 / 112.2 sentences/s → 123.3 / 103.0 / 117.2.
 const KC: usize = 384;
 const MC: usize = 72;
+/// Rows per AMX task: four 32-row strips pass over each L2-sized group of W's columns.
+const MC_AMX: usize = 128;
 
 /// What happens to each output row after the product.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -71,6 +75,8 @@ pub struct PackedWeights {
     plain: Vec<f32>,
     /// For each KC block of rows, each 16-column panel, `kc x 16` values row by row.
     packed: Vec<f32>,
+    /// AMX's layout instead of `packed`, where the kernel is `Simd::Amx` and the shape fits.
+    amx: Option<AmxWeights>,
 }
 
 /// The micro-kernel a CPU can run, best last. Both SIMD kernels read the same packed weights.
@@ -82,13 +88,30 @@ pub enum Simd {
     Avx2,
     /// 12 x 32 with AVX-512F: twice the width, twice the registers.
     Avx512,
+    /// AVX-512F, and AMX-BF16 tiles for the dense layers' longer batches.
+    Amx,
 }
 
 impl Simd {
-    /// The best this CPU supports.
+    /// The best this CPU supports, capped by `limit_to`.
     pub fn detect() -> Self {
+        static BEST: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+        let best = *BEST.get_or_init(Self::hardware);
+        best.min(CAP.get().copied().unwrap_or(Simd::Amx))
+    }
+
+    /// Caps what `detect` returns for the rest of the process (`--cpu-kernel`); call before
+    /// loading weights, which are laid out for the kernel. The first call wins.
+    pub fn limit_to(cap: Simd) {
+        let _ = CAP.set(cap);
+    }
+
+    fn hardware() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
+            if amx::available() {
+                return Simd::Amx;
+            }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 return Simd::Avx512;
             }
@@ -104,7 +127,7 @@ impl Simd {
     /// Rows of one micro-kernel call.
     fn tile_rows(self) -> usize {
         match self {
-            Simd::Avx512 => MR512,
+            Simd::Avx512 | Simd::Amx => MR512,
             _ => MR,
         }
     }
@@ -112,7 +135,7 @@ impl Simd {
     /// 16-column panels of one micro-kernel call.
     fn tile_panels(self) -> usize {
         match self {
-            Simd::Avx512 => 2,
+            Simd::Avx512 | Simd::Amx => 2,
             _ => 1,
         }
     }
@@ -120,22 +143,37 @@ impl Simd {
     /// Every level this CPU can run (for tests comparing them).
     #[cfg(test)]
     fn available() -> Vec<Self> {
-        [Simd::None, Simd::Avx2, Simd::Avx512]
+        [Simd::None, Simd::Avx2, Simd::Avx512, Simd::Amx]
             .into_iter()
             .filter(|s| *s <= Self::detect())
             .collect()
     }
 }
 
+/// The `--cpu-kernel` cap, where one was set.
+static CAP: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+
 fn simd_ok() -> bool {
     Simd::detect() != Simd::None
 }
 
 impl PackedWeights {
-    /// From `w` row-major `[k, n]`.
+    /// From `w` row-major `[k, n]`, for the best kernel this CPU has.
     pub fn new(w: Vec<f32>, k: usize, n: usize) -> Self {
+        Self::new_for(Simd::detect(), w, k, n)
+    }
+
+    /// For `simd`'s kernel: AMX's split-BF16 layout (where `k` and `n` are multiples of 32),
+    /// else F32 panels (where `n` is a multiple of 16 and there is SIMD), else plain. Only one
+    /// layout is kept: weights are most of the process's memory.
+    pub fn new_for(simd: Simd, w: Vec<f32>, k: usize, n: usize) -> Self {
         assert_eq!(w.len(), k * n, "weight size");
-        let packed = if n.is_multiple_of(NR) && simd_ok() {
+        let amx = if simd == Simd::Amx {
+            AmxWeights::new(&w, k, n)
+        } else {
+            None
+        };
+        let packed = if amx.is_none() && n.is_multiple_of(NR) && simd != Simd::None {
             let mut p = Vec::with_capacity(k * n);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
@@ -150,18 +188,23 @@ impl PackedWeights {
         } else {
             Vec::new()
         };
-        // The packed copy is all the fast path reads; keep the plain one only for the fallback.
-        let plain = if packed.is_empty() { w } else { Vec::new() };
+        // The fast paths read only their own layout; keep the plain one only for the fallback.
+        let plain = if packed.is_empty() && amx.is_none() {
+            w
+        } else {
+            Vec::new()
+        };
         Self {
             k,
             n,
             plain,
             packed,
+            amx,
         }
     }
 
     pub fn bytes(&self) -> usize {
-        (self.plain.len() + self.packed.len()) * 4
+        (self.plain.len() + self.packed.len()) * 4 + self.amx.as_ref().map_or(0, |a| a.bytes())
     }
 }
 
@@ -170,7 +213,7 @@ pub fn linear(c: &mut [f32], a: &[f32], m: usize, w: &PackedWeights, epi: Epilog
     linear_on(Simd::detect(), c, a, m, w, epi)
 }
 
-/// `linear` with the given kernel (`simd` must be supported by this CPU).
+/// `linear` with the given kernel (`simd` must be supported by this CPU and `w` made for it).
 pub fn linear_on(
     simd: Simd,
     c: &mut [f32],
@@ -187,23 +230,67 @@ pub fn linear_on(
     }
     let c = &mut c[..m * n];
     let threads = rayon::current_num_threads().max(1);
-    // Packed weights drop their plain copy, so they need a SIMD kernel.
+    // Weights keep only the layout of the kernel they were made for.
     assert!(
         w.packed.is_empty() || simd != Simd::None,
         "packed weights without a SIMD kernel"
     );
-    if w.packed.is_empty() {
+    assert!(
+        w.amx.is_none() || simd == Simd::Amx,
+        "AMX weights need the AMX kernel"
+    );
+    if w.packed.is_empty() && w.amx.is_none() {
         fallback(c, a, m, w);
-        row_blocks(c, m, n, threads)
+        row_blocks(c, m, n, threads, MR512, MC)
             .into_par_iter()
             .for_each(|(r0, rows)| {
                 epilogue(rows, r0, n, &epi);
             });
         return;
     }
+    if let (Simd::Amx, Some(tiles)) = (simd, &w.amx) {
+        // AMX for every batch size, so a text gets the same vector alone or in any batch.
+        if m.div_ceil(MC_AMX) >= 2 * threads || threads == 1 {
+            // Many rows: a block of strips per task, each block's epilogue right after.
+            row_blocks(c, m, n, threads, amx::TILE, MC_AMX)
+                .into_par_iter()
+                .for_each(|(r0, rows)| {
+                    let mr = rows.len() / n;
+                    // SAFETY: Simd::Amx is only detected with AMX granted; a and rows hold mr
+                    // rows, all of whose columns this task owns.
+                    unsafe {
+                        amx::product(
+                            rows.as_mut_ptr(),
+                            &a[r0 * k..],
+                            mr,
+                            tiles,
+                            0..amx::pairs(tiles),
+                        )
+                    };
+                    epilogue(rows, r0, n, &epi);
+                });
+        } else {
+            // Few rows: the column pairs split across threads, then the epilogue.
+            let (pairs, cptr) = (amx::pairs(tiles), SendPtr(c.as_mut_ptr()));
+            let per = pairs.div_ceil(threads);
+            (0..threads).into_par_iter().for_each(|t| {
+                let range = (t * per).min(pairs)..((t + 1) * per).min(pairs);
+                if !range.is_empty() {
+                    // SAFETY: as above; each task writes only its own column pairs.
+                    unsafe { amx::product(cptr.get(), a, m, tiles, range) };
+                }
+            });
+            row_blocks(c, m, n, threads, MR512, MC)
+                .into_par_iter()
+                .for_each(|(r0, rows)| {
+                    epilogue(rows, r0, n, &epi);
+                });
+        }
+        return;
+    }
     if m.div_ceil(MC) >= 2 * threads || threads == 1 {
         // Many rows: one task per row block, product and epilogue back to back (L2-hot).
-        row_blocks(c, m, n, threads)
+        row_blocks(c, m, n, threads, MR512, MC)
             .into_par_iter()
             .for_each(|(r0, rows)| {
                 let mr = rows.len() / n;
@@ -227,7 +314,7 @@ pub fn linear_on(
             // SAFETY: c holds m rows of n; each task writes only its own columns j0..j1.
             unsafe { product(simd, cptr.get(), a, m, w, j0, j1) };
         });
-        row_blocks(c, m, n, threads)
+        row_blocks(c, m, n, threads, MR512, MC)
             .into_par_iter()
             .for_each(|(r0, rows)| {
                 epilogue(rows, r0, n, &epi);
@@ -235,22 +322,29 @@ pub fn linear_on(
     }
 }
 
-/// Splits `c` (`m` rows of `n`) into at most `MC`-row blocks, as equal as whole kernel tiles
-/// (`MR512` rows) allow, their count a multiple of `threads`: each task is `(first row, rows)`.
+/// Splits `c` (`m` rows of `n`) into blocks of at most `max` rows, as equal as whole kernel
+/// tiles (`tile` rows) allow, their count a multiple of `threads`: each task is `(first row,
+/// rows)`.
 ///
 /// Why not fixed `MC`-row chunks: a short batch has few blocks, and 5 equal blocks on 2
 /// threads leave one core idle for a fifth of the product. Online batches are short: over a
 /// `spotinfer bench` run at concurrency 8-128, 55 % of device batches carried 257-2,048
 /// tokens (4-28 blocks) and 43 % at most 256.
-fn row_blocks(c: &mut [f32], m: usize, n: usize, threads: usize) -> Vec<(usize, &mut [f32])> {
-    // Whole tiles of the 12-row kernel (two of the 6-row one).
-    let groups = m.div_ceil(MR512);
-    let tasks = groups.div_ceil(MC / MR512).next_multiple_of(threads).max(1);
+fn row_blocks(
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    threads: usize,
+    tile: usize,
+    max: usize,
+) -> Vec<(usize, &mut [f32])> {
+    let groups = m.div_ceil(tile);
+    let tasks = groups.div_ceil(max / tile).next_multiple_of(threads).max(1);
     let mut blocks = Vec::with_capacity(tasks);
     let mut rest = c;
     let mut r0 = 0;
     for t in 0..tasks {
-        let r1 = ((t + 1) * groups / tasks * MR512).min(m);
+        let r1 = ((t + 1) * groups / tasks * tile).min(m);
         if r1 > r0 {
             let (block, tail) = std::mem::take(&mut rest).split_at_mut((r1 - r0) * n);
             blocks.push((r0, block));
@@ -378,10 +472,10 @@ unsafe fn tile(
     // SAFETY: the caller's guarantee.
     unsafe {
         match (simd, panels) {
-            (Simd::Avx512, 2) => {
+            (Simd::Avx512 | Simd::Amx, 2) => {
                 kernel_12x16n::<2>(kc, a, lda, rows, b, ldb, panel_stride, c, ldc, accumulate)
             }
-            (Simd::Avx512, _) => {
+            (Simd::Avx512 | Simd::Amx, _) => {
                 kernel_12x16n::<1>(kc, a, lda, rows, b, ldb, 0, c, ldc, accumulate)
             }
             (Simd::Avx2, _) => kernel_6x16(kc, a, lda, rows, b, ldb, c, ldc, accumulate),
@@ -810,7 +904,7 @@ mod tests {
         ] {
             let n = 3;
             let mut c = vec![0f32; m * n];
-            let blocks = row_blocks(&mut c, m, n, threads);
+            let blocks = row_blocks(&mut c, m, n, threads, MR512, MC);
             let mut next = 0;
             for (r0, rows) in &blocks {
                 assert_eq!(*r0, next, "m={m}: blocks are contiguous");
@@ -840,6 +934,12 @@ mod tests {
             (13, 260, 20),
             (433, 64, 32),
             (301, 300, 80),
+            // AMX's shapes (k, n multiples of 32, 32+ rows): whole strips, a short last strip,
+            // several column groups (k = 1536), and the model's own widths.
+            (64, 64, 64),
+            (77, 96, 96),
+            (45, 1536, 64),
+            (161, 384, 1152),
         ];
         // Every SIMD kernel this CPU has, on the same packed weights (without one, or at a
         // width not a multiple of 16, the weights stay plain and the gemm crate runs).
@@ -850,7 +950,7 @@ mod tests {
         for (simd, (m, k, n)) in every(&kernels, &shapes) {
             let a = values(m * k, 1);
             let wv = values(k * n, 2);
-            let w = PackedWeights::new(wv.clone(), k, n);
+            let w = PackedWeights::new_for(simd, wv.clone(), k, n);
             let bias = values(n, 3);
             let residual = values(m * n, 4);
             let mut c = vec![f32::NAN; m * n];
@@ -866,10 +966,12 @@ mod tests {
                 },
             );
             let want = reference(&a, &wv, m, k, n);
+            // AMX's split BF16 products are good to ~1e-5 of the sum of |terms| (~k/4 here).
+            let tol = 1e-3f64.max(2e-5 * k as f64 / 4.0);
             for i in 0..m * n {
                 let expect = want[i] + f64::from(bias[i % n]) + f64::from(residual[i]);
                 assert!(
-                    (f64::from(c[i]) - expect).abs() < 1e-3,
+                    (f64::from(c[i]) - expect).abs() < tol,
                     "{simd:?} ({m},{k},{n}) at {i}: {} vs {expect}",
                     c[i]
                 );
@@ -892,7 +994,7 @@ mod tests {
                 let expect =
                     0.5 * v * (1.0 + kernels::tests::libm_erf(v / std::f64::consts::SQRT_2));
                 assert!(
-                    (f64::from(c[i]) - expect).abs() < 1e-3,
+                    (f64::from(c[i]) - expect).abs() < tol,
                     "{simd:?} GELU ({m},{k},{n}) at {i}: {} vs {expect}",
                     c[i]
                 );
