@@ -14,8 +14,8 @@
 //! - blocks run in parallel on rayon's threads (columns are split too when there are few rows).
 //!
 //! CPUs without AVX2+FMA, and widths not a multiple of 16, use the `gemm` crate and separate
-//! epilogue passes: slower, same results. CPUs with AMX run batches of 32 rows or more on its
-//! tiles instead (`amx.rs`), at F32 accuracy.
+//! epilogue passes: slower, same results. CPUs with AMX run the products on its tiles instead
+//! (`amx.rs`), at F32 accuracy, with the same row blocks and epilogues.
 
 use rayon::prelude::*;
 
@@ -79,7 +79,8 @@ pub struct PackedWeights {
     amx: Option<AmxWeights>,
 }
 
-/// The micro-kernel a CPU can run, best last. Both SIMD kernels read the same packed weights.
+/// The micro-kernel a CPU can run, best last. The AVX kernels read the same packed F32 panels;
+/// AMX reads its own split-BF16 layout.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Simd {
     /// The `gemm` crate and scalar epilogues.
@@ -88,7 +89,7 @@ pub enum Simd {
     Avx2,
     /// 12 x 32 with AVX-512F: twice the width, twice the registers.
     Avx512,
-    /// AVX-512F, and AMX-BF16 tiles for the dense layers' longer batches.
+    /// AMX-BF16 tiles for the dense layers (AVX-512F for attention's small products).
     Amx,
 }
 
