@@ -171,7 +171,9 @@ impl GemmRates {
 }
 
 fn gemm_ceiling() -> GemmRates {
-    use spotinfer::model::cpu::matmul::{linear_on, Epilogue, PackedWeights, Simd};
+    use spotinfer::model::cpu::matmul::{linear_on, Epilogue};
+    use spotinfer::model::cpu::packed::PackedWeights;
+    use spotinfer::model::cpu::simd::Simd;
     let (m, k, n) = (4096, 1024, 1024);
     let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.01).collect();
     let w: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect();

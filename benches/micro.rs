@@ -5,12 +5,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use candle_core::{DType, Device};
 use criterion::{criterion_group, criterion_main, Criterion};
-use spotinfer::batching::{BatchLimits, Priority, Queue};
+use spotinfer::batching::{BatchLimits, Queue};
 use spotinfer::bench::corpus;
 use spotinfer::metrics::Metrics;
-use spotinfer::model::{self, PackedBatch, Pooling, ResolveOptions};
+use spotinfer::model::cpu::elementwise::{self, Pointwise};
+use spotinfer::model::cpu::matmul::{self, Epilogue};
+use spotinfer::model::cpu::packed::PackedWeights;
+use spotinfer::model::{self, LoadOptions, PackedBatch, ResolveOptions, Want};
+use spotinfer::priority::Priority;
 use spotinfer::tokenize::{EncodeOptions, Encoded, Input, Tokenizers};
 use tokenizers::TruncationDirection;
 
@@ -75,7 +78,7 @@ fn benches(c: &mut Criterion) {
     );
     c.bench_function("queue: submit 64 inputs and form batches", |b| {
         b.iter(|| {
-            let _rx = queue.submit(encoded.clone(), Priority::Online);
+            let _rx = queue.submit(encoded.clone(), Want::POOLED, Priority::Online);
             // next_batch blocks on an empty queue: take batches only while inputs wait.
             while queue.depths() != (0, 0) {
                 if queue.next_batch().is_none() {
@@ -91,19 +94,15 @@ fn benches(c: &mut Criterion) {
         .collect();
     let bias = vec![0.01f32; 1536];
     c.bench_function("kernel: bias + GELU (erf), 72 x 1536", |b| {
-        b.iter(|| spotinfer::model::cpu::kernels::bias_gelu(&mut inter, &bias))
+        b.iter(|| elementwise::bias_act(&mut inter, &bias, Pointwise::Gelu))
     });
     let mut scores: Vec<f32> = (0..12 * 64 * 64).map(|i| (i % 77) as f32 / 10.0).collect();
     c.bench_function("kernel: scaled softmax, 12 heads x 64 x 64", |b| {
-        b.iter(|| spotinfer::model::cpu::kernels::scaled_softmax_rows(&mut scores, 64, 64, 0.17))
+        b.iter(|| elementwise::scaled_softmax_rows(&mut scores, 64, 64, 0.17))
     });
     let (m_rows, k, n) = (512, 384, 1536);
     let a: Vec<f32> = (0..m_rows * k).map(|i| (i % 13) as f32 * 0.01).collect();
-    let w = spotinfer::model::cpu::matmul::PackedWeights::new(
-        (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect(),
-        k,
-        n,
-    );
+    let w = PackedWeights::new((0..k * n).map(|i| (i % 7) as f32 * 0.01).collect(), k, n);
     let mut out = vec![0f32; m_rows * n];
     let mut group = c.benchmark_group("kernel");
     group.throughput(criterion::Throughput::Elements((2 * m_rows * k * n) as u64));
@@ -111,14 +110,14 @@ fn benches(c: &mut Criterion) {
         "linear 512 x 384 x 1536 + bias + GELU (elements = FLOP)",
         |b| {
             b.iter(|| {
-                spotinfer::model::cpu::matmul::linear(
+                matmul::linear(
                     &mut out,
                     &a,
                     m_rows,
                     &w,
-                    spotinfer::model::cpu::matmul::Epilogue {
-                        activation: spotinfer::model::cpu::matmul::Activation::Gelu,
-                        ..spotinfer::model::cpu::matmul::Epilogue::bias(&bias)
+                    Epilogue {
+                        activation: Pointwise::Gelu,
+                        ..Epilogue::bias(&bias)
                     },
                 )
             })
@@ -126,7 +125,8 @@ fn benches(c: &mut Criterion) {
     );
     group.finish();
 
-    let m = model::load(&files, &Device::Cpu, DType::F32).expect("load");
+    let st = model::SentenceTransformerConfig::read(&files).expect("st config");
+    let m = model::load(&files, &st, &LoadOptions::cpu()).expect("load");
     let mut shapes = Vec::new();
     let mut short = PackedBatch::with_capacity(1, 8);
     short.push(
@@ -157,7 +157,8 @@ fn benches(c: &mut Criterion) {
     group.sample_size(10);
     for (name, batch) in &shapes {
         group.bench_function(*name, |b| {
-            b.iter(|| model::embed(m.as_ref(), batch, Pooling::Mean).expect("embed"))
+            let wants = vec![Want::POOLED; batch.len()];
+            b.iter(|| m.run(batch, &wants, &mut || {}).expect("embed"))
         });
     }
     group.finish();

@@ -66,9 +66,28 @@ pub struct ModelArgs {
     #[arg(long, env = "DEVICE", default_value = "auto")]
     pub device: DeviceArg,
 
-    /// Pooling method. Default: the model's 1_Pooling/config.json, else mean.
+    /// Pooling method. Default: the model's 1_Pooling/config.json, else mean (last-token for
+    /// decoder families). `splade` turns a masked-LM checkpoint (`*ForMaskedLM`) into a
+    /// sparse embedder served on `/embed_sparse`.
     #[arg(long, env = "POOLING", value_enum)]
     pub pooling: Option<PoolingArg>,
+
+    /// What to serve the checkpoint as, where it can do several things: `auto` (from
+    /// config.json's `architectures`: `*ForSequenceClassification` with one label is a reranker
+    /// on `/rerank`, with several a classifier on `/predict`; everything else embeds), `embed`,
+    /// `classify`, `rerank` (also turns a `Qwen3ForCausalLM` into a Qwen3-Reranker: yes/no
+    /// scores at the last token of its prompt), `sparse` (with `--pooling splade`).
+    #[arg(long, env = "TASK", value_enum, default_value = "auto")]
+    pub task: TaskArg,
+
+    /// Prompt name from config_sentence_transformers.json's `prompts` applied to every text
+    /// that names none (overrides the model's `default_prompt_name`).
+    #[arg(long, env = "DEFAULT_PROMPT_NAME", conflicts_with = "default_prompt")]
+    pub default_prompt_name: Option<String>,
+
+    /// A literal prompt prepended to every text that names none (e.g. "query: ").
+    #[arg(long, env = "DEFAULT_PROMPT")]
+    pub default_prompt: Option<String>,
 
     /// CPU implementation for float32 models: `native` (spotinfer's own fused kernels, the
     /// fast path) or `candle` (the reference; also used for float16/bfloat16 on the CPU).
@@ -330,6 +349,17 @@ pub enum PoolingArg {
     Cls,
     Mean,
     LastToken,
+    Max,
+    Splade,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaskArg {
+    Auto,
+    Embed,
+    Classify,
+    Rerank,
+    Sparse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

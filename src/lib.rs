@@ -1,15 +1,39 @@
-//! spotinfer: an embedding inference server for Kubernetes GPU node pools that survives spot
-//! preemption. See README.md for the tour and DESIGN notes in each module.
+//! spotinfer: an inference server (embeddings, rerankers, classifiers, sparse embedders) for
+//! Kubernetes GPU node pools that survives spot preemption. README.md has the tour.
+//!
+//! # Module map
+//!
+//! The request path, one way through:
+//!
+//! ```text
+//! server/ (HTTP: OpenAI, TEI, Cohere dialects)   jobs/ (Batches API, `spotinfer batch`)
+//!        \                                        /
+//!         inference/  validate, admit, tokenize (tokenize.rs), submit, shape outputs
+//!              |
+//!         batching/   queue (token budget, priorities, deadlines) -> device worker
+//!              |
+//!         model/      families x backends: families/ on layers.rs, run by cpu/ or reference/
+//! ```
+//!
+//! Who may import whom (checked by `tests/module_dag.rs`: the folders form a DAG):
+//! `main`, `serve`, `bench` -> anything; `server` -> `inference`, `jobs`, `lifecycle`,
+//! `metrics`; `jobs` -> `inference`, `lifecycle`, `metrics`; `inference` -> `batching`,
+//! `tokenize`, `model`, `metrics`, `config`; `batching` -> `model`, `tokenize`, `priority`,
+//! `metrics`; `tokenize` -> `priority`; `lifecycle` -> `batching` (the drain closes the queue),
+//! `metrics`, `config`; `plan` -> `model`, `config`; `model` -> nothing above it (never
+//! `config`: the command line is converted at `inference/start.rs`); `metrics`, `config`,
+//! `priority` -> nothing.
 
 pub mod batching;
 pub mod bench;
 pub mod config;
-pub mod engine;
+pub mod inference;
 pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod priority;
 pub mod serve;
 pub mod server;
 pub mod telemetry;

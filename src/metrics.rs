@@ -27,6 +27,16 @@ const BATCH_TOKEN_BUCKETS: &[f64] = &[
 pub const ROUTES: &[&str] = &[
     "/v1/embeddings",
     "/embed",
+    "/embed_all",
+    "/embed_sparse",
+    "/embed_multi_vector",
+    "/rerank",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/predict",
+    "/similarity",
+    "/invocations",
+    "/",
     "/tokenize",
     "/decode",
     "/v1/batches",
@@ -43,8 +53,8 @@ pub const ERROR_REASONS: &[&str] = &[
     "deadline",
     "backend",
 ];
-pub const LIFECYCLE_STATES: &[&str] = &["starting", "ready", "draining", "stopped"];
-pub const BATCH_JOB_STATUSES: &[&str] = &[
+pub const LIFECYCLE_STATES: &[&str] = &["starting", "ready", "draining", "stopped", "failed"];
+pub const JOB_STATUSES: &[&str] = &[
     "validating",
     "in_progress",
     "finalizing",
@@ -53,7 +63,8 @@ pub const BATCH_JOB_STATUSES: &[&str] = &[
     "cancelling",
     "cancelled",
 ];
-pub const BATCH_LINE_OUTCOMES: &[&str] = &["succeeded", "failed"];
+pub const DEVICE_BATCH_FAILURES: &[&str] = &["out_of_memory", "non_finite", "error"];
+pub const JOB_LINE_OUTCOMES: &[&str] = &["succeeded", "failed"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -65,7 +76,7 @@ pub struct Metrics {
     pub queue_time: Histogram,
     pub compute_time: Histogram,
     pub queue_depth: IntGauge,
-    pub batch_queue_depth: IntGauge,
+    pub job_queue_depth: IntGauge,
     pub batch_size: Histogram,
     pub batch_tokens: Histogram,
     pub tokens_total: IntCounter,
@@ -81,9 +92,10 @@ pub struct Metrics {
     pub spot_interruption_pending: IntGauge,
     pub spot_interruption_deadline: Gauge,
     pub drain_duration: Gauge,
-    pub batch_jobs: IntGaugeVec,
-    pub batch_lines_total: IntCounterVec,
-    pub batch_checkpoints_total: IntCounter,
+    pub jobs: IntGaugeVec,
+    pub job_lines_total: IntCounterVec,
+    pub job_checkpoints_total: IntCounter,
+    pub device_batch_failures: IntCounterVec,
 }
 
 /// Registering a metric only fails on a duplicate name or invalid label set: both programming
@@ -171,7 +183,7 @@ impl Metrics {
                 &r,
                 IntGauge::new("inference_queue_depth", "Online inputs waiting for the device (excludes batch-job lines).").expect(e),
             ),
-            batch_queue_depth: reg(
+            job_queue_depth: reg(
                 &r,
                 IntGauge::new(
                     "inference_batch_queue_depth",
@@ -282,7 +294,7 @@ impl Metrics {
                 )
                 .expect(e),
             ),
-            batch_jobs: reg(
+            jobs: reg(
                 &r,
                 IntGaugeVec::new(
                     Opts::new("inference_batch_jobs", "Batch jobs in the state directory, by status."),
@@ -290,7 +302,7 @@ impl Metrics {
                 )
                 .expect(e),
             ),
-            batch_lines_total: reg(
+            job_lines_total: reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new("inference_batch_lines_total", "Batch-job lines finished, by outcome."),
@@ -298,9 +310,20 @@ impl Metrics {
                 )
                 .expect(e),
             ),
-            batch_checkpoints_total: reg(
+            job_checkpoints_total: reg(
                 &r,
                 IntCounter::new("inference_batch_checkpoints_total", "Batch-job checkpoints written durably.").expect(e),
+            ),
+            device_batch_failures: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "inference_device_batch_failures_total",
+                        "Device batches (or inputs) the model failed on, by reason: out_of_memory (the batch was split and retried), non_finite (a NaN/Inf output, refused), error.",
+                    ),
+                    &["reason"],
+                )
+                .expect(e),
             ),
             registry: r,
         };
@@ -320,11 +343,14 @@ impl Metrics {
             m.lifecycle_state.with_label_values(&[state]);
         }
         m.lifecycle_state.with_label_values(&["starting"]).set(1);
-        for status in BATCH_JOB_STATUSES {
-            m.batch_jobs.with_label_values(&[status]);
+        for status in JOB_STATUSES {
+            m.jobs.with_label_values(&[status]);
         }
-        for outcome in BATCH_LINE_OUTCOMES {
-            m.batch_lines_total.with_label_values(&[outcome]);
+        for outcome in JOB_LINE_OUTCOMES {
+            m.job_lines_total.with_label_values(&[outcome]);
+        }
+        for reason in DEVICE_BATCH_FAILURES {
+            m.device_batch_failures.with_label_values(&[reason]);
         }
         Arc::new(m)
     }
@@ -413,6 +439,7 @@ mod tests {
             "inference_batch_jobs{status=\"in_progress\"}",
             "inference_batch_lines_total{outcome=\"failed\"}",
             "inference_batch_checkpoints_total",
+            "inference_device_batch_failures_total{reason=\"out_of_memory\"}",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

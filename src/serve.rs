@@ -2,7 +2,6 @@
 //! red readiness, turns Ready, and on SIGTERM runs the bounded drain and exits 0.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,12 +11,11 @@ use tokio::sync::watch;
 
 use crate::batching::{BatchLimits, Queue};
 use crate::config::ServeArgs;
-use crate::engine::{Engine, EngineOptions};
+use crate::inference::{self, Inference, RequestLimits, StartOptions};
 use crate::jobs::JobRunner;
 use crate::lifecycle::{drain, signals, spot, Lifecycle};
 use crate::metrics::Metrics;
-use crate::server::embed::RequestLimits;
-use crate::server::{self, embed::Admission, AppState};
+use crate::server::{self, AppState};
 use crate::telemetry::Telemetry;
 
 async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
@@ -60,14 +58,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         job_slice: Duration::from_millis(args.batch_job_slice_ms),
     };
     let queue = Queue::new(limits, metrics.clone());
-    let engine_slot: Arc<OnceLock<Arc<Engine>>> = Arc::new(OnceLock::new());
+    let inference_slot: Arc<OnceLock<Arc<Inference>>> = Arc::new(OnceLock::new());
     let state = AppState {
         cfg: args.clone(),
         metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
-        engine: engine_slot.clone(),
-        load_failed: Arc::new(AtomicBool::new(false)),
-        admission: Admission::new(args.max_concurrent_requests),
+        inference: inference_slot.clone(),
         started_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -125,30 +121,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.spot_poll_interval,
     ));
 
-    let opts = EngineOptions {
+    let opts = StartOptions {
         model: args.model.clone(),
         served_model_name: args.served_model_name.clone(),
         limits,
+        request_limits: RequestLimits {
+            max_client_batch_size: args.max_client_batch_size,
+            auto_truncate: args.auto_truncate,
+        },
+        max_concurrent_requests: args.max_concurrent_requests,
         tokenization_workers: args.tokenization_workers(),
         test_batch_delay: Duration::from_millis(args.test_batch_delay_ms),
         progress: true,
     };
-    let load = Engine::start(opts, queue.clone(), metrics.clone());
+    let load = inference::start(opts, queue.clone(), metrics.clone());
     tokio::pin!(load);
     let first_signal = tokio::select! {
         loaded = &mut load => {
             match loaded {
-                Ok(engine) => {
-                    let engine = Arc::new(engine);
-                    let i = &engine.info;
+                Ok(inference) => {
+                    let inference = Arc::new(inference);
+                    let i = &inference.info;
                     metrics.set_build_info(&i.model_id, &i.revision, &i.dtype, &i.device);
-                    let _ = worker_slot.set(engine.health.clone());
-                    let _ = engine_slot.set(engine.clone());
+                    let _ = worker_slot.set(inference.health.clone());
+                    let _ = inference_slot.set(inference.clone());
                     if let Some(store) = &state.job_store {
                         let runner = JobRunner::new(
                             store.clone(),
-                            engine,
-                            RequestLimits::from_state(&state),
+                            inference,
                             metrics.clone(),
                             lifecycle.clone(),
                             replica_id(),
@@ -166,7 +166,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     lifecycle.set_ready();
                 }
                 Err(e) => {
-                    state.load_failed.store(true, Ordering::Release);
+                    lifecycle.set_failed();
                     return Err(anyhow::Error::new(e).context("cannot load the model"));
                 }
             }

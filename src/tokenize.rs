@@ -3,7 +3,7 @@
 //! Tokenising on dedicated threads keeps it off the async runtime and off the device worker, so
 //! the next batch is tokenised while the device computes the current one; the pool size is the
 //! CPU budget left over from the matmul threads. Online requests have their own channel that
-//! every thread drains first: a batch job queues hundreds of lines at once, and an online query
+//! every thread drains first: a job queues hundreds of lines at once, and an online query
 //! must not wait behind them.
 
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::path::Path;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 use tokio::sync::oneshot;
 
-use crate::batching::Priority;
+use crate::priority::Priority;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum TokenizeError {
@@ -32,10 +32,12 @@ pub enum TokenizeError {
 }
 
 /// One input as the client sent it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Text(String),
     Ids(Vec<u32>),
+    /// A text pair (cross-encoders: query and passage), joined by the tokenizer's pair template.
+    Pair(String, String),
 }
 
 /// One input ready for the device.
@@ -146,6 +148,36 @@ impl Tokenizers {
                     type_ids: enc.get_type_ids().to_vec(),
                 })
             }
+            Input::Pair(a, b) => {
+                if a.is_empty() || b.is_empty() {
+                    return Err(TokenizeError::Empty { index });
+                }
+                let pair = || (a.as_str(), b.as_str());
+                let enc = self
+                    .plain
+                    .encode(pair(), opts.add_special_tokens)
+                    .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+                let enc = if enc.len() <= self.max_length {
+                    enc
+                } else if opts.truncate {
+                    let t = match opts.direction {
+                        TruncationDirection::Right => &self.right,
+                        TruncationDirection::Left => &self.left,
+                    };
+                    t.encode(pair(), opts.add_special_tokens)
+                        .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?
+                } else {
+                    return Err(TokenizeError::TooLong {
+                        index,
+                        len: enc.len(),
+                        max: self.max_length,
+                    });
+                };
+                Ok(Encoded {
+                    ids: enc.get_ids().to_vec(),
+                    type_ids: enc.get_type_ids().to_vec(),
+                })
+            }
             Input::Ids(ids) => {
                 if ids.is_empty() {
                     return Err(TokenizeError::Empty { index });
@@ -238,7 +270,7 @@ type Job = Box<dyn FnOnce(&Tokenizers) + Send>;
 #[derive(Clone)]
 pub struct TokenizerPool {
     online: crossbeam_channel::Sender<Job>,
-    batch: crossbeam_channel::Sender<Job>,
+    jobs: crossbeam_channel::Sender<Job>,
     pub max_length: usize,
     pub vocab_size: usize,
 }
@@ -246,12 +278,12 @@ pub struct TokenizerPool {
 impl TokenizerPool {
     pub fn start(tokenizers: Tokenizers, workers: usize) -> Result<Self, TokenizeError> {
         let (online, online_rx) = crossbeam_channel::unbounded::<Job>();
-        let (batch, batch_rx) = crossbeam_channel::unbounded::<Job>();
+        let (jobs, jobs_rx) = crossbeam_channel::unbounded::<Job>();
         let max_length = tokenizers.max_length;
         let vocab_size = tokenizers.vocab_size;
         let mut owned = Some(tokenizers);
         for i in 0..workers.max(1) {
-            let (online_rx, batch_rx) = (online_rx.clone(), batch_rx.clone());
+            let (online_rx, jobs_rx) = (online_rx.clone(), jobs_rx.clone());
             let tk = match (i + 1 == workers.max(1), owned.take()) {
                 (true, Some(t)) => t,
                 (_, Some(t)) => {
@@ -273,7 +305,7 @@ impl TokenizerPool {
                     // Biased select: online work first whenever both lanes have some.
                     let next = crossbeam_channel::select_biased! {
                         recv(online_rx) -> job => job,
-                        recv(batch_rx) -> job => job,
+                        recv(jobs_rx) -> job => job,
                     };
                     match next {
                         Ok(job) => job(&tk),
@@ -286,10 +318,16 @@ impl TokenizerPool {
         }
         Ok(Self {
             online,
-            batch,
+            jobs,
             max_length,
             vocab_size,
         })
+    }
+
+    /// Jobs waiting in both lanes (tests).
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.online.len() + self.jobs.len()
     }
 
     /// Runs `f` on a tokenizer thread at online priority and awaits its result.
@@ -313,7 +351,7 @@ impl TokenizerPool {
         });
         let lane = match priority {
             Priority::Online => &self.online,
-            Priority::Batch => &self.batch,
+            Priority::Job => &self.jobs,
         };
         lane.send(job).map_err(|_| TokenizeError::Stopped)?;
         rx.await.map_err(|_| TokenizeError::Stopped)?
@@ -356,7 +394,7 @@ mod tests {
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let p = pool.clone();
         let blocker = tokio::spawn(async move {
-            p.run_at(Priority::Batch, move |_| {
+            p.run_at(Priority::Job, move |_| {
                 let _ = hold.recv();
                 Ok(())
             })
@@ -367,7 +405,7 @@ mod tests {
             let order = order.clone();
             let p = pool.clone();
             waiting.push(tokio::spawn(async move {
-                p.run_at(Priority::Batch, move |_| {
+                p.run_at(Priority::Job, move |_| {
                     order.lock().map(|mut o| o.push(format!("batch{i}"))).ok();
                     Ok(())
                 })
@@ -383,8 +421,16 @@ mod tests {
             })
             .await
         });
-        // Let every submission reach its channel before the thread is released.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Every submission must sit in its channel before the thread is released (no sleep:
+        // wait for the count, bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pool.queued() < 11 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "submissions never arrived"
+            );
+            tokio::task::yield_now().await;
+        }
         release.send(()).expect("release");
         blocker.await.expect("join").expect("blocker");
         online.await.expect("join").expect("online");

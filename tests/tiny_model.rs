@@ -3,9 +3,8 @@
 
 mod common;
 
-use candle_core::{DType, Device};
 use common::*;
-use spotinfer::model::{self, PackedBatch, Pooling, ResolveOptions};
+use spotinfer::model::{self, CpuBackend, PackedBatch, Pooling, ResolveOptions};
 use spotinfer::tokenize::{EncodeOptions, Input, Tokenizers};
 use tokenizers::TruncationDirection;
 
@@ -31,8 +30,10 @@ async fn tiny_bert_matches_transformers_in_one_mixed_batch() {
     let st = model::SentenceTransformerConfig::read(&files).expect("st config");
     assert_eq!(st.pooling, Some(Pooling::Cls));
     assert_eq!(st.max_seq_length, Some(64));
-    let m = model::load(&files, &Device::Cpu, DType::F32).expect("load");
-    let tk = Tokenizers::from_file(&files.tokenizer, 64, m.vocab_size()).expect("tokenizer");
+    let vocab = load_model(&files, Pooling::Cls, CpuBackend::Native)
+        .summary()
+        .vocab_size;
+    let tk = Tokenizers::from_file(&files.tokenizer, 64, vocab).expect("tokenizer");
     let reference = read_json(&dir.join("reference.json"));
     let items = reference["items"].as_array().expect("items");
 
@@ -65,7 +66,8 @@ async fn tiny_bert_matches_transformers_in_one_mixed_batch() {
         (Pooling::Mean, "mean"),
         (Pooling::LastToken, "last"),
     ] {
-        let got = model::embed(m.as_ref(), &batch, pooling).expect("embed");
+        let m = load_model(&files, pooling, CpuBackend::Native);
+        let got = embed(m.as_ref(), &batch);
         for (item, g) in items.iter().zip(&got) {
             let want = as_vec(&item[key]);
             let d = max_abs(g, &want);
@@ -78,7 +80,7 @@ async fn tiny_bert_matches_transformers_in_one_mixed_batch() {
                 &batch.ids[batch.offsets[i]..batch.offsets[i + 1]],
                 &batch.type_ids[batch.offsets[i]..batch.offsets[i + 1]],
             );
-            let alone = model::embed(m.as_ref(), &single, pooling).expect("embed one");
+            let alone = embed(m.as_ref(), &single);
             assert!(max_abs(&alone[0], g) < 1e-5);
         }
     }
@@ -136,7 +138,6 @@ fn over_long_inputs_are_refused_or_truncated_both_ways() {
 #[tokio::test]
 async fn native_and_candle_cpu_backends_agree_on_minilm() {
     use spotinfer::bench::corpus;
-    use spotinfer::model::CpuBackend;
     let files = model::resolve(&ResolveOptions {
         model_id: test_model_dir().display().to_string(),
         revision: "main".into(),
@@ -145,8 +146,6 @@ async fn native_and_candle_cpu_backends_agree_on_minilm() {
     })
     .await
     .expect("resolve");
-    let native = model::load_with(&files, &Device::Cpu, DType::F32, CpuBackend::Native).unwrap();
-    let candle = model::load_with(&files, &Device::Cpu, DType::F32, CpuBackend::Candle).unwrap();
     let tk = Tokenizers::from_file(&files.tokenizer, 256, 30522).unwrap();
     let opts = EncodeOptions {
         truncate: true,
@@ -161,8 +160,10 @@ async fn native_and_candle_cpu_backends_agree_on_minilm() {
         batch.push(&e.ids, &e.type_ids);
     }
     for pooling in [Pooling::Mean, Pooling::Cls, Pooling::LastToken] {
-        let a = model::embed(native.as_ref(), &batch, pooling).unwrap();
-        let b = model::embed(candle.as_ref(), &batch, pooling).unwrap();
+        let native = load_model(&files, pooling, CpuBackend::Native);
+        let candle = load_model(&files, pooling, CpuBackend::Candle);
+        let a = embed(native.as_ref(), &batch);
+        let b = embed(candle.as_ref(), &batch);
         for (x, y) in a.iter().zip(&b) {
             let c = cosine(x, y);
             assert!(c > 0.99999, "{pooling:?}: cosine {c}");
@@ -185,7 +186,7 @@ async fn online_batches_inside_the_layers_of_a_job_batch_leave_both_correct() {
     })
     .await
     .expect("resolve");
-    let m = model::load(&files, &Device::Cpu, DType::F32).expect("load");
+    let m = load_model(&files, Pooling::Mean, CpuBackend::Native);
     let tk = Tokenizers::from_file(&files.tokenizer, 64, 2000).expect("tokenizer");
     let opts = EncodeOptions {
         truncate: true,
@@ -206,14 +207,12 @@ async fn online_batches_inside_the_layers_of_a_job_batch_leave_both_correct() {
         "x",
     ]);
     let online = batch_of(&["an urgent online query"]);
-    let job_alone = model::embed(m.as_ref(), &job, Pooling::Mean).unwrap();
-    let online_alone = model::embed(m.as_ref(), &online, Pooling::Mean).unwrap();
+    let job_alone = embed(m.as_ref(), &job);
+    let online_alone = embed(m.as_ref(), &online);
     let mut interleaved = Vec::new();
-    let job_preempted = m
-        .embed_preemptible(&job, Pooling::Mean, &mut || {
-            interleaved.push(model::embed(m.as_ref(), &online, Pooling::Mean).unwrap());
-        })
-        .unwrap();
+    let job_preempted = embed_yielding(m.as_ref(), &job, &mut || {
+        interleaved.push(embed(m.as_ref(), &online));
+    });
     assert_eq!(
         interleaved.len(),
         8,

@@ -5,5 +5,5 @@ pub mod queue;
 pub mod select;
 pub mod worker;
 
-pub use queue::{BatchLimits, InferError, Priority, Queue};
+pub use queue::{Answer, BatchLimits, DeviceBatch, InferError, Queue};
 pub use worker::{LoadedSummary, WorkerConfig, WorkerHealth};

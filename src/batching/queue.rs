@@ -1,8 +1,8 @@
 //! The one queue between everything and the device worker.
 //!
-//! Two lanes: online requests and batch-job lines. A batch is filled from the online lane first,
-//! so an online request never waits behind job lines that are still queued; job lines fill what
-//! is left of the token budget, so the device never idles while a job has lines.
+//! Two lanes: online requests and job lines. A device batch is filled from the online lane
+//! first, so an online request never waits behind job lines that are still queued; job lines
+//! fill what is left of the token budget, so the device never idles while a job has lines.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -12,13 +12,9 @@ use tokio::sync::oneshot;
 
 use super::select;
 use crate::metrics::Metrics;
+use crate::model::{Output, Want};
+use crate::priority::Priority;
 use crate::tokenize::Encoded;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    Online,
-    Batch,
-}
 
 /// Why an accepted input got no embedding. Every accepted input ends with a vector or one of
 /// these: nothing is dropped silently.
@@ -30,20 +26,37 @@ pub enum InferError {
     DrainDeadline,
     #[error("the model failed on this batch: {0}")]
     Backend(String),
+    #[error(
+        "the model produced a non-finite value (NaN or infinity) for this input, usually a \
+         float16 overflow: restart with --dtype bfloat16 (or float32)"
+    )]
+    NonFinite,
     #[error("the device worker has stopped")]
     WorkerStopped,
 }
 
-pub type Reply = oneshot::Sender<Result<Vec<f32>, InferError>>;
+/// One input's result and where its time went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub output: Output,
+    /// From submission to the start of its device batch.
+    pub queue_time: Duration,
+    /// Its device batch's compute time.
+    pub compute_time: Duration,
+}
+
+pub type Reply = oneshot::Sender<Result<Answer, InferError>>;
 
 pub struct Entry {
     pub encoded: Encoded,
+    /// The outputs this input asks for.
+    pub want: Want,
     pub enqueued: Instant,
     pub reply: Reply,
 }
 
-/// A batch taken off the queue for the device.
-pub struct Batch {
+/// A device batch: inputs taken off the queue to run together.
+pub struct DeviceBatch {
     pub entries: Vec<Entry>,
     /// What the batch costs the backend: `inputs x longest` where it pads, else the sum.
     pub tokens: usize,
@@ -56,9 +69,9 @@ pub struct BatchLimits {
     pub max_batch_tokens: usize,
     pub max_batch_requests: usize,
     pub max_queue_time: Duration,
-    /// Target compute time of a batch that carries batch-job lines: job lines fill a batch only
-    /// up to the tokens this allows at the measured speed, so an online request arriving while
-    /// job work computes waits at most about this long.
+    /// Target compute time of a device batch that carries job lines: job lines fill a batch
+    /// only up to the tokens this allows at the measured speed, so an online request arriving
+    /// while job work computes waits at most about this long.
     pub job_slice: Duration,
 }
 
@@ -67,7 +80,7 @@ const MIN_JOB_TOKENS: usize = 64;
 
 struct Lanes {
     online: VecDeque<Entry>,
-    batch: VecDeque<Entry>,
+    jobs: VecDeque<Entry>,
     closed: bool,
     /// A batch is on the device.
     computing: bool,
@@ -91,7 +104,7 @@ impl Queue {
             length_aware: std::sync::atomic::AtomicBool::new(true),
             lanes: Mutex::new(Lanes {
                 online: VecDeque::new(),
-                batch: VecDeque::new(),
+                jobs: VecDeque::new(),
                 closed: false,
                 computing: false,
             }),
@@ -105,7 +118,7 @@ impl Queue {
         self.limits
     }
 
-    /// Set by the worker from the loaded model (`EmbeddingModel::pads_to_longest`).
+    /// Set by the worker from the loaded model (`ModelSummary::pads_to_longest`).
     pub fn set_length_aware(&self, on: bool) {
         self.length_aware
             .store(on, std::sync::atomic::Ordering::Relaxed);
@@ -122,8 +135,9 @@ impl Queue {
     pub fn submit(
         &self,
         inputs: Vec<Encoded>,
+        want: Want,
         priority: Priority,
-    ) -> Vec<oneshot::Receiver<Result<Vec<f32>, InferError>>> {
+    ) -> Vec<oneshot::Receiver<Result<Answer, InferError>>> {
         let now = Instant::now();
         let mut rxs = Vec::with_capacity(inputs.len());
         let mut lanes = self.lock();
@@ -136,12 +150,13 @@ impl Queue {
             }
             let entry = Entry {
                 encoded,
+                want,
                 enqueued: now,
                 reply,
             };
             match priority {
                 Priority::Online => lanes.online.push_back(entry),
-                Priority::Batch => lanes.batch.push_back(entry),
+                Priority::Job => lanes.jobs.push_back(entry),
             }
         }
         self.update_depth(&lanes);
@@ -155,12 +170,12 @@ impl Queue {
     }
 
     /// Blocks until a batch is ready or the queue is closed and empty (`None`).
-    pub fn next_batch(&self) -> Option<Batch> {
+    pub fn next_batch(&self) -> Option<DeviceBatch> {
         let mut lanes = self.lock();
         loop {
             lanes.computing = false;
             self.expire(&mut lanes);
-            if !lanes.online.is_empty() || !lanes.batch.is_empty() {
+            if !lanes.online.is_empty() || !lanes.jobs.is_empty() {
                 let batch = self.take(&mut lanes);
                 lanes.computing = true;
                 self.update_depth(&lanes);
@@ -230,7 +245,7 @@ impl Queue {
     /// job lines only up to the job-slice cap. On a padding backend tokens count as
     /// `inputs x longest` and the batch groups similar lengths (`select::pick`); on a
     /// padding-free one they count as they are and inputs go first come (`select::first_come`).
-    fn take(&self, lanes: &mut Lanes) -> Batch {
+    fn take(&self, lanes: &mut Lanes) -> DeviceBatch {
         let lim = self.limits;
         let max_inputs = lim.max_batch_requests.max(1);
         let aware = self.length_aware.load(std::sync::atomic::Ordering::Relaxed);
@@ -247,9 +262,9 @@ impl Queue {
         }
         let online = entries.len();
         let longest = lens_of(&entries).max().unwrap_or(0);
-        if !lanes.batch.is_empty() && online < max_inputs {
+        if !lanes.jobs.is_empty() && online < max_inputs {
             let sum: usize = lens_of(&entries).sum();
-            let lines = take_chosen(&mut lanes.batch, |l| {
+            let lines = take_chosen(&mut lanes.jobs, |l| {
                 if !aware {
                     select::first_come(l, job_cap, max_inputs, online, sum)
                 } else if online == 0 {
@@ -269,7 +284,7 @@ impl Queue {
         } else {
             lens_of(&entries).sum()
         };
-        Batch {
+        DeviceBatch {
             tokens,
             entries,
             online,
@@ -278,16 +293,16 @@ impl Queue {
 
     /// Online inputs only, without waiting: what the worker runs between the layers of a
     /// job-only batch so an online request never waits for a whole job batch.
-    pub fn take_online_now(&self) -> Option<Batch> {
+    pub fn take_online_now(&self) -> Option<DeviceBatch> {
         let mut lanes = self.lock();
         self.expire(&mut lanes);
         if lanes.online.is_empty() {
             return None;
         }
         // Same budget rules, with the job lane left alone.
-        let jobs = std::mem::take(&mut lanes.batch);
+        let jobs = std::mem::take(&mut lanes.jobs);
         let batch = self.take(&mut lanes);
-        lanes.batch = jobs;
+        lanes.jobs = jobs;
         self.update_depth(&lanes);
         Some(batch)
     }
@@ -308,7 +323,7 @@ impl Queue {
         let mut lanes = self.lock();
         let mut n = 0;
         let lanes_ref = &mut *lanes;
-        for lane in [&mut lanes_ref.online, &mut lanes_ref.batch] {
+        for lane in [&mut lanes_ref.online, &mut lanes_ref.jobs] {
             for e in lane.drain(..) {
                 let _ = e.reply.send(Err(err.clone()));
                 n += 1;
@@ -321,13 +336,13 @@ impl Queue {
     /// Nothing queued and nothing on the device.
     pub fn is_idle(&self) -> bool {
         let lanes = self.lock();
-        lanes.online.is_empty() && lanes.batch.is_empty() && !lanes.computing
+        lanes.online.is_empty() && lanes.jobs.is_empty() && !lanes.computing
     }
 
-    /// (online, batch) inputs waiting.
+    /// (online, job) inputs waiting.
     pub fn depths(&self) -> (usize, usize) {
         let lanes = self.lock();
-        (lanes.online.len(), lanes.batch.len())
+        (lanes.online.len(), lanes.jobs.len())
     }
 }
 
@@ -394,7 +409,11 @@ mod tests {
     #[test]
     fn batches_respect_padded_token_budget() {
         let q = queue(100, 1000);
-        let _rx = q.submit(vec![enc(10), enc(10), enc(40), enc(10)], Priority::Online);
+        let _rx = q.submit(
+            vec![enc(10), enc(10), enc(40), enc(10)],
+            Want::POOLED,
+            Priority::Online,
+        );
         // The three 10-token inputs go together (30 padded tokens); the 40-token one would
         // have padded them to 4 x 40 = 160 > 100, so it goes next, alone.
         let b = q.next_batch().unwrap();
@@ -409,17 +428,25 @@ mod tests {
     fn padding_free_backends_get_first_come_batches() {
         let q = queue(100, 1000);
         q.set_length_aware(false);
-        let _rx = q.submit(vec![enc(10), enc(10), enc(40), enc(10)], Priority::Online);
+        let _rx = q.submit(
+            vec![enc(10), enc(10), enc(40), enc(10)],
+            Want::POOLED,
+            Priority::Online,
+        );
         // Real tokens count: 10 + 10 + 40 + 10 = 70 fits, in arrival order.
         let b = q.next_batch().unwrap();
         assert_eq!((b.entries.len(), b.tokens), (4, 70));
-        let _rx = q.submit(vec![enc(60), enc(30), enc(20)], Priority::Online);
+        let _rx = q.submit(
+            vec![enc(60), enc(30), enc(20)],
+            Want::POOLED,
+            Priority::Online,
+        );
         let b = q.next_batch().unwrap();
         assert_eq!((b.entries.len(), b.tokens), (2, 90));
         q.next_batch().unwrap();
         // Job lines fill up to the cap (64 tokens until measured) after online inputs.
-        let _j = q.submit(vec![enc(20), enc(20), enc(20)], Priority::Batch);
-        let _o = q.submit(vec![enc(10)], Priority::Online);
+        let _j = q.submit(vec![enc(20), enc(20), enc(20)], Want::POOLED, Priority::Job);
+        let _o = q.submit(vec![enc(10)], Want::POOLED, Priority::Online);
         let b = q.next_batch().unwrap();
         assert_eq!((b.entries.len(), b.online, b.tokens), (3, 1, 50));
     }
@@ -427,8 +454,8 @@ mod tests {
     #[test]
     fn online_goes_before_batch_lines_and_lines_fill_the_rest() {
         let q = queue(1000, 3);
-        let _b = q.submit(vec![enc(5), enc(5)], Priority::Batch);
-        let _o = q.submit(vec![enc(5), enc(5)], Priority::Online);
+        let _b = q.submit(vec![enc(5), enc(5)], Want::POOLED, Priority::Job);
+        let _o = q.submit(vec![enc(5), enc(5)], Want::POOLED, Priority::Online);
         let b = q.next_batch().unwrap();
         assert_eq!(b.entries.len(), 3);
         assert_eq!(q.depths(), (0, 1));
@@ -438,7 +465,11 @@ mod tests {
     fn job_lines_fill_only_up_to_the_measured_slice() {
         let q = queue(10_000, 1000);
         // Not measured yet: the minimum cap (64 padded tokens) applies to job lines.
-        let _j = q.submit((0..20).map(|_| enc(16)).collect(), Priority::Batch);
+        let _j = q.submit(
+            (0..20).map(|_| enc(16)).collect(),
+            Want::POOLED,
+            Priority::Job,
+        );
         assert_eq!(q.next_batch().unwrap().entries.len(), 4);
         // 1 ms per token and a 1 s slice: 1000 tokens, i.e. 62 inputs of 16.
         q.record_batch(100, Duration::from_millis(100));
@@ -447,7 +478,11 @@ mod tests {
         assert_eq!(b.entries.len(), 16, "what is left");
         // Online inputs are not limited by the job cap.
         q.record_batch(1, Duration::from_secs(10));
-        let _o = q.submit((0..20).map(|_| enc(16)).collect(), Priority::Online);
+        let _o = q.submit(
+            (0..20).map(|_| enc(16)).collect(),
+            Want::POOLED,
+            Priority::Online,
+        );
         assert_eq!(q.next_batch().unwrap().entries.len(), 20);
     }
 
@@ -455,9 +490,9 @@ mod tests {
     fn online_inputs_can_be_taken_alone_without_waiting() {
         let q = queue(1000, 100);
         assert!(q.take_online_now().is_none());
-        let _j = q.submit(vec![enc(5), enc(5)], Priority::Batch);
+        let _j = q.submit(vec![enc(5), enc(5)], Want::POOLED, Priority::Job);
         assert!(!q.online_waiting());
-        let _o = q.submit(vec![enc(5)], Priority::Online);
+        let _o = q.submit(vec![enc(5)], Want::POOLED, Priority::Online);
         assert!(q.online_waiting());
         let b = q.take_online_now().unwrap();
         assert_eq!((b.entries.len(), b.online), (1, 1));
@@ -469,7 +504,7 @@ mod tests {
     #[test]
     fn an_input_over_budget_still_runs_alone() {
         let q = queue(10, 8);
-        let _rx = q.submit(vec![enc(50), enc(1)], Priority::Online);
+        let _rx = q.submit(vec![enc(50), enc(1)], Want::POOLED, Priority::Online);
         assert_eq!(q.next_batch().unwrap().entries.len(), 1);
         assert_eq!(q.next_batch().unwrap().entries.len(), 1);
     }
@@ -485,7 +520,7 @@ mod tests {
             },
             Metrics::new(),
         );
-        let mut rx = q.submit(vec![enc(3)], Priority::Online);
+        let mut rx = q.submit(vec![enc(3)], Want::POOLED, Priority::Online);
         std::thread::sleep(Duration::from_millis(2));
         q.close();
         assert!(q.next_batch().is_none());
@@ -493,14 +528,14 @@ mod tests {
             rx.remove(0).try_recv(),
             Ok(Err(InferError::QueueTimeout(_)))
         ));
-        let mut late = q.submit(vec![enc(3)], Priority::Online);
+        let mut late = q.submit(vec![enc(3)], Want::POOLED, Priority::Online);
         assert_eq!(
             late.remove(0).try_recv(),
             Ok(Err(InferError::DrainDeadline))
         );
 
         let q = queue(100, 10);
-        let mut rx = q.submit(vec![enc(3)], Priority::Batch);
+        let mut rx = q.submit(vec![enc(3)], Want::POOLED, Priority::Job);
         assert_eq!(q.fail_pending(InferError::DrainDeadline), 1);
         assert_eq!(rx.remove(0).try_recv(), Ok(Err(InferError::DrainDeadline)));
         assert!(q.is_idle());

@@ -1,8 +1,13 @@
 //! The device worker: the one thread that owns the model and the device.
 //!
 //! It loads the model (so weights are created on the thread that uses them), warms up, then
-//! loops: take a batch, pack it, forward + pool, answer each input. Liveness reads its health:
-//! a dead thread or one stuck on a single batch turns `/health` red.
+//! loops: take a device batch, pack it, run the model, answer each input. Liveness reads its
+//! health: a dead thread or one stuck on a single batch turns `/health` red.
+//!
+//! Nothing is dropped: every input gets an output or an error. A device batch that runs out of
+//! memory is split in halves and retried (down to single inputs) instead of failing; an output
+//! with a NaN or infinity (an FP16 overflow) fails that input with a 500 that says to use
+//! bfloat16, and is never served.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,17 +15,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::queue::{Batch, InferError, Queue};
+use super::queue::{Answer, DeviceBatch, Entry, InferError, Queue};
 use crate::metrics::Metrics;
-use crate::model::{self, EmbeddingModel, ModelError, PackedBatch, Pooling};
+use crate::model::{Model, ModelError, ModelSummary, Output, PackedBatch, Want};
 
 /// What the worker reports once the model is loaded.
 #[derive(Debug, Clone)]
 pub struct LoadedSummary {
-    pub hidden_size: usize,
-    pub max_positions: usize,
-    pub vocab_size: usize,
-    pub parameter_bytes: usize,
+    pub model: ModelSummary,
     pub load_time: Duration,
 }
 
@@ -61,14 +63,13 @@ fn now_ms() -> u64 {
 }
 
 pub struct WorkerConfig {
-    pub pooling: Pooling,
     /// Token lengths to run once before reporting loaded.
     pub warmup_lengths: Vec<usize>,
     /// Testing only: sleep after each batch.
     pub test_batch_delay: Duration,
 }
 
-type Loader = Box<dyn FnOnce() -> Result<Box<dyn EmbeddingModel>, ModelError> + Send>;
+type Loader = Box<dyn FnOnce() -> Result<Box<dyn Model>, ModelError> + Send>;
 
 /// Starts the worker thread. The receiver resolves once the model is loaded and warmed up.
 pub fn spawn(
@@ -102,22 +103,29 @@ pub fn spawn(
                     return;
                 }
             };
-            queue.set_length_aware(model.pads_to_longest());
+            queue.set_length_aware(model.summary().pads_to_longest);
             if let Err(e) = warm_up(model.as_ref(), &cfg) {
                 let _ = tx.send(Err(e));
                 return;
             }
             let summary = LoadedSummary {
-                hidden_size: model.hidden_size(),
-                max_positions: model.max_positions(),
-                vocab_size: model.vocab_size(),
-                parameter_bytes: model.parameter_bytes(),
+                model: model.summary().clone(),
                 load_time: started.elapsed(),
             };
             if tx.send(Ok(summary)).is_err() {
                 return;
             }
-            run(model.as_ref(), &queue, &metrics, &h, &cfg);
+            let worker = Worker {
+                model: model.as_ref(),
+                queue: &queue,
+                metrics: &metrics,
+                health: &h,
+                cfg: &cfg,
+            };
+            while let Some(batch) = queue.next_batch() {
+                worker.run_batch(batch, true);
+            }
+            tracing::info!("device worker stopped: queue closed");
         });
     if let Err(e) = spawned {
         health.exited.store(true, Ordering::Release);
@@ -126,14 +134,28 @@ pub fn spawn(
     (health, rx)
 }
 
-fn warm_up(model: &dyn EmbeddingModel, cfg: &WorkerConfig) -> Result<(), ModelError> {
+/// What a model can always be asked for: its pooled vector, else its scores, else its sparse
+/// vector.
+fn warm_up_want(available: Want) -> Want {
+    if available.pooled {
+        Want::POOLED
+    } else if available.scores {
+        Want::SCORES
+    } else {
+        Want::SPARSE
+    }
+}
+
+fn warm_up(model: &dyn Model, cfg: &WorkerConfig) -> Result<(), ModelError> {
+    let s = model.summary();
+    let want = warm_up_want(s.available);
     for &len in &cfg.warmup_lengths {
-        let len = len.clamp(1, model.max_positions());
+        let len = len.clamp(1, s.max_positions.max(1));
         let mut batch = PackedBatch::with_capacity(1, len);
         // Token id 0 (usually [PAD]) is valid in every vocabulary.
         batch.push(&vec![0; len], &[]);
         let t = Instant::now();
-        model::embed(model, &batch, cfg.pooling)?;
+        model.run(&batch, &[want], &mut || {})?;
         tracing::debug!(
             tokens = len,
             elapsed_ms = t.elapsed().as_millis() as u64,
@@ -143,109 +165,149 @@ fn warm_up(model: &dyn EmbeddingModel, cfg: &WorkerConfig) -> Result<(), ModelEr
     Ok(())
 }
 
-fn run(
-    model: &dyn EmbeddingModel,
-    queue: &Queue,
-    metrics: &Metrics,
-    health: &WorkerHealth,
-    cfg: &WorkerConfig,
-) {
-    while let Some(batch) = queue.next_batch() {
-        run_batch(model, queue, metrics, health, cfg, batch, true);
-    }
-    tracing::info!("device worker stopped: queue closed");
+struct Worker<'a> {
+    model: &'a dyn Model,
+    queue: &'a Queue,
+    metrics: &'a Metrics,
+    health: &'a WorkerHealth,
+    cfg: &'a WorkerConfig,
 }
 
-/// Computes one batch and answers its inputs. A batch of job lines only may be preempted at
-/// yield points inside each layer: online inputs that arrive meanwhile run first (nested, never
-/// preempted), so an online request waits for at most one GEMM of a job batch.
-fn run_batch(
-    model: &dyn EmbeddingModel,
-    queue: &Queue,
-    metrics: &Metrics,
-    health: &WorkerHealth,
-    cfg: &WorkerConfig,
-    batch: Batch,
-    preemptible: bool,
-) {
-    health.batch_started_ms.store(now_ms(), Ordering::Release);
-    let started = Instant::now();
-    let mut preempted = Duration::ZERO;
-    let n = batch.entries.len();
-    let jobs_only = preemptible && batch.online == 0;
-    // A panic inside the model (a kernel bug, an unexpected shape) fails this batch's inputs
-    // with an error instead of killing the only device thread.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let packed = pack(&batch);
-        if jobs_only {
+/// Whether an error is the device running out of memory (worth retrying smaller).
+fn is_out_of_memory(e: &ModelError) -> bool {
+    let m = e.to_string().to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("out_of_memory")
+}
+
+impl Worker<'_> {
+    /// Computes one device batch and answers its inputs. A batch of job lines only may be
+    /// preempted at yield points inside each layer: online inputs that arrive meanwhile run
+    /// first (nested, never preempted), so an online request waits for at most one GEMM of a
+    /// job batch.
+    fn run_batch(&self, batch: DeviceBatch, preemptible: bool) {
+        self.health
+            .batch_started_ms
+            .store(now_ms(), Ordering::Release);
+        let started = Instant::now();
+        let mut preempted = Duration::ZERO;
+        let n = batch.entries.len();
+        let jobs_only = preemptible && batch.online == 0;
+        let result = {
             let mut at_yield_point = || {
-                while queue.online_waiting() {
-                    let Some(online) = queue.take_online_now() else {
+                if !jobs_only {
+                    return;
+                }
+                while self.queue.online_waiting() {
+                    let Some(online) = self.queue.take_online_now() else {
                         break;
                     };
                     let t = Instant::now();
-                    run_batch(model, queue, metrics, health, cfg, online, false);
+                    self.run_batch(online, false);
                     preempted += t.elapsed();
                 }
             };
-            model.embed_preemptible(&packed, cfg.pooling, &mut at_yield_point)
-        } else {
-            model::embed(model, &packed, cfg.pooling)
+            self.compute(&batch.entries, &mut at_yield_point)
+        };
+        // Time spent on nested online batches is theirs, not this batch's.
+        let elapsed = started.elapsed().saturating_sub(preempted);
+        self.health
+            .busy_ns
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        let m = self.metrics;
+        m.compute_time.observe(elapsed.as_secs_f64());
+        self.queue.record_batch(batch.tokens, elapsed);
+        m.batch_size.observe(n as f64);
+        let tokens: usize = batch.entries.iter().map(|e| e.encoded.ids.len()).sum();
+        m.batch_tokens.observe(tokens as f64);
+        if !self.cfg.test_batch_delay.is_zero() {
+            std::thread::sleep(self.cfg.test_batch_delay);
         }
-    }))
-    .unwrap_or_else(|_| Err(ModelError::Device("panic in the forward pass".into())));
-    // Time spent on nested online batches is theirs, not this batch's.
-    let elapsed = started.elapsed().saturating_sub(preempted);
-    health
-        .busy_ns
-        .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
-    metrics.compute_time.observe(elapsed.as_secs_f64());
-    queue.record_batch(batch.tokens, elapsed);
-    metrics.batch_size.observe(n as f64);
-    let tokens: usize = batch.entries.iter().map(|e| e.encoded.ids.len()).sum();
-    metrics.batch_tokens.observe(tokens as f64);
-    if !cfg.test_batch_delay.is_zero() {
-        std::thread::sleep(cfg.test_batch_delay);
-    }
-    match result {
-        Ok(vectors) => {
-            metrics.tokens_total.inc_by(tokens as u64);
-            metrics.embeddings_total.inc_by(n as u64);
-            for (entry, v) in batch.entries.into_iter().zip(vectors) {
-                metrics.queue_time.observe(
-                    started
-                        .saturating_duration_since(entry.enqueued)
-                        .as_secs_f64(),
-                );
-                let _ = entry.reply.send(Ok(v));
+        m.tokens_total.inc_by(tokens as u64);
+        for (entry, r) in batch.entries.into_iter().zip(result) {
+            if r.is_ok() {
+                m.embeddings_total.inc();
             }
+            let queue_time = started.saturating_duration_since(entry.enqueued);
+            m.queue_time.observe(queue_time.as_secs_f64());
+            let _ = entry.reply.send(r.map(|output| Answer {
+                output,
+                queue_time,
+                compute_time: elapsed,
+            }));
         }
-        Err(e) => {
-            tracing::error!(error = %e, inputs = n, "batch failed");
-            metrics.errors_total.with_label_values(&["backend"]).inc();
-            let err = InferError::Backend(e.to_string());
-            for entry in batch.entries {
-                let _ = entry.reply.send(Err(err.clone()));
-            }
+        if preemptible {
+            self.health.batch_started_ms.store(0, Ordering::Release);
         }
     }
-    if preemptible {
-        health.batch_started_ms.store(0, Ordering::Release);
-    }
-}
 
-fn pack(batch: &Batch) -> PackedBatch {
-    let tokens: usize = batch.entries.iter().map(|e| e.encoded.ids.len()).sum();
-    let mut packed = PackedBatch::with_capacity(batch.entries.len(), tokens);
-    for e in &batch.entries {
-        packed.push(&e.encoded.ids, &e.encoded.type_ids);
+    /// One result per entry. Out of memory: halves, recursively; a lone input that still
+    /// fails gets the error.
+    fn compute(
+        &self,
+        entries: &[Entry],
+        at_yield_point: &mut dyn FnMut(),
+    ) -> Vec<Result<Output, InferError>> {
+        let mut packed = PackedBatch::with_capacity(entries.len(), 0);
+        for e in entries {
+            packed.push(&e.encoded.ids, &e.encoded.type_ids);
+        }
+        let wants: Vec<Want> = entries.iter().map(|e| e.want).collect();
+        // A panic inside the model (a kernel bug, an unexpected shape) fails this batch's
+        // inputs with an error instead of killing the only device thread.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.model.run(&packed, &wants, at_yield_point)
+        }))
+        .unwrap_or_else(|_| Err(ModelError::Device("panic in the forward pass".into())));
+        match result {
+            Ok(outputs) if outputs.len() == entries.len() => outputs
+                .into_iter()
+                .map(|o| {
+                    if o.has_non_finite() {
+                        self.metrics
+                            .device_batch_failures
+                            .with_label_values(&["non_finite"])
+                            .inc();
+                        Err(InferError::NonFinite)
+                    } else {
+                        Ok(o)
+                    }
+                })
+                .collect(),
+            Ok(outputs) => {
+                let e = format!("{} outputs for {} inputs", outputs.len(), entries.len());
+                vec![Err(InferError::Backend(e)); entries.len()]
+            }
+            Err(e) if is_out_of_memory(&e) && entries.len() > 1 => {
+                self.metrics
+                    .device_batch_failures
+                    .with_label_values(&["out_of_memory"])
+                    .inc();
+                tracing::warn!(
+                    inputs = entries.len(),
+                    tokens = packed.tokens(),
+                    "device out of memory: splitting the batch and retrying"
+                );
+                let (a, b) = entries.split_at(entries.len() / 2);
+                let mut out = self.compute(a, at_yield_point);
+                out.extend(self.compute(b, at_yield_point));
+                out
+            }
+            Err(e) => {
+                tracing::error!(error = %e, inputs = entries.len(), "device batch failed");
+                self.metrics
+                    .device_batch_failures
+                    .with_label_values(&["error"])
+                    .inc();
+                vec![Err(InferError::Backend(e.to_string())); entries.len()]
+            }
+        }
     }
-    packed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Pooling, Task};
 
     #[test]
     fn liveness_fails_when_the_worker_exits_or_wedges() {
@@ -264,8 +326,7 @@ mod tests {
         assert!(h.has_exited());
     }
 
-    #[test]
-    fn a_failing_load_is_reported_and_marks_the_worker_dead() {
+    fn queue() -> (Arc<Queue>, Arc<Metrics>) {
         let metrics = Metrics::new();
         let queue = Queue::new(
             super::super::BatchLimits {
@@ -276,12 +337,17 @@ mod tests {
             },
             metrics.clone(),
         );
+        (queue, metrics)
+    }
+
+    #[test]
+    fn a_failing_load_is_reported_and_marks_the_worker_dead() {
+        let (queue, metrics) = queue();
         let (health, rx) = spawn(
             Box::new(|| Err(ModelError::Unsupported("nope".into()))),
             queue,
             metrics,
             WorkerConfig {
-                pooling: Pooling::Mean,
                 warmup_lengths: vec![],
                 test_batch_delay: Duration::ZERO,
             },
@@ -293,5 +359,103 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(health.has_exited());
+    }
+
+    /// Fails any batch of more than `max` inputs with an out-of-memory error, and returns NaN
+    /// for an input whose first id is 13.
+    struct Picky {
+        max: usize,
+        summary: ModelSummary,
+    }
+
+    impl Model for Picky {
+        fn run(
+            &self,
+            batch: &PackedBatch,
+            _wants: &[Want],
+            _at_yield: &mut dyn FnMut(),
+        ) -> Result<Vec<Output>, ModelError> {
+            if batch.len() > self.max {
+                return Err(ModelError::Device(
+                    "CUDA_ERROR_OUT_OF_MEMORY: out of memory".into(),
+                ));
+            }
+            Ok((0..batch.len())
+                .map(|i| Output {
+                    pooled: Some(vec![if batch.ids[batch.offsets[i]] == 13 {
+                        f32::NAN
+                    } else {
+                        batch.ids[batch.offsets[i]] as f32
+                    }]),
+                    ..Default::default()
+                })
+                .collect())
+        }
+
+        fn summary(&self) -> &ModelSummary {
+            &self.summary
+        }
+    }
+
+    #[test]
+    fn out_of_memory_splits_the_batch_and_non_finite_outputs_are_refused() {
+        let (queue, metrics) = queue();
+        let summary = ModelSummary {
+            family: "test",
+            architecture: "Picky".into(),
+            task: Task::Embed,
+            backend: "test",
+            dtype: "float32",
+            hidden_size: 1,
+            output_size: 1,
+            max_positions: 16,
+            vocab_size: 100,
+            parameter_bytes: 0,
+            pads_to_longest: false,
+            pooling: Some(Pooling::Cls),
+            labels: vec![],
+            available: Want::POOLED,
+        };
+        let (_health, rx) = spawn(
+            Box::new(move || Ok(Box::new(Picky { max: 1, summary }) as Box<dyn Model>)),
+            queue.clone(),
+            metrics.clone(),
+            WorkerConfig {
+                warmup_lengths: vec![],
+                test_batch_delay: Duration::ZERO,
+            },
+        );
+        rx.blocking_recv().expect("loaded").expect("no load error");
+        let inputs = [5u32, 7, 13, 9]
+            .iter()
+            .map(|&id| crate::tokenize::Encoded {
+                ids: vec![id],
+                type_ids: vec![0],
+            })
+            .collect();
+        let rxs = queue.submit(inputs, Want::POOLED, crate::priority::Priority::Online);
+        let got: Vec<_> = rxs
+            .into_iter()
+            .map(|r| r.blocking_recv().expect("answered"))
+            .collect();
+        let pooled = |i: usize| {
+            got[i]
+                .as_ref()
+                .map(|a| a.output.pooled.clone())
+                .ok()
+                .flatten()
+        };
+        assert_eq!(pooled(0), Some(vec![5.0]));
+        assert_eq!(pooled(1), Some(vec![7.0]));
+        assert_eq!(got[2], Err(InferError::NonFinite));
+        assert_eq!(pooled(3), Some(vec![9.0]));
+        assert!(
+            metrics
+                .device_batch_failures
+                .with_label_values(&["out_of_memory"])
+                .get()
+                >= 1
+        );
+        queue.close();
     }
 }

@@ -1,4 +1,5 @@
-//! One chunk of OpenAI batch input lines through the engine at batch priority, as output lines.
+//! One chunk of OpenAI batch input lines through the inference API at job priority, as output
+//! lines.
 //!
 //! Input: `{"custom_id", "method":"POST", "url":"/v1/embeddings", "body":{...}}`.
 //! Output: `{"id", "custom_id", "response":{"status_code","request_id","body"}, "error"}`.
@@ -8,11 +9,11 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::batching::Priority;
-use crate::engine::Engine;
-use crate::server::embed::RequestLimits;
-use crate::server::errors::{ApiError, ErrorKind};
-use crate::server::openai::OpenAiEmbeddings;
+use crate::inference::error::{ApiError, ErrorKind};
+use crate::inference::openai::Embeddings;
+use crate::inference::Inference;
+use crate::lifecycle::work::WorkGuard;
+use crate::priority::Priority;
 
 /// A raw input line and where it ends in the input file.
 #[derive(Debug, Clone)]
@@ -44,23 +45,17 @@ pub const ENDPOINTS: &[&str] = &["/v1/embeddings", "/embeddings"];
 /// Processes lines concurrently (all their inputs enter the queue together) and returns one
 /// outcome per line, in order.
 pub async fn process(
-    engine: &Engine,
-    limits: RequestLimits,
+    inference: &Inference,
     batch_id: &str,
     lines: Vec<RawLine>,
 ) -> Vec<LineOutcome> {
     let futures = lines
         .into_iter()
-        .map(|line| process_one(engine, limits, batch_id, line));
+        .map(|line| process_one(inference, batch_id, line));
     futures::future::join_all(futures).await
 }
 
-async fn process_one(
-    engine: &Engine,
-    limits: RequestLimits,
-    batch_id: &str,
-    line: RawLine,
-) -> LineOutcome {
+async fn process_one(inference: &Inference, batch_id: &str, line: RawLine) -> LineOutcome {
     let id = format!(
         "batch_req_{}_{}",
         batch_id.trim_start_matches("batch_"),
@@ -114,12 +109,12 @@ async fn process_one(
     let Some(body) = parsed.body else {
         return fail(custom_id, "missing_body", "`body` is required".into());
     };
-    let result = match OpenAiEmbeddings::from_value(body) {
-        Ok(req) => req.respond(engine, limits, Priority::Batch).await,
+    let result = match Embeddings::from_value(body) {
+        Ok(req) => req.respond(inference, Priority::Job).await,
         Err(e) => Err(e),
     };
     match result {
-        Ok(body) => LineOutcome::Succeeded(
+        Ok((body, _)) => LineOutcome::Succeeded(
             json!({"id": id, "custom_id": custom_id,
                    "response": {"status_code": 200, "request_id": request_id, "body": body},
                    "error": null})
@@ -203,14 +198,17 @@ pub trait DriveHooks {
     }
     /// After each durable commit.
     fn committed(&mut self, checkpoint: &super::store::Checkpoint, succeeded: u64, failed: u64);
+    /// A guard held while a chunk is in flight (the server's drain waits for it).
+    fn hold(&mut self) -> Option<WorkGuard> {
+        None
+    }
 }
 
 /// Runs the input file from the checkpoint to the end, `DEPTH` chunks in flight so the device
 /// never idles between chunks and the queue holds enough lines to group similar lengths into
 /// full batches, committing chunks in order.
 pub async fn drive(
-    engine: &Engine,
-    limits: RequestLimits,
+    inference: &Inference,
     batch_id: &str,
     input: &std::path::Path,
     out: &mut super::store::CheckpointedOutput,
@@ -240,8 +238,11 @@ pub async fn drive(
             let n = chunk.len() as u64;
             read_offset = next;
             read_line_no += n;
+            let guard = hooks.hold();
             in_flight.push_back(async move {
-                (process(engine, limits, batch_id, chunk).await, next, n)
+                let outcomes = process(inference, batch_id, chunk).await;
+                drop(guard);
+                (outcomes, next, n)
             });
         }
         let Some((outcomes, next, n)) = in_flight.next().await else {

@@ -414,9 +414,9 @@ pub fn refresh_metrics(store: &JobStore, metrics: &Arc<Metrics>) {
     let Ok(batches) = store.list_batches() else {
         return;
     };
-    for s in crate::metrics::BATCH_JOB_STATUSES {
+    for s in crate::metrics::JOB_STATUSES {
         let n = batches.iter().filter(|b| b.status.as_str() == *s).count();
-        metrics.batch_jobs.with_label_values(&[s]).set(n as i64);
+        metrics.jobs.with_label_values(&[s]).set(n as i64);
     }
     let remaining: u64 = batches
         .iter()
@@ -427,7 +427,7 @@ pub fn refresh_metrics(store: &JobStore, metrics: &Arc<Metrics>) {
                 .saturating_sub(b.request_counts.completed + b.request_counts.failed)
         })
         .sum();
-    metrics.batch_queue_depth.set(remaining as i64);
+    metrics.job_queue_depth.set(remaining as i64);
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! `spotinfer batch`: the same engine and checkpointing without a server. Reads OpenAI batch
+//! `spotinfer batch`: the same inference API and checkpointing without a server. Reads OpenAI batch
 //! lines, writes one output line per input line (results and errors in input order), and keeps
 //! `<output>.ckpt` beside the output so running the same command again after SIGTERM or SIGKILL
 //! resumes where the last checkpoint left off.
@@ -15,9 +15,8 @@ use super::lines::{self, DriveEnd, DriveHooks};
 use super::store::{Checkpoint, CheckpointedOutput};
 use crate::batching::{BatchLimits, Queue};
 use crate::config::BatchArgs;
-use crate::engine::{Engine, EngineOptions};
+use crate::inference::{self, RequestLimits, StartOptions};
 use crate::metrics::Metrics;
-use crate::server::embed::RequestLimits;
 
 /// How the command ended, for its exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,11 +86,17 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
         job_slice: Duration::from_secs(3600),
     };
     let queue = Queue::new(limits, metrics.clone());
-    let engine = Engine::start(
-        EngineOptions {
+    let inference = inference::start(
+        StartOptions {
             model: args.model.clone(),
             served_model_name: None,
             limits,
+            request_limits: RequestLimits {
+                // Offline lines may carry as many inputs as OpenAI allows in one request.
+                max_client_batch_size: 2048,
+                auto_truncate: true,
+            },
+            max_concurrent_requests: usize::MAX,
             tokenization_workers: (num_cpus::get() / 4).max(1),
             test_batch_delay: Duration::ZERO,
             progress: !args.no_progress,
@@ -118,14 +123,8 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
         stop,
         bar: bar.clone(),
     };
-    let limits = RequestLimits {
-        // Offline lines may carry as many inputs as OpenAI allows in one request.
-        max_client_batch_size: 2048,
-        auto_truncate: true,
-    };
     let end = lines::drive(
-        &engine,
-        limits,
+        &inference,
         "batch_offline",
         &args.input,
         &mut out,

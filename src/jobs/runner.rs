@@ -14,11 +14,11 @@ use tokio::sync::{watch, Notify};
 use super::lines::{self, DriveEnd, DriveHooks};
 use super::store::{unix_now, Checkpoint, CheckpointedOutput, Lease, StoreError};
 use super::{count_lines, refresh_metrics, BatchObject, BatchStatus, JobStore};
-use crate::engine::Engine;
+use crate::inference::Inference;
 use crate::lifecycle::drain::OfflineWork;
+use crate::lifecycle::work::WorkGuard;
 use crate::lifecycle::{Lifecycle, State};
 use crate::metrics::Metrics;
-use crate::server::embed::RequestLimits;
 
 /// `host/pid` of a lease holder that ran on this host and is gone. A restarted container
 /// usually gets the same pid (1) and so the same holder name, which `acquire` already treats
@@ -41,8 +41,7 @@ fn holder_is_dead(lease: &Lease, me: &str) -> bool {
 
 pub struct JobRunner {
     pub store: JobStore,
-    engine: Arc<Engine>,
-    limits: RequestLimits,
+    inference: Arc<Inference>,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
     replica: String,
@@ -58,8 +57,7 @@ impl JobRunner {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: JobStore,
-        engine: Arc<Engine>,
-        limits: RequestLimits,
+        inference: Arc<Inference>,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
         replica: String,
@@ -68,8 +66,7 @@ impl JobRunner {
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
-            engine,
-            limits,
+            inference,
             metrics,
             lifecycle,
             replica,
@@ -214,8 +211,7 @@ impl JobRunner {
                 cancelled: false,
             };
             let end = lines::drive(
-                &self.engine,
-                self.limits,
+                &self.inference,
                 &b.id,
                 &input,
                 &mut out,
@@ -313,6 +309,10 @@ struct RunnerHooks<'a> {
 }
 
 impl DriveHooks for RunnerHooks<'_> {
+    fn hold(&mut self) -> Option<WorkGuard> {
+        Some(self.runner.lifecycle.accept())
+    }
+
     fn should_stop(&mut self) -> bool {
         if *self.stop.borrow() || self.runner.lifecycle.state() >= State::Draining {
             return true;
@@ -337,11 +337,11 @@ impl DriveHooks for RunnerHooks<'_> {
 
     fn committed(&mut self, _c: &Checkpoint, succeeded: u64, failed: u64) {
         let m = &self.runner.metrics;
-        m.batch_checkpoints_total.inc();
-        m.batch_lines_total
+        m.job_checkpoints_total.inc();
+        m.job_lines_total
             .with_label_values(&["succeeded"])
             .inc_by(succeeded);
-        m.batch_lines_total
+        m.job_lines_total
             .with_label_values(&["failed"])
             .inc_by(failed);
         if self.last_refresh.elapsed() > Duration::from_secs(1) {

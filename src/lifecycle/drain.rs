@@ -3,7 +3,8 @@
 //! 1. readiness red at once (done by `Lifecycle::begin_drain`);
 //! 2. `--drain-delay`: keep serving normally while Kubernetes removes the endpoint;
 //! 3. stop accepting; requests on open connections get 503 + Retry-After + Connection: close;
-//!    everything accepted (queued or computing) finishes;
+//!    everything accepted (queued or computing) finishes: every accepted request and job chunk
+//!    holds a guard (`work.rs`), and this step waits for the last one;
 //! 4. at `--drain-timeout` after the signal, whatever is still queued gets 503, never dropped;
 //! 5. offline work checkpoints; state Stopped; the caller flushes logs and exits 0.
 //!
@@ -23,7 +24,7 @@ use crate::metrics::Metrics;
 /// How long nothing must be in flight before the process exits.
 const QUIET_BEFORE_EXIT: Duration = Duration::from_millis(300);
 
-/// Offline work that must be checkpointed before exit (the batch-job runner).
+/// Offline work that must be checkpointed before exit (the job runner).
 pub trait OfflineWork: Send + Sync {
     /// Stop taking new lines, finish the chunk in flight, write the checkpoint. Returns the
     /// number of jobs checkpointed.
@@ -41,35 +42,13 @@ pub struct DrainTargets {
 /// What happened, for the log line and the tests.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct DrainReport {
+    /// Requests and job chunks accepted after SIGTERM (during the drain delay).
     pub served_during_drain: u64,
     pub refused: u64,
     pub failed_at_deadline: usize,
     pub jobs_checkpointed: usize,
     pub elapsed_ms: u64,
     pub forced: bool,
-}
-
-fn answered(metrics: &Metrics) -> u64 {
-    use prometheus::core::Collector;
-    metrics
-        .requests_total
-        .collect()
-        .iter()
-        .flat_map(|mf| mf.get_metric())
-        .filter(|m| {
-            m.get_label()
-                .iter()
-                .any(|l| l.name() == "code" && l.value() == "200")
-        })
-        .map(|m| m.get_counter().get_value() as u64)
-        .sum()
-}
-
-fn refused(metrics: &Metrics) -> u64 {
-    metrics
-        .rejected_total
-        .with_label_values(&["draining"])
-        .get()
 }
 
 /// Runs steps 2 to 5. `signals` yields further signals (a second one hurries the drain).
@@ -82,8 +61,9 @@ pub async fn run(
 ) -> DrainReport {
     let started = Instant::now();
     let deadline = started + timeout;
-    let served_before = answered(&targets.metrics);
-    let refused_before = refused(&targets.metrics);
+    let work = lifecycle.work().clone();
+    let accepted_before = work.accepted();
+    let refused_before = lifecycle.refusals();
     let mut forced = false;
     tracing::info!(
         drain_delay_s = delay.as_secs_f64(),
@@ -100,15 +80,15 @@ pub async fn run(
     // Step 3: stop accepting, refuse on open connections, let accepted work finish.
     let _ = targets.stop_accepting.send(true);
     lifecycle.start_refusing();
-    tracing::info!(forced, "listener closed; finishing accepted work");
-    let offline_stop = targets.offline.clone();
-    while !forced && Instant::now() < deadline {
-        let idle = targets.queue.is_idle() && targets.metrics.requests_inflight.get() == 0;
-        if idle {
-            break;
-        }
+    tracing::info!(
+        forced,
+        in_flight = work.in_flight(),
+        "listener closed; finishing accepted work"
+    );
+    if !forced {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = work.idle() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
             Some(_) = signals.recv() => { forced = true; }
         }
     }
@@ -130,7 +110,7 @@ pub async fn run(
     let grace_end = Instant::now() + Duration::from_secs(if forced { 1 } else { 3 });
     let mut quiet_since: Option<Instant> = None;
     while Instant::now() < grace_end {
-        let idle = targets.queue.is_idle() && targets.metrics.requests_inflight.get() == 0;
+        let idle = work.in_flight() == 0;
         match (idle, quiet_since) {
             (false, _) => quiet_since = None,
             (true, None) => quiet_since = Some(Instant::now()),
@@ -141,14 +121,14 @@ pub async fn run(
     }
 
     // Step 5: offline work.
-    let jobs_checkpointed = match offline_stop {
-        Some(work) => work.checkpoint(forced).await,
+    let jobs_checkpointed = match &targets.offline {
+        Some(w) => w.checkpoint(forced).await,
         None => 0,
     };
     lifecycle.set_stopped();
     let report = DrainReport {
-        served_during_drain: answered(&targets.metrics).saturating_sub(served_before),
-        refused: refused(&targets.metrics).saturating_sub(refused_before),
+        served_during_drain: work.accepted().saturating_sub(accepted_before),
+        refused: lifecycle.refusals().saturating_sub(refused_before),
         failed_at_deadline: failed,
         jobs_checkpointed,
         elapsed_ms: started.elapsed().as_millis() as u64,

@@ -1,5 +1,6 @@
-//! The process lifecycle: `Starting -> Ready -> Draining -> Stopped`, written here and only here,
-//! read by probes, handlers, batch jobs and metrics.
+//! The process lifecycle: `Starting -> Ready -> Draining -> Stopped` (or `Starting -> Failed`
+//! when the model cannot load), written here and only here, read by probes, handlers, jobs and
+//! metrics. Accepted work is tracked by ownership (`work.rs`).
 //!
 //! A spot interruption notice is not a state of its own: the pod keeps serving (Ready), but
 //! readiness turns red so traffic moves away before the node dies, and offline work checkpoints.
@@ -7,6 +8,7 @@
 pub mod drain;
 pub mod signals;
 pub mod spot;
+pub mod work;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use self::work::{Work, WorkGuard};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -23,6 +26,8 @@ pub enum State {
     Ready = 1,
     Draining = 2,
     Stopped = 3,
+    /// The model could not load: liveness fails so the kubelet restarts the pod.
+    Failed = 4,
 }
 
 impl State {
@@ -32,6 +37,7 @@ impl State {
             State::Ready => "ready",
             State::Draining => "draining",
             State::Stopped => "stopped",
+            State::Failed => "failed",
         }
     }
 
@@ -40,7 +46,8 @@ impl State {
             0 => State::Starting,
             1 => State::Ready,
             2 => State::Draining,
-            _ => State::Stopped,
+            3 => State::Stopped,
+            _ => State::Failed,
         }
     }
 }
@@ -69,6 +76,9 @@ pub struct Lifecycle {
     changes: watch::Sender<State>,
     /// Bumps on every notice or drain, so offline work checkpoints early.
     checkpoint_hint: watch::Sender<u64>,
+    /// Requests refused because the listener had closed.
+    refused: std::sync::atomic::AtomicU64,
+    work: Arc<Work>,
     metrics: Arc<Metrics>,
 }
 
@@ -89,6 +99,8 @@ impl Lifecycle {
             notice: Mutex::new(None),
             changes: watch::channel(State::Starting).0,
             checkpoint_hint: watch::channel(0).0,
+            refused: Default::default(),
+            work: Work::new(),
             metrics,
         })
     }
@@ -121,6 +133,36 @@ impl Lifecycle {
     /// Model loaded and warmed up (and interrupted batch jobs resumed).
     pub fn set_ready(&self) -> bool {
         self.advance(State::Ready)
+    }
+
+    /// The model could not load (only from Starting).
+    pub fn set_failed(&self) {
+        if self.state() == State::Starting {
+            self.advance(State::Failed);
+        }
+    }
+
+    /// Liveness: everything but a failed load.
+    pub fn is_alive(&self) -> bool {
+        self.state() != State::Failed
+    }
+
+    /// A guard for one accepted request or job chunk; the drain waits for the last one.
+    pub fn accept(&self) -> WorkGuard {
+        self.work.enter()
+    }
+
+    pub fn work(&self) -> &Arc<Work> {
+        &self.work
+    }
+
+    /// A request arrived after the listener closed and was refused.
+    pub fn count_refusal(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refusals(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// SIGTERM: readiness goes red at once. Returns false if already draining.
@@ -208,8 +250,8 @@ impl Lifecycle {
         self.state() == State::Ready && self.notice().is_none()
     }
 
-    /// True once the pod is going away (SIGTERM or a notice): offline work should checkpoint
-    /// and stop taking new lines on SIGTERM.
+    /// Every state change (and every interruption notice, which changes readiness without
+    /// changing the state): the job runner re-checks whether to stop taking lines.
     pub fn subscribe(&self) -> watch::Receiver<State> {
         self.changes.subscribe()
     }
@@ -240,6 +282,11 @@ mod tests {
         assert!(lc.drain_deadline_unix().unwrap() > unix_now() + 20.0);
         lc.set_stopped();
         assert_eq!(lc.state(), State::Stopped);
+        lc.set_failed();
+        assert_eq!(lc.state(), State::Stopped, "failed only from starting");
+        let lc = Lifecycle::new(Metrics::new());
+        lc.set_failed();
+        assert!(!lc.is_alive() && !lc.is_ready());
     }
 
     #[test]

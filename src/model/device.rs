@@ -3,15 +3,21 @@
 use candle_core::{DType, Device};
 
 use super::ModelError;
-use crate::config::{DTypeArg, DeviceArg};
 
-/// `auto` means the first CUDA device when this binary was built with `cuda` and one answers;
-/// otherwise the CPU.
-pub fn select_device(arg: DeviceArg) -> Result<Device, ModelError> {
-    match arg {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda(n) => cuda(n),
-        DeviceArg::Auto => {
+/// Where to run: `Auto` is the first CUDA device when this binary was built with `cuda` and
+/// one answers, otherwise the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+pub fn select_device(choice: DeviceChoice) -> Result<Device, ModelError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda(n) => cuda(n),
+        DeviceChoice::Auto => {
             if !cfg!(feature = "cuda") {
                 tracing::info!("device auto: this build has no CUDA support, using the CPU");
                 return Ok(Device::Cpu);
@@ -37,14 +43,28 @@ fn cuda(n: usize) -> Result<Device, ModelError> {
     Device::new_cuda(n).map_err(|e| ModelError::Device(format!("cuda:{n}: {e}")))
 }
 
-/// float16 on CUDA, float32 on CPU unless asked otherwise.
-pub fn select_dtype(arg: Option<DTypeArg>, device: &Device) -> DType {
-    match arg {
-        Some(DTypeArg::Float32) => DType::F32,
-        Some(DTypeArg::Float16) => DType::F16,
-        Some(DTypeArg::Bfloat16) => DType::BF16,
+/// The dtype to run at: the one asked for, else float32 on the CPU and, on CUDA, bfloat16 for
+/// checkpoints saved in bfloat16 (Qwen3 and friends overflow in float16) and float16 otherwise.
+pub fn select_dtype(requested: Option<DType>, device: &Device, saved: Option<DType>) -> DType {
+    match requested {
+        Some(d) => d,
+        None if device.is_cuda() && saved == Some(DType::BF16) => DType::BF16,
         None if device.is_cuda() => DType::F16,
         None => DType::F32,
+    }
+}
+
+/// config.json's `torch_dtype` (or transformers 5's `dtype`).
+pub fn saved_dtype(cfg: &serde_json::Value) -> Option<DType> {
+    let name = cfg
+        .get("torch_dtype")
+        .or_else(|| cfg.get("dtype"))
+        .and_then(serde_json::Value::as_str)?;
+    match name {
+        "bfloat16" => Some(DType::BF16),
+        "float16" => Some(DType::F16),
+        "float32" => Some(DType::F32),
+        _ => None,
     }
 }
 
@@ -65,17 +85,21 @@ mod tests {
 
     #[test]
     fn cpu_defaults_to_f32() {
-        let d = select_device(DeviceArg::Cpu).unwrap();
-        assert_eq!(select_dtype(None, &d), DType::F32);
-        assert_eq!(select_dtype(Some(DTypeArg::Float16), &d), DType::F16);
+        let d = select_device(DeviceChoice::Cpu).unwrap();
+        assert_eq!(select_dtype(None, &d, Some(DType::BF16)), DType::F32);
+        assert_eq!(select_dtype(Some(DType::F16), &d, None), DType::F16);
         assert_eq!(describe(&d), "cpu");
+        let cfg = serde_json::json!({"torch_dtype": "bfloat16"});
+        assert_eq!(saved_dtype(&cfg), Some(DType::BF16));
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_feature_is_a_clear_error() {
-        let err = select_device(DeviceArg::Cuda(0)).unwrap_err().to_string();
+        let err = select_device(DeviceChoice::Cuda(0))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("without the `cuda` feature"), "{err}");
-        assert!(matches!(select_device(DeviceArg::Auto), Ok(Device::Cpu)));
+        assert!(matches!(select_device(DeviceChoice::Auto), Ok(Device::Cpu)));
     }
 }

@@ -1,25 +1,41 @@
-//! Models: find the files, read the configs, load safetensors onto a device at a dtype, and run
-//! forward passes on packed batches. Knows nothing of HTTP or queues.
+//! Models: find the files, read the configs, load weights onto a backend, and run forward
+//! passes on packed batches. Knows nothing of HTTP, queues or the command line.
 //!
-//! Each architecture family is one file implementing [`EmbeddingModel`]; [`load`] picks it from
-//! config.json's `model_type`.
+//! Families × backends (see `layers.rs`): a family (`families/`) is written once against the
+//! layer seam; a backend (`cpu/` native F32 kernels, `reference/` candle ops) implements the
+//! layers. [`load`] reads config.json, picks family and task (`registry.rs`), loads the
+//! backbone and heads (`heads.rs`) on the chosen backend, and returns a [`Model`]: the one
+//! object the device worker calls.
 
-pub mod bert;
+pub mod batch;
 pub mod cpu;
 pub mod device;
+pub mod families;
+pub mod heads;
+pub mod layers;
+pub mod output;
 pub mod pooling;
+pub mod reference;
+pub mod registry;
 pub mod resolve;
 pub mod st_config;
+pub mod weights;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
-use serde::Deserialize;
 
+pub use batch::PackedBatch;
+pub use output::{Output, Want};
 pub use pooling::Pooling;
+pub use registry::{Architecture, Family, Task};
 pub use resolve::{resolve, ModelFiles, ResolveOptions};
 pub use st_config::SentenceTransformerConfig;
+
+use families::Backbone;
+use heads::{BgeM3, Dense, Heads};
+use layers::Backend;
+use weights::Weights;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -52,165 +68,334 @@ impl ModelError {
     }
 }
 
-/// Sequences laid end to end: sequence `i` is `offsets[i]..offsets[i+1]` of each vector.
-#[derive(Debug, Default, Clone)]
-pub struct PackedBatch {
-    pub ids: Vec<u32>,
-    pub type_ids: Vec<u32>,
-    pub positions: Vec<u32>,
-    pub offsets: Vec<usize>,
+/// What a loaded model is, for the queue, /info and logs.
+#[derive(Debug, Clone)]
+pub struct ModelSummary {
+    pub family: &'static str,
+    pub architecture: String,
+    pub task: Task,
+    pub backend: &'static str,
+    pub dtype: &'static str,
+    pub hidden_size: usize,
+    /// Width of the pooled vector (after any Dense module).
+    pub output_size: usize,
+    /// Longest input the position embeddings allow.
+    pub max_positions: usize,
+    pub vocab_size: usize,
+    pub parameter_bytes: usize,
+    /// A batch costs `inputs x longest input`: the queue groups similar lengths.
+    pub pads_to_longest: bool,
+    pub pooling: Option<Pooling>,
+    /// Classifier labels in logit order (one for a reranker).
+    pub labels: Vec<String>,
+    /// The outputs inputs may ask for.
+    pub available: Want,
 }
 
-impl PackedBatch {
-    pub fn with_capacity(seqs: usize, tokens: usize) -> Self {
-        let mut offsets = Vec::with_capacity(seqs + 1);
-        offsets.push(0);
-        Self {
-            ids: Vec::with_capacity(tokens),
-            type_ids: Vec::with_capacity(tokens),
-            positions: Vec::with_capacity(tokens),
-            offsets,
-        }
-    }
-
-    pub fn push(&mut self, ids: &[u32], type_ids: &[u32]) {
-        self.ids.extend_from_slice(ids);
-        if type_ids.len() == ids.len() {
-            self.type_ids.extend_from_slice(type_ids);
-        } else {
-            self.type_ids.extend(std::iter::repeat_n(0, ids.len()));
-        }
-        self.positions.extend(0..ids.len() as u32);
-        self.offsets.push(self.ids.len());
-    }
-
-    pub fn len(&self) -> usize {
-        self.offsets.len().saturating_sub(1)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn tokens(&self) -> usize {
-        self.ids.len()
-    }
-}
-
-/// One architecture family on one backend. Implementations own their weights on one device.
-pub trait EmbeddingModel: Send {
-    /// Forward and pool a packed batch: one F32 vector per sequence, on the host.
-    fn embed(&self, batch: &PackedBatch, pooling: Pooling) -> Result<Vec<Vec<f32>>, ModelError>;
-    /// Like `embed`, calling `at_yield_point` between the steps of each layer (each GEMM) so
-    /// the caller can run urgent work (online requests) in the middle of a long offline batch.
-    /// Backends whose batches are short anyway (the GPU) may ignore it.
-    fn embed_preemptible(
+/// A loaded model: the device worker's one handle on it.
+pub trait Model: Send {
+    /// Runs the backbone once over the packed batch and the heads each input wants.
+    /// `at_yield` is called between the layers' products (preemption points for online work).
+    fn run(
         &self,
         batch: &PackedBatch,
-        pooling: Pooling,
-        at_yield_point: &mut dyn FnMut(),
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let _ = at_yield_point;
-        self.embed(batch, pooling)
-    }
-    fn hidden_size(&self) -> usize;
-    fn max_positions(&self) -> usize;
-    fn vocab_size(&self) -> usize;
-    /// Bytes the weights take at the loaded dtype.
-    fn parameter_bytes(&self) -> usize;
-    /// Whether a batch costs `inputs x longest input` (every sequence padded to the longest):
-    /// then the queue groups similar lengths. Padding-free backends get first-come batches.
-    fn pads_to_longest(&self) -> bool {
-        true
-    }
+        wants: &[Want],
+        at_yield: &mut dyn FnMut(),
+    ) -> Result<Vec<Output>, ModelError>;
+    fn summary(&self) -> &ModelSummary;
 }
 
-/// Forward and pool: `[n, hidden]` F32 on the host (empty batches are free).
-pub fn embed(
-    model: &dyn EmbeddingModel,
-    batch: &PackedBatch,
-    pooling: Pooling,
-) -> Result<Vec<Vec<f32>>, ModelError> {
-    if batch.is_empty() {
-        return Ok(Vec::new());
-    }
-    model.embed(batch, pooling)
-}
-
-/// Which implementation runs a model on the CPU.
+/// Which implementation runs the layers on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CpuBackend {
-    /// Our own F32 kernels (src/model/cpu): the fast path.
+    /// Our own F32 kernels (`cpu/`): the fast path.
     #[default]
     Native,
-    /// candle's CPU backend: any dtype; the reference the native path is tested against.
+    /// candle's CPU ops (`reference/`): any dtype; the oracle the native path is tested against.
     Candle,
 }
 
-#[derive(Deserialize)]
-struct ArchProbe {
-    model_type: Option<String>,
-    #[serde(default)]
-    architectures: Vec<String>,
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: DType,
+    pub cpu_backend: CpuBackend,
+    /// `--pooling`: overrides the sentence-transformers config.
+    pub pooling: Option<Pooling>,
+    /// `--task`: where a checkpoint can do several things.
+    pub task: Option<Task>,
 }
 
-/// Reads config.json and loads the matching architecture: the native CPU path for F32 on the
-/// CPU, candle otherwise.
+impl LoadOptions {
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            cpu_backend: CpuBackend::Native,
+            pooling: None,
+            task: None,
+        }
+    }
+}
+
+struct Loaded<B: Backend> {
+    backend: B,
+    backbone: Box<dyn Backbone<B>>,
+    heads: Heads<B>,
+    summary: ModelSummary,
+}
+
+impl<B: Backend> Model for Loaded<B> {
+    fn run(
+        &self,
+        batch: &PackedBatch,
+        wants: &[Want],
+        at_yield: &mut dyn FnMut(),
+    ) -> Result<Vec<Output>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        if wants.len() != batch.len() {
+            return Err(ModelError::Device(format!(
+                "{} wants for {} sequences",
+                wants.len(),
+                batch.len()
+            )));
+        }
+        let plan = self.backend.plan(batch)?;
+        let hidden = self
+            .backbone
+            .forward(&self.backend, &plan, batch, at_yield)?;
+        self.heads.run(&self.backend, &plan, batch, &hidden, wants)
+    }
+
+    fn summary(&self) -> &ModelSummary {
+        &self.summary
+    }
+}
+
+/// Reads config.json, picks family, task and backend, and loads weights and heads.
 pub fn load(
     files: &ModelFiles,
-    device: &Device,
-    dtype: DType,
-) -> Result<Box<dyn EmbeddingModel>, ModelError> {
-    load_with(files, device, dtype, CpuBackend::Native)
-}
-
-pub fn load_with(
-    files: &ModelFiles,
-    device: &Device,
-    dtype: DType,
-    cpu_backend: CpuBackend,
-) -> Result<Box<dyn EmbeddingModel>, ModelError> {
+    st: &SentenceTransformerConfig,
+    opts: &LoadOptions,
+) -> Result<Box<dyn Model>, ModelError> {
     let text = read(&files.config)?;
-    let probe: ArchProbe = parse(&files.config, &text)?;
-    let kind = probe
-        .model_type
-        .clone()
-        .or_else(|| probe.architectures.first().map(|a| a.to_lowercase()))
-        .unwrap_or_default();
-    check_safetensors(&files.weights)?;
-    let native = device.is_cpu() && dtype == DType::F32 && cpu_backend == CpuBackend::Native;
-    if native && matches!(kind.as_str(), "bert" | "bertmodel") {
-        let cfg: bert::BertConfig = parse(&files.config, &text)?;
-        return Ok(Box::new(cpu::bert::CpuBert::load(&files.weights, cfg)?));
-    }
-    // SAFETY: the files are mmaped read-only; a concurrent writer (a download replacing the
-    // blob) could change them under us, which the Hub cache avoids by writing new blobs.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device)? };
-    match kind.as_str() {
-        "bert" | "bertmodel" => {
-            let cfg: bert::BertConfig = parse(&files.config, &text)?;
-            Ok(Box::new(bert::BertModel::load(vb, cfg)?))
-        }
-        other => Err(ModelError::Unsupported(format!(
-            "model_type `{other}` (supported: bert)"
-        ))),
+    let cfg: serde_json::Value = parse(&files.config, &text)?;
+    let arch = Architecture::read(&cfg)?;
+    let pooling = opts.pooling.or(st.pooling);
+    let task = arch.task(opts.task, pooling)?;
+    let native =
+        opts.device.is_cpu() && opts.dtype == DType::F32 && opts.cpu_backend == CpuBackend::Native;
+    if native {
+        load_on(cpu::Cpu::new(), &arch, task, &cfg, files, st, pooling)
+    } else {
+        load_on(
+            reference::Reference::new(opts.device.clone(), opts.dtype),
+            &arch,
+            task,
+            &cfg,
+            files,
+            st,
+            pooling,
+        )
     }
 }
 
-/// Validates safetensors headers up front, so a truncated download is a clear error naming the
-/// file rather than a failure deep inside the loader.
-fn check_safetensors(paths: &[PathBuf]) -> Result<(), ModelError> {
-    for p in paths {
-        let file = std::fs::File::open(p).map_err(|e| ModelError::io(p, e))?;
-        // SAFETY: read-only map of a file we do not modify.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(p, e))?;
-        safetensors::SafeTensors::deserialize(&map).map_err(|e| ModelError::Corrupt {
-            file: p.display().to_string(),
-            reason: format!("{e}; delete it and download again"),
-        })?;
+/// Facts every family's config gives.
+struct Facts {
+    hidden: usize,
+    max_positions: usize,
+    vocab: usize,
+}
+
+fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelError> {
+    match family {
+        Family::Bert => {
+            let c = families::bert::BertConfig::parse(cfg)?;
+            Ok(Facts {
+                hidden: c.hidden_size,
+                max_positions: c.max_position_embeddings,
+                vocab: c.vocab_size,
+            })
+        }
     }
-    Ok(())
+}
+
+fn load_on<B: Backend>(
+    b: B,
+    arch: &Architecture,
+    task: Task,
+    cfg: &serde_json::Value,
+    files: &ModelFiles,
+    st: &SentenceTransformerConfig,
+    pooling: Option<Pooling>,
+) -> Result<Box<dyn Model>, ModelError> {
+    let f = facts(arch.family, cfg)?;
+    let mut w = Weights::open(&files.weights)?;
+    let parameters: usize = w.stored_bytes();
+    let backbone: Box<dyn Backbone<B>> = match arch.family {
+        Family::Bert => families::bert::backbone(&b, &mut w, cfg)?,
+    };
+    let special = special_ids(&files.tokenizer);
+    let heads = match task {
+        Task::Embed => {
+            let pooling = pooling.unwrap_or(if arch.family.is_decoder() {
+                Pooling::LastToken
+            } else {
+                Pooling::Mean
+            });
+            let mut h = Heads::pooling(pooling);
+            h.dense = dense_modules(&b, st)?;
+            h.m3 = bge_m3(&b, files, f.hidden, &special)?;
+            h
+        }
+        Task::Classify | Task::Rerank => {
+            let labels = if arch.labels.is_empty() {
+                vec!["LABEL_0".to_string()]
+            } else {
+                arch.labels.clone()
+            };
+            Heads::classifier(match arch.family {
+                Family::Bert => families::bert::classifier(&b, &w, cfg, labels)?,
+            })
+        }
+        Task::Sparse => {
+            let splade = match arch.family {
+                Family::Bert => families::bert::splade(&b, &w, cfg, special.clone())?,
+            };
+            Heads {
+                splade: Some(splade),
+                ..Heads::pooling(Pooling::Splade)
+            }
+        }
+    };
+    let output_size = st.dense.last().map_or(f.hidden, |d| d.out_features);
+    let element_bytes = match b.dtype_name() {
+        "float32" => 4,
+        _ => 2,
+    };
+    let summary = ModelSummary {
+        family: arch.family.name(),
+        architecture: arch.name.clone(),
+        task,
+        backend: b.name(),
+        dtype: b.dtype_name(),
+        hidden_size: f.hidden,
+        output_size,
+        max_positions: f.max_positions,
+        vocab_size: f.vocab,
+        // Stored bytes are F32/F16/BF16: scale to the loaded element size.
+        parameter_bytes: parameters / w.element_bytes().max(1) * element_bytes,
+        pads_to_longest: b.pads_to_longest(),
+        pooling: match task {
+            Task::Embed => heads.pooling,
+            Task::Sparse => Some(Pooling::Splade),
+            _ => None,
+        },
+        labels: heads
+            .classifier
+            .as_ref()
+            .map(|c| c.labels.clone())
+            .unwrap_or_default(),
+        available: heads.available(),
+    };
+    Ok(Box::new(Loaded {
+        backend: b,
+        backbone,
+        heads,
+        summary,
+    }))
+}
+
+/// sentence-transformers Dense modules, each from its own folder (`linear.weight/bias`).
+fn dense_modules<B: Backend>(
+    b: &B,
+    st: &SentenceTransformerConfig,
+) -> Result<Vec<Dense<B>>, ModelError> {
+    let mut out = Vec::new();
+    for d in &st.dense {
+        let w = if d.weights.extension().is_some_and(|e| e == "safetensors") {
+            Weights::open(std::slice::from_ref(&d.weights))?
+        } else {
+            let mut w = Weights::empty();
+            w.add_pickle(&d.weights, "")?;
+            w
+        };
+        let weight = w.get("linear.weight", &[d.out_features, d.in_features])?;
+        let bias = if d.bias {
+            Some(vec![w.get("linear.bias", &[d.out_features])?])
+        } else {
+            None
+        };
+        out.push(Dense::new(
+            b.load_linear(&[weight], bias.as_deref())?,
+            d.activation,
+        ));
+    }
+    Ok(out)
+}
+
+/// bge-m3's `sparse_linear.pt` and `colbert_linear.pt`, when the folder has them.
+fn bge_m3<B: Backend>(
+    b: &B,
+    files: &ModelFiles,
+    hidden: usize,
+    special: &[u32],
+) -> Result<Option<BgeM3<B>>, ModelError> {
+    if files.sparse_linear.is_none() && files.colbert_linear.is_none() {
+        return Ok(None);
+    }
+    let mut w = Weights::empty();
+    let mut head = |path: &Option<std::path::PathBuf>,
+                    name: &str,
+                    out: usize|
+     -> Result<Option<B::Linear>, ModelError> {
+        let Some(p) = path else { return Ok(None) };
+        w.add_pickle(p, name)?;
+        let weight = w.get(&format!("{name}.weight"), &[out, hidden])?;
+        let bias = if w.contains(&format!("{name}.bias")) {
+            Some(vec![w.get(&format!("{name}.bias"), &[out])?])
+        } else {
+            None
+        };
+        Ok(Some(b.load_linear(&[weight], bias.as_deref())?))
+    };
+    let sparse = head(&files.sparse_linear, "sparse_linear", 1)?;
+    let colbert = head(&files.colbert_linear, "colbert_linear", hidden)?;
+    Ok(Some(BgeM3 {
+        sparse,
+        colbert,
+        skip: special.to_vec(),
+    }))
+}
+
+/// The tokenizer's special token ids (dropped from sparse outputs).
+fn special_ids(tokenizer: &Path) -> Vec<u32> {
+    #[derive(serde::Deserialize)]
+    struct Added {
+        id: u32,
+        #[serde(default)]
+        special: bool,
+    }
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        added_tokens: Vec<Added>,
+    }
+    std::fs::read_to_string(tokenizer)
+        .ok()
+        .and_then(|t| serde_json::from_str::<File>(&t).ok())
+        .map(|f| {
+            f.added_tokens
+                .into_iter()
+                .filter(|a| a.special)
+                .map(|a| a.id)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, ModelError> {
@@ -232,37 +417,5 @@ pub fn dtype_name(dtype: DType) -> &'static str {
         DType::F16 => "float16",
         DType::BF16 => "bfloat16",
         _ => "float32",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packed_batch_offsets_and_positions() {
-        let mut b = PackedBatch::with_capacity(2, 5);
-        b.push(&[101, 7, 102], &[]);
-        b.push(&[101, 102], &[0, 0]);
-        assert_eq!(b.offsets, vec![0, 3, 5]);
-        assert_eq!(b.positions, vec![0, 1, 2, 0, 1]);
-        assert_eq!(b.type_ids, vec![0; 5]);
-        assert_eq!(b.len(), 2);
-        assert_eq!(b.tokens(), 5);
-    }
-
-    #[test]
-    fn corrupt_safetensors_is_a_clear_error() {
-        let p =
-            std::env::temp_dir().join(format!("spotinfer-bad-{}.safetensors", std::process::id()));
-        std::fs::write(&p, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
-        let err = check_safetensors(std::slice::from_ref(&p))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("is not valid") && err.contains("download again"),
-            "{err}"
-        );
-        std::fs::remove_file(&p).ok();
     }
 }

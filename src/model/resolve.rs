@@ -24,8 +24,21 @@ pub struct ModelFiles {
     pub pooling_config: Option<PathBuf>,
     pub sentence_bert_config: Option<PathBuf>,
     pub st_config: Option<PathBuf>,
+    /// sentence-transformers `Dense` modules after pooling, in pipeline order.
+    pub dense: Vec<DenseFiles>,
+    /// bge-m3's extra heads beside the weights, when present.
+    pub sparse_linear: Option<PathBuf>,
+    pub colbert_linear: Option<PathBuf>,
     /// Where they came from, for logs and /info.
     pub source: String,
+}
+
+/// One sentence-transformers `Dense` module: its config and weights.
+#[derive(Debug, Clone)]
+pub struct DenseFiles {
+    pub config: PathBuf,
+    /// `model.safetensors`, or an older `pytorch_model.bin`.
+    pub weights: PathBuf,
 }
 
 /// What to resolve and how.
@@ -172,6 +185,21 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles, ModelError> {
         .map(|d| dir.join(d).join("config.json"))
         .or_else(|| Some(dir.join("1_Pooling/config.json")))
         .filter(|p| p.is_file());
+    let mut dense = Vec::new();
+    for d in dense_dirs(modules.as_deref()) {
+        let weights = ["model.safetensors", "pytorch_model.bin"]
+            .iter()
+            .map(|f| dir.join(&d).join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| ModelError::Missing {
+                file: dir.join(&d).join("model.safetensors").display().to_string(),
+                hint: format!("modules.json lists a Dense module in {d}/ without its weights"),
+            })?;
+        dense.push(DenseFiles {
+            config: required(&format!("{d}/config.json"))?,
+            weights,
+        });
+    }
     Ok(ModelFiles {
         config,
         tokenizer,
@@ -180,6 +208,9 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles, ModelError> {
         pooling_config,
         sentence_bert_config: optional("sentence_bert_config.json"),
         st_config: optional("config_sentence_transformers.json"),
+        dense,
+        sparse_linear: optional("sparse_linear.pt"),
+        colbert_linear: optional("colbert_linear.pt"),
         source: format!("local folder {}", dir.display()),
     })
 }
@@ -269,6 +300,20 @@ async fn resolve_with(f: &Fetcher, model_id: &str) -> Result<ModelFiles, ModelEr
         pooling_dir(modules.as_deref()).unwrap_or_else(|| "1_Pooling".into())
     );
     let pooling_config = f.optional(&pooling_name).await;
+    let mut dense = Vec::new();
+    for d in dense_dirs(modules.as_deref()) {
+        let weights = match f.optional(&format!("{d}/model.safetensors")).await {
+            Some(p) => p,
+            None => {
+                f.require(&format!("{d}/pytorch_model.bin"), model_id)
+                    .await?
+            }
+        };
+        dense.push(DenseFiles {
+            config: f.require(&format!("{d}/config.json"), model_id).await?,
+            weights,
+        });
+    }
     Ok(ModelFiles {
         config,
         tokenizer,
@@ -277,6 +322,9 @@ async fn resolve_with(f: &Fetcher, model_id: &str) -> Result<ModelFiles, ModelEr
         pooling_config,
         sentence_bert_config,
         st_config,
+        dense,
+        sparse_linear: f.optional("sparse_linear.pt").await,
+        colbert_linear: f.optional("colbert_linear.pt").await,
         source: String::new(),
     })
 }
@@ -312,15 +360,32 @@ struct StModule {
     kind: String,
 }
 
+fn st_modules(modules: Option<&Path>) -> Vec<StModule> {
+    modules
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str::<Vec<StModule>>(&t).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !m.path.contains("..") && !m.path.starts_with('/'))
+        .collect()
+}
+
 /// The Pooling module's folder named in modules.json (usually `1_Pooling`).
 fn pooling_dir(modules: Option<&Path>) -> Option<String> {
-    let text = std::fs::read_to_string(modules?).ok()?;
-    let modules: Vec<StModule> = serde_json::from_str(&text).ok()?;
-    modules
+    st_modules(modules)
         .into_iter()
         .find(|m| m.kind.ends_with("Pooling"))
         .map(|m| m.path)
-        .filter(|p| !p.is_empty() && !p.contains(".."))
+        .filter(|p| !p.is_empty())
+}
+
+/// The Dense modules' folders named in modules.json, in pipeline order.
+fn dense_dirs(modules: Option<&Path>) -> Vec<String> {
+    st_modules(modules)
+        .into_iter()
+        .filter(|m| m.kind.ends_with(".Dense") && !m.path.is_empty())
+        .map(|m| m.path)
+        .collect()
 }
 
 #[cfg(test)]

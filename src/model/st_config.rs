@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::layers::Activation;
 use super::{parse, read, ModelError, ModelFiles, Pooling};
 
 /// What the sentence-transformers files say; every field optional, as the files are.
@@ -17,6 +18,52 @@ pub struct SentenceTransformerConfig {
     pub default_prompt_name: Option<String>,
     /// modules.json ends in a Normalize module (the model is meant to be used normalised).
     pub normalize: bool,
+    /// `Dense` modules after pooling, in order.
+    pub dense: Vec<DenseModule>,
+}
+
+/// A sentence-transformers `Dense` module: `activation(x · Wᵀ + b)`, weights `linear.*`.
+#[derive(Debug, Clone)]
+pub struct DenseModule {
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+    pub activation: Activation,
+    pub weights: std::path::PathBuf,
+}
+
+#[derive(Deserialize)]
+struct DenseFile {
+    in_features: usize,
+    out_features: usize,
+    #[serde(default = "yes")]
+    bias: bool,
+    #[serde(default)]
+    activation_function: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// torch's module path of the activation (`torch.nn.modules.activation.Tanh`).
+fn dense_activation(name: Option<&str>, file: &Path) -> Result<Activation, ModelError> {
+    let short = name
+        .and_then(|n| n.rsplit('.').next())
+        .unwrap_or("Identity");
+    Ok(match short {
+        "Identity" => Activation::None,
+        "Tanh" => Activation::Tanh,
+        "ReLU" => Activation::Relu,
+        "GELU" => Activation::Gelu,
+        "SiLU" => Activation::Silu,
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "{}: Dense activation `{other}` (supported: Identity, Tanh, ReLU, GELU, SiLU)",
+                file.display()
+            )))
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -70,6 +117,16 @@ impl SentenceTransformerConfig {
             let modules: Vec<Module> = parse(p, &read(p)?)?;
             cfg.normalize = modules.iter().any(|m| m.kind.ends_with("Normalize"));
         }
+        for d in &files.dense {
+            let f: DenseFile = parse(&d.config, &read(&d.config)?)?;
+            cfg.dense.push(DenseModule {
+                in_features: f.in_features,
+                out_features: f.out_features,
+                bias: f.bias,
+                activation: dense_activation(f.activation_function.as_deref(), &d.config)?,
+                weights: d.weights.clone(),
+            });
+        }
         Ok(cfg)
     }
 }
@@ -82,9 +139,11 @@ fn pooling_from(path: &Path) -> Result<Pooling, ModelError> {
         Ok(Pooling::LastToken)
     } else if f.pooling_mode_mean_tokens {
         Ok(Pooling::Mean)
-    } else if f.pooling_mode_max_tokens || f.pooling_mode_mean_sqrt_len_tokens {
+    } else if f.pooling_mode_max_tokens {
+        Ok(Pooling::Max)
+    } else if f.pooling_mode_mean_sqrt_len_tokens {
         Err(ModelError::Unsupported(format!(
-            "{}: max and mean-sqrt-len pooling are not supported; pass --pooling cls|mean|last-token",
+            "{}: mean-sqrt-len pooling is not supported; pass --pooling cls|mean|last-token|max",
             path.display()
         )))
     } else {
@@ -111,6 +170,8 @@ mod tests {
         std::fs::write(&p, r#"{"pooling_mode_lasttoken":true}"#).unwrap();
         assert_eq!(pooling_from(&p).unwrap(), Pooling::LastToken);
         std::fs::write(&p, r#"{"pooling_mode_max_tokens":true}"#).unwrap();
+        assert_eq!(pooling_from(&p).unwrap(), Pooling::Max);
+        std::fs::write(&p, r#"{"pooling_mode_mean_sqrt_len_tokens":true}"#).unwrap();
         assert!(pooling_from(&p)
             .unwrap_err()
             .to_string()

@@ -1,188 +1,21 @@
-//! One error type for every route, rendered in the caller's dialect: OpenAI's
-//! `{"error":{"message","type","param","code"}}` or TEI's `{"error","error_type"}`.
+//! HTTP responses for the inference API's errors: status, dialect body, `Retry-After`,
+//! `WWW-Authenticate`, and the reason the metrics middleware counts.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
-use crate::batching::InferError;
-use crate::tokenize::TokenizeError;
-
-/// Which JSON shape the route speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    OpenAi,
-    Tei,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// 400: the body is not what the route takes (malformed JSON, wrong types).
-    BadRequest,
-    /// 400: no inputs, or an empty one.
-    Empty,
-    /// 401
-    Unauthorized,
-    /// 404
-    NotFound,
-    /// 413
-    TooLarge,
-    /// 415
-    UnsupportedMediaType,
-    /// 422: well-formed but not acceptable (too long, too many, bad token id, bad dimensions).
-    Validation,
-    /// 429 + Retry-After
-    Overloaded,
-    /// 503 + Retry-After: loading, draining, queue deadline.
-    Unavailable,
-    /// 500: the model failed.
-    Backend,
-}
-
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub kind: ErrorKind,
-    pub message: String,
-    pub param: Option<&'static str>,
-    pub flavor: Flavor,
-    /// Reason label for `inference_errors_total`.
-    pub reason: &'static str,
-}
-
-impl ApiError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        let reason = match kind {
-            ErrorKind::BadRequest
-            | ErrorKind::Validation
-            | ErrorKind::UnsupportedMediaType
-            | ErrorKind::NotFound => "validation",
-            ErrorKind::Empty => "empty",
-            ErrorKind::Unauthorized => "unauthorized",
-            ErrorKind::TooLarge => "too_large",
-            ErrorKind::Overloaded => "overloaded",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Backend => "backend",
-        };
-        Self {
-            kind,
-            message: message.into(),
-            param: None,
-            flavor: Flavor::Tei,
-            reason,
-        }
-    }
-
-    pub fn param(mut self, p: &'static str) -> Self {
-        self.param = Some(p);
-        self
-    }
-
-    pub fn flavor(mut self, f: Flavor) -> Self {
-        self.flavor = f;
-        self
-    }
-
-    pub fn reason(mut self, r: &'static str) -> Self {
-        self.reason = r;
-        self
-    }
-
-    pub fn status(&self) -> StatusCode {
-        match self.kind {
-            ErrorKind::BadRequest | ErrorKind::Empty => StatusCode::BAD_REQUEST,
-            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorKind::Validation => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Backend => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn tei_type(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::Empty => "Empty",
-            ErrorKind::Overloaded => "Overloaded",
-            ErrorKind::Unavailable => "Unhealthy",
-            ErrorKind::Backend => "Backend",
-            ErrorKind::Unauthorized => "Unauthorized",
-            ErrorKind::TooLarge => "PayloadTooLarge",
-            _ => "Validation",
-        }
-    }
-
-    fn openai_type(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::Unauthorized => "authentication_error",
-            ErrorKind::Overloaded => "rate_limit_error",
-            ErrorKind::Unavailable | ErrorKind::Backend => "server_error",
-            ErrorKind::NotFound => "not_found_error",
-            _ => "invalid_request_error",
-        }
-    }
-
-    fn openai_code(&self) -> Option<&'static str> {
-        match self.kind {
-            ErrorKind::Unauthorized => Some("invalid_api_key"),
-            ErrorKind::Overloaded => Some("rate_limit_exceeded"),
-            ErrorKind::TooLarge => Some("payload_too_large"),
-            ErrorKind::Empty => Some("empty_input"),
-            ErrorKind::Unavailable => Some("service_unavailable"),
-            _ => None,
-        }
-    }
-}
-
-impl ApiError {
-    /// OpenAI's error body, `{"error":{"message","type","param","code"}}`.
-    pub fn openai_body(&self) -> serde_json::Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.openai_type(),
-            "param": self.param,
-            "code": self.openai_code(),
-        }})
-    }
-}
-
-impl From<TokenizeError> for ApiError {
-    fn from(e: TokenizeError) -> Self {
-        let kind = match e {
-            TokenizeError::Empty { .. } => ErrorKind::Empty,
-            TokenizeError::Stopped => ErrorKind::Unavailable,
-            _ => ErrorKind::Validation,
-        };
-        ApiError::new(kind, e.to_string()).param("input")
-    }
-}
-
-impl From<InferError> for ApiError {
-    fn from(e: InferError) -> Self {
-        match e {
-            InferError::QueueTimeout(_) => {
-                ApiError::new(ErrorKind::Unavailable, e.to_string()).reason("deadline")
-            }
-            InferError::DrainDeadline => {
-                ApiError::new(ErrorKind::Unavailable, e.to_string()).reason("deadline")
-            }
-            InferError::WorkerStopped => ApiError::new(ErrorKind::Unavailable, e.to_string()),
-            InferError::Backend(_) => ApiError::new(ErrorKind::Backend, e.to_string()),
-        }
-    }
-}
+pub use crate::inference::error::{ApiError, ErrorKind, Flavor};
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match self.flavor {
-            Flavor::Tei => json!({"error": self.message, "error_type": self.tei_type()}),
+            Flavor::Tei => self.tei_body(),
             Flavor::OpenAi => self.openai_body(),
         };
         let mut resp = (status, axum::Json(body)).into_response();
         let headers = resp.headers_mut();
-        if matches!(self.kind, ErrorKind::Overloaded | ErrorKind::Unavailable) {
+        if self.retry_later() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if self.kind == ErrorKind::Unauthorized {
@@ -202,13 +35,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_match_tei_and_openai() {
-        assert_eq!(ApiError::new(ErrorKind::Validation, "x").status(), 422);
-        assert_eq!(ApiError::new(ErrorKind::Empty, "x").status(), 400);
-        assert_eq!(ApiError::new(ErrorKind::Overloaded, "x").status(), 429);
-        assert_eq!(ApiError::new(ErrorKind::TooLarge, "x").status(), 413);
+    fn retryable_errors_say_when() {
         let r = ApiError::new(ErrorKind::Unavailable, "x").into_response();
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert!(r.extensions().get::<ErrorReason>().is_some());
     }
 }

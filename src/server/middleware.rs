@@ -17,7 +17,7 @@ use super::errors::{ApiError, ErrorKind, ErrorReason, Flavor};
 use super::AppState;
 
 fn flavor_of(path: &str) -> Flavor {
-    if path.starts_with("/v1/") || path == "/embeddings" {
+    if (path.starts_with("/v1/") && path != "/v1/rerank") || path == "/embeddings" {
         Flavor::OpenAi
     } else {
         Flavor::Tei
@@ -35,6 +35,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     let started = Instant::now();
     let metrics = &state.metrics;
     let mut resp = if state.lifecycle.is_refusing() {
+        state.lifecycle.count_refusal();
         metrics
             .rejected_total
             .with_label_values(&["draining"])
@@ -61,6 +62,8 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         }
         metrics.requests_inflight.inc();
         let _inflight = Inflight(&metrics.requests_inflight);
+        // Held until the response is ready: the drain waits for the last one.
+        let _work = state.lifecycle.accept();
         let mut r = next.run(req).await;
         // Work accepted before the listener closed still completes, but its connection must
         // not be reused: the next request would race the process exit.

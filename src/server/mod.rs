@@ -1,17 +1,17 @@
-//! HTTP: routes, shared state, and the listener with its drain behaviour. Knows nothing of
-//! tensors: it talks to the engine through tokenizer jobs and the queue.
+//! HTTP: routes and dialects (OpenAI, TEI, Cohere/Jina), probes, errors, and the listener with
+//! its drain behaviour and connection bounds. Knows nothing of tensors: every inference route
+//! is a call on the inference API.
 
-pub mod batches;
-pub mod embed;
 pub mod errors;
+pub mod jobs;
 pub mod listener;
 pub mod middleware;
 pub mod openai;
 pub mod probes;
 pub mod request;
 pub mod tei;
+pub mod timing;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::DefaultBodyLimit;
@@ -19,9 +19,11 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::config::ServeArgs;
-use crate::engine::Engine;
+use crate::inference::Inference;
+use crate::jobs::{JobRunner, JobStore};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use errors::{ApiError, ErrorKind};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -29,14 +31,24 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
     /// Set once the model is loaded; inference routes answer 503 until then.
-    pub engine: Arc<OnceLock<Arc<Engine>>>,
-    pub load_failed: Arc<AtomicBool>,
-    pub admission: Arc<embed::Admission>,
+    pub inference: Arc<OnceLock<Arc<Inference>>>,
     pub started_unix: u64,
-    /// Batch-job files and metadata (None if the state dir could not be opened).
-    pub job_store: Option<crate::jobs::JobStore>,
+    /// Files and jobs (None if the state dir could not be opened).
+    pub job_store: Option<JobStore>,
     /// Set once the model is loaded and interrupted jobs are resumed.
-    pub job_runner: Arc<OnceLock<Arc<crate::jobs::JobRunner>>>,
+    pub job_runner: Arc<OnceLock<Arc<JobRunner>>>,
+}
+
+impl AppState {
+    /// The inference API, or 503 while the model loads.
+    pub fn inference(&self) -> Result<Arc<Inference>, ApiError> {
+        self.inference.get().cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                "the model is still loading; retry shortly",
+            )
+        })
+    }
 }
 
 /// Batch input uploads may be far larger than one JSON request.
@@ -49,26 +61,36 @@ pub fn router(state: AppState) -> Router {
         .route("/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/embed", post(tei::embed))
+        .route("/embed_all", post(tei::embed_all))
+        .route("/embed_sparse", post(tei::embed_sparse))
+        .route("/embed_multi_vector", post(tei::embed_multi_vector))
+        .route("/rerank", post(tei::rerank))
+        .route("/v1/rerank", post(tei::rerank_cohere))
+        .route("/v2/rerank", post(tei::rerank_cohere))
+        .route("/predict", post(tei::predict))
+        .route("/similarity", post(tei::similarity))
+        .route("/invocations", post(tei::invocations))
+        .route("/", post(tei::invocations))
         .route("/tokenize", post(tei::tokenize))
         .route("/decode", post(tei::decode))
         .route("/info", get(tei::info))
         .route(
             "/v1/files",
-            post(batches::upload)
+            post(jobs::upload)
                 .layer(DefaultBodyLimit::max(FILE_UPLOAD_LIMIT))
-                .get(batches::list_files),
+                .get(jobs::list_files),
         )
         .route(
             "/v1/files/{id}",
-            get(batches::get_file).delete(batches::delete_file),
+            get(jobs::get_file).delete(jobs::delete_file),
         )
-        .route("/v1/files/{id}/content", get(batches::file_content))
+        .route("/v1/files/{id}/content", get(jobs::file_content))
         .route(
             "/v1/batches",
-            post(batches::create_batch).get(batches::list_batches),
+            post(jobs::create_batch).get(jobs::list_batches),
         )
-        .route("/v1/batches/{id}", get(batches::get_batch))
-        .route("/v1/batches/{id}/cancel", post(batches::cancel_batch));
+        .route("/v1/batches/{id}", get(jobs::get_batch))
+        .route("/v1/batches/{id}/cancel", post(jobs::cancel_batch));
     let inference = inference.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         middleware::track,
@@ -88,11 +110,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
     use axum::response::IntoResponse;
-    errors::ApiError::new(
-        errors::ErrorKind::NotFound,
-        format!("no route {}", uri.path()),
-    )
-    .into_response()
+    ApiError::new(ErrorKind::NotFound, format!("no route {}", uri.path())).into_response()
 }
 
 async fn method_not_allowed(
@@ -100,8 +118,8 @@ async fn method_not_allowed(
     uri: axum::http::Uri,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let mut r = errors::ApiError::new(
-        errors::ErrorKind::BadRequest,
+    let mut r = ApiError::new(
+        ErrorKind::BadRequest,
         format!("{method} is not allowed on {}", uri.path()),
     )
     .into_response();

@@ -16,10 +16,11 @@ const WEDGED_AFTER: Duration = Duration::from_secs(120);
 
 /// Liveness: the process answers and the device worker is alive (or still loading).
 pub async fn health(State(state): State<AppState>) -> Response {
-    let healthy = match state.engine.get() {
-        Some(engine) => engine.health.is_healthy(WEDGED_AFTER),
-        None => !state.load_failed.load(std::sync::atomic::Ordering::Acquire),
-    };
+    let healthy = state.lifecycle.is_alive()
+        && state
+            .inference
+            .get()
+            .is_none_or(|i| i.health.is_healthy(WEDGED_AFTER));
     let status = if healthy {
         StatusCode::OK
     } else {

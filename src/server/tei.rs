@@ -1,4 +1,8 @@
-//! TEI-compatible routes with TEI's shapes: `POST /embed`, `/tokenize`, `/decode`, `GET /info`.
+//! TEI-compatible routes with TEI's shapes: `/embed`, `/embed_all`, `/embed_sparse`,
+//! `/rerank`, `/predict`, `/similarity`, `/tokenize`, `/decode`, `GET /info`, and `POST /` /
+//! `/invocations`, which dispatch on the model's task as TEI does (and, beyond TEI, on a
+//! `sentence_similarity` body for an embedding model). Beyond TEI: `/embed_multi_vector`
+//! (bge-m3's ColBERT vectors, and its dense and sparse outputs from the same forward pass).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -8,16 +12,18 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokenizers::TruncationDirection;
 
-use super::embed::{self, EmbedParams};
 use super::errors::{ApiError, ErrorKind};
-use super::request::{parse_inputs, parse_json};
-use super::AppState;
+use super::request::parse_json;
+use super::{timing, AppState};
+use crate::inference::inputs::parse_inputs;
+use crate::inference::{Direction, EmbedRequest, Inference, TextOptions, Timings};
+use crate::model::{Task, Want};
+use crate::priority::Priority;
 use crate::tokenize::Input;
 
 #[derive(Deserialize, Clone, Copy, Default)]
-enum Direction {
+enum DirectionField {
     #[default]
     #[serde(alias = "right")]
     Right,
@@ -25,11 +31,11 @@ enum Direction {
     Left,
 }
 
-impl From<Direction> for TruncationDirection {
-    fn from(d: Direction) -> Self {
+impl From<DirectionField> for Direction {
+    fn from(d: DirectionField) -> Self {
         match d {
-            Direction::Right => TruncationDirection::Right,
-            Direction::Left => TruncationDirection::Left,
+            DirectionField::Right => Direction::Right,
+            DirectionField::Left => Direction::Left,
         }
     }
 }
@@ -38,27 +44,48 @@ fn default_true() -> bool {
     true
 }
 
+/// The fields every TEI inference body shares.
+#[derive(Deserialize, Default)]
+struct Text {
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: DirectionField,
+    #[serde(default)]
+    prompt_name: Option<String>,
+}
+
+impl From<Text> for TextOptions {
+    fn from(t: Text) -> Self {
+        TextOptions {
+            truncate: t.truncate,
+            direction: t.truncation_direction.into(),
+            prompt_name: t.prompt_name,
+        }
+    }
+}
+
+fn respond(r: Result<Response, ApiError>) -> Response {
+    match r {
+        Ok(v) => v,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn with_timing(inference: &Inference, t: &Timings, body: Value) -> Response {
+    (timing::headers(t, &inference.info.device), Json(body)).into_response()
+}
+
 #[derive(Deserialize)]
-struct EmbedRequest {
+struct EmbedBody {
     #[serde(default)]
     inputs: Value,
     #[serde(default = "default_true")]
     normalize: bool,
     #[serde(default)]
-    truncate: Option<bool>,
-    #[serde(default)]
-    truncation_direction: Direction,
-    #[serde(default)]
-    prompt_name: Option<String>,
-    #[serde(default)]
     dimensions: Option<usize>,
-}
-
-fn respond<T: IntoResponse>(r: Result<T, ApiError>) -> Response {
-    match r {
-        Ok(v) => v.into_response(),
-        Err(e) => e.into_response(),
-    }
+    #[serde(flatten)]
+    text: Text,
 }
 
 pub async fn embed(
@@ -66,30 +93,426 @@ pub async fn embed(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    respond(async { embed_value(&state, parse_json(&headers, body)?).await }.await)
+}
+
+async fn embed_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
+    let req: EmbedBody = from_value(body)?;
+    let inference = state.inference()?;
+    let out = inference
+        .embed(
+            EmbedRequest {
+                inputs: parse_inputs(&req.inputs, "inputs")?,
+                text: req.text.into(),
+                normalize: req.normalize,
+                dimensions: req.dimensions,
+            },
+            Priority::Online,
+        )
+        .await?;
+    Ok(with_timing(&inference, &out.timings, json!(out.vectors)))
+}
+
+#[derive(Deserialize)]
+struct InputsBody {
+    #[serde(default)]
+    inputs: Value,
+    #[serde(flatten)]
+    text: Text,
+}
+
+pub async fn embed_all(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     respond(
         async {
-            let req: EmbedRequest = parse_json(&headers, body)?;
-            let inputs = parse_inputs(&req.inputs, "inputs")?;
-            let out = embed::run(
-                &state,
-                EmbedParams {
-                    inputs,
-                    truncate: req.truncate,
-                    direction: req.truncation_direction.into(),
-                    prompt_name: req.prompt_name,
-                    normalize: req.normalize,
-                    dimensions: req.dimensions,
-                },
-            )
-            .await?;
-            Ok(Json(out.vectors))
+            let req: InputsBody = parse_json(&headers, body)?;
+            let inference = state.inference()?;
+            let (tokens, t) = inference
+                .embed_all(
+                    parse_inputs(&req.inputs, "inputs")?,
+                    req.text.into(),
+                    Priority::Online,
+                )
+                .await?;
+            Ok(with_timing(&inference, &t, json!(tokens)))
+        }
+        .await,
+    )
+}
+
+fn sparse_json(v: &[(u32, f32)]) -> Value {
+    Value::Array(
+        v.iter()
+            .map(|(i, w)| json!({"index": i, "value": w}))
+            .collect(),
+    )
+}
+
+pub async fn embed_sparse(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(async { embed_sparse_value(&state, parse_json(&headers, body)?).await }.await)
+}
+
+async fn embed_sparse_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
+    let req: InputsBody = from_value(body)?;
+    let inference = state.inference()?;
+    let (sparse, t) = inference
+        .embed_sparse(
+            parse_inputs(&req.inputs, "inputs")?,
+            req.text.into(),
+            Priority::Online,
+        )
+        .await?;
+    let body: Vec<Value> = sparse.iter().map(|s| sparse_json(s)).collect();
+    Ok(with_timing(&inference, &t, json!(body)))
+}
+
+#[derive(Deserialize)]
+struct MultiBody {
+    #[serde(default)]
+    inputs: Value,
+    /// Also return the dense (normalised CLS) and sparse outputs of the same forward pass.
+    #[serde(default)]
+    return_dense: bool,
+    #[serde(default)]
+    return_sparse: bool,
+    #[serde(flatten)]
+    text: Text,
+}
+
+/// bge-m3: `[{"multi_vector": [[f32]], "dense"?: [f32], "sparse"?: [{index, value}]}]`.
+pub async fn embed_multi_vector(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(
+        async {
+            let req: MultiBody = parse_json(&headers, body)?;
+            let inference = state.inference()?;
+            let want = Want {
+                multi_vector: true,
+                pooled: req.return_dense,
+                sparse: req.return_sparse,
+                ..Want::NONE
+            };
+            let (outputs, t) = inference
+                .embed_multi(
+                    parse_inputs(&req.inputs, "inputs")?,
+                    req.text.into(),
+                    want,
+                    Priority::Online,
+                )
+                .await?;
+            let width = inference.info.hidden_size.max(1);
+            let body: Vec<Value> = outputs
+                .into_iter()
+                .map(|o| {
+                    let vectors: Vec<&[f32]> = o
+                        .multi_vector
+                        .as_deref()
+                        .unwrap_or_default()
+                        .chunks_exact(width)
+                        .collect();
+                    let mut item = json!({"multi_vector": vectors});
+                    if let Some(d) = &o.pooled {
+                        item["dense"] = json!(d);
+                    }
+                    if let Some(s) = &o.sparse {
+                        item["sparse"] = sparse_json(s);
+                    }
+                    item
+                })
+                .collect();
+            Ok(with_timing(&inference, &t, json!(body)))
         }
         .await,
     )
 }
 
 #[derive(Deserialize)]
-struct TokenizeRequest {
+struct RerankBody {
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    texts: Option<Vec<String>>,
+    #[serde(default)]
+    raw_scores: bool,
+    #[serde(default)]
+    return_text: bool,
+    #[serde(flatten)]
+    text: Text,
+}
+
+pub async fn rerank(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(async { rerank_value(&state, parse_json(&headers, body)?).await }.await)
+}
+
+async fn rerank_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
+    let req: RerankBody = from_value(body)?;
+    let query = req.query.ok_or_else(|| {
+        ApiError::new(ErrorKind::Validation, "`query` is required").param("query")
+    })?;
+    let texts = req.texts.ok_or_else(|| {
+        ApiError::new(ErrorKind::Validation, "`texts` is required").param("texts")
+    })?;
+    let inference = state.inference()?;
+    let (scores, t) = inference
+        .rerank(
+            &query,
+            texts.clone(),
+            req.text.into(),
+            req.raw_scores,
+            Priority::Online,
+        )
+        .await?;
+    let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let body: Vec<Value> = ranked
+        .into_iter()
+        .map(|(index, score)| {
+            let mut r = json!({"index": index, "score": score});
+            if req.return_text {
+                r["text"] = json!(texts[index]);
+            }
+            r
+        })
+        .collect();
+    Ok(with_timing(&inference, &t, json!(body)))
+}
+
+/// Cohere (`/v1/rerank`, `/v2/rerank`) and Jina shape: `documents` as strings or `{text}`,
+/// `top_n`, `return_documents`; `results[{index, relevance_score, document?}]`.
+#[derive(Deserialize)]
+struct CohereBody {
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    documents: Option<Vec<Value>>,
+    #[serde(default)]
+    top_n: Option<usize>,
+    #[serde(default)]
+    return_documents: Option<bool>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    model: Option<String>,
+}
+
+pub async fn rerank_cohere(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(
+        async {
+            let req: CohereBody = parse_json(&headers, body)?;
+            let query = req.query.ok_or_else(|| {
+                ApiError::new(ErrorKind::Validation, "`query` is required").param("query")
+            })?;
+            let docs = req.documents.ok_or_else(|| {
+                ApiError::new(ErrorKind::Validation, "`documents` is required").param("documents")
+            })?;
+            let texts = docs
+                .iter()
+                .map(|d| match d {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Object(o) => o
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                ErrorKind::Validation,
+                                "each document must be a string or an object with `text`",
+                            )
+                            .param("documents")
+                        }),
+                    _ => Err(ApiError::new(
+                        ErrorKind::Validation,
+                        "each document must be a string or an object with `text`",
+                    )
+                    .param("documents")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let inference = state.inference()?;
+            let (scores, t) = inference
+                .rerank(
+                    &query,
+                    texts.clone(),
+                    TextOptions::default(),
+                    false,
+                    Priority::Online,
+                )
+                .await?;
+            let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            ranked.truncate(req.top_n.unwrap_or(ranked.len()));
+            let results: Vec<Value> = ranked
+                .into_iter()
+                .map(|(index, score)| {
+                    let mut r = json!({"index": index, "relevance_score": score});
+                    if req.return_documents.unwrap_or(false) {
+                        r["document"] = json!({"text": texts[index]});
+                    }
+                    r
+                })
+                .collect();
+            let body = json!({
+                "id": format!("rerank-{:016x}", rand::random::<u64>()),
+                "model": inference.info.served_model_name,
+                "results": results,
+                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+                "usage": {"total_tokens": t.tokens},
+            });
+            Ok(with_timing(&inference, &t, body))
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+struct PredictBody {
+    #[serde(default)]
+    inputs: Value,
+    #[serde(default)]
+    raw_scores: bool,
+    #[serde(flatten)]
+    text: Text,
+}
+
+/// TEI's `/predict` inputs: a text, a pair `[a, b]` (or `[a]`), or a list of those.
+fn predict_inputs(v: &Value) -> Result<(Vec<Input>, bool), ApiError> {
+    let bad = || {
+        ApiError::new(
+            ErrorKind::Validation,
+            "`inputs` must be a string, a pair [string, string], or an array of those",
+        )
+        .param("inputs")
+    };
+    let one = |v: &Value| -> Result<Input, ApiError> {
+        match v {
+            Value::String(s) => Ok(Input::Text(s.clone())),
+            Value::Array(a) => match a.as_slice() {
+                [Value::String(s)] => Ok(Input::Text(s.clone())),
+                [Value::String(a), Value::String(b)] => Ok(Input::Pair(a.clone(), b.clone())),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    };
+    match v {
+        Value::String(_) => Ok((vec![one(v)?], false)),
+        Value::Array(items) if items.iter().all(Value::is_string) && items.len() <= 2 => {
+            // ["a", "b"] is a pair, as in TEI; a batch of texts is [["a"], ["b"]].
+            Ok((vec![one(v)?], false))
+        }
+        Value::Array(items) => Ok((items.iter().map(one).collect::<Result<_, _>>()?, true)),
+        _ => Err(bad()),
+    }
+}
+
+pub async fn predict(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(async { predict_value(&state, parse_json(&headers, body)?).await }.await)
+}
+
+async fn predict_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
+    let req: PredictBody = from_value(body)?;
+    let (inputs, batch) = predict_inputs(&req.inputs)?;
+    let inference = state.inference()?;
+    let (results, t) = inference
+        .predict(inputs, req.text.into(), req.raw_scores, Priority::Online)
+        .await?;
+    let body = if batch {
+        json!(results)
+    } else {
+        json!(results.into_iter().next().unwrap_or_default())
+    };
+    Ok(with_timing(&inference, &t, body))
+}
+
+#[derive(Deserialize)]
+struct SimilarityInputs {
+    source_sentence: String,
+    sentences: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SimilarityBody {
+    inputs: SimilarityInputs,
+    #[serde(flatten)]
+    text: Text,
+}
+
+pub async fn similarity(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(async { similarity_value(&state, parse_json(&headers, body)?).await }.await)
+}
+
+async fn similarity_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
+    let req: SimilarityBody = from_value(body)?;
+    let inference = state.inference()?;
+    let (scores, t) = inference
+        .similarity(
+            req.inputs.source_sentence,
+            req.inputs.sentences,
+            req.text.into(),
+            Priority::Online,
+        )
+        .await?;
+    Ok(with_timing(&inference, &t, json!(scores)))
+}
+
+/// `POST /` and `/invocations`: the model's own route, as TEI dispatches (classifier →
+/// predict, reranker → rerank, SPLADE → embed_sparse, embedder → embed), plus
+/// `{"inputs": {"source_sentence", "sentences"}}` → similarity for an embedder
+/// (huggingface_hub's `sentence_similarity`, which TEI answers with 422).
+pub async fn invocations(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(
+        async {
+            let body: Value = parse_json(&headers, body)?;
+            let inference = state.inference()?;
+            match inference.info.task {
+                Task::Classify => predict_value(&state, body).await,
+                Task::Rerank => rerank_value(&state, body).await,
+                Task::Sparse => embed_sparse_value(&state, body).await,
+                Task::Embed if body.get("inputs").is_some_and(Value::is_object) => {
+                    similarity_value(&state, body).await
+                }
+                Task::Embed => embed_value(&state, body).await,
+            }
+        }
+        .await,
+    )
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::new(ErrorKind::Validation, format!("invalid JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct TokenizeBody {
     #[serde(default)]
     inputs: Value,
     #[serde(default = "default_true")]
@@ -105,20 +528,10 @@ pub async fn tokenize(
 ) -> Response {
     respond(
         async {
-            let req: TokenizeRequest = parse_json(&headers, body)?;
-            let engine = embed::engine(&state)?;
+            let req: TokenizeBody = parse_json(&headers, body)?;
+            let inference = state.inference()?;
             let inputs = parse_inputs(&req.inputs, "inputs")?;
-            if inputs.len() > state.cfg.max_client_batch_size {
-                return Err(ApiError::new(
-                    ErrorKind::Validation,
-                    format!(
-                        "batch size {} > maximum allowed batch size {}",
-                        inputs.len(),
-                        state.cfg.max_client_batch_size
-                    ),
-                ));
-            }
-            let inputs = embed::apply_prompt(&engine, inputs, req.prompt_name.as_deref())?;
+            let inputs = inference.apply_prompt(inputs, req.prompt_name.as_deref())?;
             let mut texts = Vec::with_capacity(inputs.len());
             for (i, input) in inputs.into_iter().enumerate() {
                 match input {
@@ -129,7 +542,7 @@ pub async fn tokenize(
                             format!("input {i} is empty"),
                         ))
                     }
-                    Input::Ids(_) => {
+                    _ => {
                         return Err(ApiError::new(
                             ErrorKind::Validation,
                             "`inputs` must be text for /tokenize",
@@ -137,24 +550,15 @@ pub async fn tokenize(
                     }
                 }
             }
-            let add = req.add_special_tokens;
-            let tokens = engine
-                .tokenizers
-                .run(move |tk| {
-                    texts
-                        .iter()
-                        .map(|t| tk.tokens(t, add))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await?;
-            Ok(Json(tokens))
+            let tokens = inference.tokenize(texts, req.add_special_tokens).await?;
+            Ok(Json(tokens).into_response())
         }
         .await,
     )
 }
 
 #[derive(Deserialize)]
-struct DecodeRequest {
+struct DecodeBody {
     #[serde(default)]
     ids: Value,
     #[serde(default = "default_true")]
@@ -168,32 +572,46 @@ pub async fn decode(
 ) -> Response {
     respond(
         async {
-            let req: DecodeRequest = parse_json(&headers, body)?;
-            let engine = embed::engine(&state)?;
+            let req: DecodeBody = parse_json(&headers, body)?;
+            let inference = state.inference()?;
             let seqs: Vec<Vec<u32>> = parse_inputs(&req.ids, "ids")?
                 .into_iter()
                 .map(|i| match i {
                     Input::Ids(ids) => Ok(ids),
-                    Input::Text(_) => Err(ApiError::new(
+                    _ => Err(ApiError::new(
                         ErrorKind::Validation,
                         "`ids` must be an array of token ids or an array of arrays of token ids",
                     )
                     .param("ids")),
                 })
                 .collect::<Result<_, _>>()?;
-            let skip = req.skip_special_tokens;
-            let texts = engine
-                .tokenizers
-                .run(move |tk| {
-                    seqs.iter()
-                        .map(|ids| tk.decode(ids, skip))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await?;
-            Ok(Json(texts))
+            let texts = inference.decode(seqs, req.skip_special_tokens).await?;
+            Ok(Json(texts).into_response())
         }
         .await,
     )
+}
+
+/// TEI's `model_type`: `{"embedding": {"pooling"}}`, `{"classifier": {"id2label", "label2id"}}`
+/// or `{"reranker": {…}}`.
+fn model_type(i: &crate::inference::ModelInfo) -> Value {
+    let id2label: serde_json::Map<String, Value> = i
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(k, l)| (k.to_string(), json!(l)))
+        .collect();
+    let label2id: serde_json::Map<String, Value> = i
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(k, l)| (l.clone(), json!(k)))
+        .collect();
+    match i.task {
+        Task::Embed | Task::Sparse => json!({"embedding": {"pooling": i.pooling}}),
+        Task::Classify => json!({"classifier": {"id2label": id2label, "label2id": label2id}}),
+        Task::Rerank => json!({"reranker": {"id2label": id2label, "label2id": label2id}}),
+    }
 }
 
 pub async fn info(State(state): State<AppState>) -> Response {
@@ -210,19 +628,46 @@ pub async fn info(State(state): State<AppState>) -> Response {
         "tokenization_workers": cfg.tokenization_workers(),
         "state": state.lifecycle.state().as_str(),
     });
-    if let (Some(engine), Value::Object(map)) = (state.engine.get(), &mut info) {
-        let i = &engine.info;
+    if let (Some(inference), Value::Object(map)) = (state.inference.get(), &mut info) {
+        let i = &inference.info;
         map.insert("model_dtype".into(), json!(i.dtype));
-        map.insert(
-            "model_type".into(),
-            json!({"embedding": {"pooling": i.pooling}}),
-        );
+        map.insert("model_type".into(), model_type(i));
         map.insert("max_input_length".into(), json!(i.max_input_length));
         map.insert("served_model_name".into(), json!(i.served_model_name));
         map.insert("device".into(), json!(i.device));
+        map.insert("backend".into(), json!(i.backend));
+        map.insert("family".into(), json!(i.family));
+        map.insert("architecture".into(), json!(i.architecture));
+        map.insert("task".into(), json!(i.task));
         map.insert("hidden_size".into(), json!(i.hidden_size));
         map.insert("source".into(), json!(i.source));
         map.insert("prompts".into(), json!(i.prompts));
     }
     Json(info).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predict_accepts_texts_pairs_and_batches() {
+        let (i, batch) = predict_inputs(&json!("a")).unwrap();
+        assert_eq!((i, batch), (vec![Input::Text("a".into())], false));
+        let (i, batch) = predict_inputs(&json!(["a", "b"])).unwrap();
+        assert_eq!(
+            (i, batch),
+            (vec![Input::Pair("a".into(), "b".into())], false)
+        );
+        let (i, batch) = predict_inputs(&json!([["a", "b"], ["c"]])).unwrap();
+        assert_eq!(
+            (i, batch),
+            (
+                vec![Input::Pair("a".into(), "b".into()), Input::Text("c".into())],
+                true
+            )
+        );
+        assert_eq!(predict_inputs(&json!([])).unwrap_err().status(), 422);
+        assert_eq!(predict_inputs(&json!(5)).unwrap_err().status(), 422);
+    }
 }

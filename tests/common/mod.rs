@@ -31,6 +31,43 @@ pub fn test_model_dir() -> PathBuf {
     .clone()
 }
 
+/// Loads a model folder on the CPU with `pooling` on `backend` (F32).
+pub fn load_model(
+    files: &spotinfer::model::ModelFiles,
+    pooling: spotinfer::model::Pooling,
+    backend: spotinfer::model::CpuBackend,
+) -> Box<dyn spotinfer::model::Model> {
+    let st = spotinfer::model::SentenceTransformerConfig::read(files).expect("st config");
+    let opts = spotinfer::model::LoadOptions {
+        pooling: Some(pooling),
+        cpu_backend: backend,
+        ..spotinfer::model::LoadOptions::cpu()
+    };
+    spotinfer::model::load(files, &st, &opts).expect("load the model")
+}
+
+/// Pooled vectors of a packed batch.
+pub fn embed(
+    m: &dyn spotinfer::model::Model,
+    batch: &spotinfer::model::PackedBatch,
+) -> Vec<Vec<f32>> {
+    embed_yielding(m, batch, &mut || {})
+}
+
+/// Pooled vectors, calling `at_yield` at the model's preemption points.
+pub fn embed_yielding(
+    m: &dyn spotinfer::model::Model,
+    batch: &spotinfer::model::PackedBatch,
+    at_yield: &mut dyn FnMut(),
+) -> Vec<Vec<f32>> {
+    let wants = vec![spotinfer::model::Want::POOLED; batch.len()];
+    m.run(batch, &wants, at_yield)
+        .expect("forward pass")
+        .into_iter()
+        .map(|o| o.pooled.expect("a pooled vector"))
+        .collect()
+}
+
 pub fn tiny_model_dir() -> PathBuf {
     repo_root().join("tests/fixtures/tiny-bert")
 }

@@ -1,58 +1,62 @@
-//! Dense layers on the CPU: `C = epilogue(A · W)` with `W` packed once at load time and the
-//! bias / residual / activation / layer norm applied to each block of rows while it is still in
-//! cache.
+//! Dense layers on the CPU: `C = epilogue(A · W)` with `W` packed once at load time
+//! (`packed.rs`) and the bias / activation / residual / norm applied to each block of rows
+//! while it is still in cache.
 //!
 //! Why not a general GEMM library call per layer: a library packs `W` again on every call (for a
 //! short query that packing costs more than the arithmetic), and its output then needs separate
 //! passes over memory for bias, GELU, residual and layer norm. Here:
-//! - `W` is packed at load into 16-column panels, `KC` rows deep (the layout the kernel reads);
-//! - a micro-kernel does the arithmetic: 12 x 32 with AVX-512F (24 of its 32 zmm registers
-//!   accumulate; two panels per call), else 6 x 16 with AVX2+FMA (12 of 16 ymm registers).
-//!   Both read the same packed panels; `Simd::detect` picks one at run time;
+//! - a micro-kernel (`microkernel.rs`) does the arithmetic: 12 x 32 with AVX-512F, else 6 x 16
+//!   with AVX2+FMA, on the same packed panels; AMX tiles (`amx.rs`) where the CPU has them;
 //! - rows are processed in blocks of `MC`; each block gets its whole epilogue right after its
 //!   product, while it is in L2;
 //! - blocks run in parallel on rayon's threads (columns are split too when there are few rows).
 //!
 //! CPUs without AVX2+FMA, and widths not a multiple of 16, use the `gemm` crate and separate
-//! epilogue passes: slower, same results. CPUs with AMX run the products on its tiles instead
-//! (`amx.rs`), at F32 accuracy, with the same row blocks and epilogues.
+//! epilogue passes: slower, same results.
 
 use rayon::prelude::*;
 
-use super::amx::{self, AmxWeights};
-use super::kernels;
+use super::amx;
+use super::elementwise::{self as ew, Pointwise};
+use super::microkernel::tile;
+use super::packed::{PackedWeights, KC};
+use super::simd::{Simd, MR512, NR};
+use crate::model::layers::NormKind;
 
-const MR: usize = 6;
-/// Rows of the AVX-512 kernel (12 x 32: 24 of the 32 vector registers accumulate).
-const MR512: usize = 12;
-const NR: usize = 16;
-/// Depth of a packed block: 384 = a whole BERT-base-or-smaller hidden size, so the products
-/// over it (QKV, attention output, FFN up) finish in one pass with no reload of C. The B panels
-/// then come from L2, which feeds the kernel's two loads per 24 FMAs easily. Measured against
-/// 256 on the Sapphire Rapids VM (`spotinfer batch`, 2,048 corpus lines, three alternating
-/// pairs): 116.0 / 99.2 / 112.2 sentences/s → 123.3 / 103.0 / 117.2.
-const KC: usize = 384;
 const MC: usize = 72;
 /// Rows per AMX task: four 32-row strips pass over each L2-sized group of W's columns.
 const MC_AMX: usize = 128;
 
-/// What happens to each output row after the product.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Activation {
-    None,
-    Gelu,
-    GeluTanh,
-    Relu,
+/// A norm applied row by row in an epilogue.
+#[derive(Clone, Copy)]
+pub struct RowNorm<'a> {
+    pub kind: NormKind,
+    pub weight: &'a [f32],
+    /// Empty: no bias.
+    pub bias: &'a [f32],
 }
 
+impl RowNorm<'_> {
+    pub fn apply(&self, rows: &mut [f32]) {
+        match self.kind {
+            NormKind::Layer { eps } => ew::layer_norm_rows(rows, self.weight, self.bias, eps),
+            NormKind::Rms { eps, offset } => ew::rms_norm_rows(rows, self.weight, eps, offset),
+        }
+    }
+}
+
+/// What happens to each output row after the product: `+ bias`, the activation, then the
+/// residual and the norm in the family's order.
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
+    /// Empty: no bias.
     pub bias: &'a [f32],
-    /// `[m, n]`, added after the bias (the transformer's skip connection).
+    pub activation: Pointwise,
+    /// `[m, n]`, the transformer's skip connection.
     pub residual: Option<&'a [f32]>,
-    pub activation: Activation,
-    /// Layer norm (gamma, beta, eps) last.
-    pub norm: Option<(&'a [f32], &'a [f32], f32)>,
+    pub norm: Option<RowNorm<'a>>,
+    /// `residual + norm(y)` (Gemma) instead of `norm(y + residual)` (BERT).
+    pub norm_first: bool,
 }
 
 impl<'a> Epilogue<'a> {
@@ -60,152 +64,11 @@ impl<'a> Epilogue<'a> {
     pub fn bias(bias: &'a [f32]) -> Self {
         Self {
             bias,
+            activation: Pointwise::None,
             residual: None,
-            activation: Activation::None,
             norm: None,
+            norm_first: false,
         }
-    }
-}
-
-/// A weight matrix `[k, n]` (input features x output features) packed for the micro-kernel.
-pub struct PackedWeights {
-    pub k: usize,
-    pub n: usize,
-    /// Row-major `[k, n]`, kept for the fallback path.
-    plain: Vec<f32>,
-    /// For each KC block of rows, each 16-column panel, `kc x 16` values row by row.
-    packed: Vec<f32>,
-    /// AMX's layout instead of `packed`, where the kernel is `Simd::Amx` and the shape fits.
-    amx: Option<AmxWeights>,
-}
-
-/// The micro-kernel a CPU can run, best last. The AVX kernels read the same packed F32 panels;
-/// AMX reads its own split-BF16 layout.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub enum Simd {
-    /// The `gemm` crate and scalar epilogues.
-    None,
-    /// 6 x 16 with AVX2+FMA.
-    Avx2,
-    /// 12 x 32 with AVX-512F: twice the width, twice the registers.
-    Avx512,
-    /// AMX-BF16 tiles for the dense layers (AVX-512F for attention's small products).
-    Amx,
-}
-
-impl Simd {
-    /// The best this CPU supports, capped by `limit_to`.
-    pub fn detect() -> Self {
-        static BEST: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-        let best = *BEST.get_or_init(Self::hardware);
-        best.min(CAP.get().copied().unwrap_or(Simd::Amx))
-    }
-
-    /// Caps what `detect` returns for the rest of the process (`--cpu-kernel`); call before
-    /// loading weights, which are laid out for the kernel. The first call wins.
-    pub fn limit_to(cap: Simd) {
-        let _ = CAP.set(cap);
-    }
-
-    fn hardware() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if amx::available() {
-                return Simd::Amx;
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Simd::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Simd::Avx2;
-            }
-        }
-        Simd::None
-    }
-
-    /// Rows of one micro-kernel call.
-    fn tile_rows(self) -> usize {
-        match self {
-            Simd::Avx512 | Simd::Amx => MR512,
-            _ => MR,
-        }
-    }
-
-    /// 16-column panels of one micro-kernel call.
-    fn tile_panels(self) -> usize {
-        match self {
-            Simd::Avx512 | Simd::Amx => 2,
-            _ => 1,
-        }
-    }
-
-    /// Every level this CPU can run (for tests comparing them).
-    #[cfg(test)]
-    fn available() -> Vec<Self> {
-        [Simd::None, Simd::Avx2, Simd::Avx512, Simd::Amx]
-            .into_iter()
-            .filter(|s| *s <= Self::detect())
-            .collect()
-    }
-}
-
-/// The `--cpu-kernel` cap, where one was set.
-static CAP: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-
-fn simd_ok() -> bool {
-    Simd::detect() != Simd::None
-}
-
-impl PackedWeights {
-    /// From `w` row-major `[k, n]`, for the best kernel this CPU has.
-    pub fn new(w: Vec<f32>, k: usize, n: usize) -> Self {
-        Self::new_for(Simd::detect(), w, k, n)
-    }
-
-    /// For `simd`'s kernel: AMX's split-BF16 layout (where `k` and `n` are multiples of 32),
-    /// else F32 panels (where `n` is a multiple of 16 and there is SIMD), else plain. Only one
-    /// layout is kept: weights are most of the process's memory.
-    pub fn new_for(simd: Simd, w: Vec<f32>, k: usize, n: usize) -> Self {
-        assert_eq!(w.len(), k * n, "weight size");
-        let amx = if simd == Simd::Amx {
-            AmxWeights::new(&w, k, n)
-        } else {
-            None
-        };
-        let packed = if amx.is_none() && n.is_multiple_of(NR) && simd != Simd::None {
-            let mut p = Vec::with_capacity(k * n);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                for jr in (0..n).step_by(NR) {
-                    for kk in 0..kc {
-                        let row = (pc + kk) * n + jr;
-                        p.extend_from_slice(&w[row..row + NR]);
-                    }
-                }
-            }
-            p
-        } else {
-            Vec::new()
-        };
-        // The fast paths read only their own layout; keep the plain one only for the fallback.
-        let plain = if packed.is_empty() && amx.is_none() {
-            w
-        } else {
-            Vec::new()
-        };
-        Self {
-            k,
-            n,
-            plain,
-            packed,
-            amx,
-        }
-    }
-
-    pub fn bytes(&self) -> usize {
-        (self.plain.len() + self.packed.len()) * 4 + self.amx.as_ref().map_or(0, |a| a.bytes())
     }
 }
 
@@ -225,7 +88,7 @@ pub fn linear_on(
 ) {
     let (k, n) = (w.k, w.n);
     assert!(c.len() >= m * n && a.len() >= m * k, "buffer sizes");
-    assert_eq!(epi.bias.len(), n, "bias width");
+    assert!(epi.bias.is_empty() || epi.bias.len() == n, "bias width");
     if let Some(r) = epi.residual {
         assert!(r.len() >= m * n, "residual size");
     }
@@ -372,23 +235,29 @@ impl SendPtr {
 fn epilogue(rows: &mut [f32], r0: usize, n: usize, epi: &Epilogue<'_>) {
     let mr = rows.len() / n;
     let residual = epi.residual.map(|r| &r[r0 * n..(r0 + mr) * n]);
-    // Bias rides along with the activation (one pass); the residual only ever comes without one.
-    match (epi.activation, residual) {
-        (Activation::None, r) => kernels::add_bias_residual(rows, epi.bias, r.unwrap_or(&[])),
-        (act, r) => {
-            if let Some(r) = r {
-                kernels::add_bias_residual(rows, &vec![0.0; n], r);
+    match (epi.activation, residual, epi.norm_first) {
+        // Post-norm encoders: bias and residual in one pass, then the norm.
+        (Pointwise::None, Some(r), false) => ew::add_bias_residual(rows, epi.bias, r),
+        (act, r, norm_first) => {
+            if act != Pointwise::None || !epi.bias.is_empty() {
+                ew::bias_act(rows, epi.bias, act);
             }
-            match act {
-                Activation::Gelu => kernels::bias_gelu(rows, epi.bias),
-                Activation::GeluTanh => kernels::bias_gelu_tanh(rows, epi.bias),
-                Activation::Relu => kernels::bias_relu(rows, epi.bias),
-                Activation::None => {}
+            if let (Some(r), false) = (r, norm_first) {
+                ew::add_bias_residual(rows, &[], r);
+            }
+            if norm_first {
+                if let Some(norm) = &epi.norm {
+                    norm.apply(rows);
+                }
+                if let Some(r) = r {
+                    ew::add_bias_residual(rows, &[], r);
+                }
+                return;
             }
         }
     }
-    if let Some((g, b, eps)) = epi.norm {
-        kernels::layer_norm_rows(rows, g, b, eps);
+    if let Some(norm) = &epi.norm {
+        norm.apply(rows);
     }
 }
 
@@ -447,303 +316,6 @@ unsafe fn product(
         }
     }
 }
-
-/// One call of `simd`'s micro-kernel: `c[rows, 16 * panels] (+)= a[rows, kc] · b[kc, 16 *
-/// panels]`, panel `p` of `b` at `b + p * panel_stride`; `rows` and `panels` at most
-/// `simd.tile_rows()` and `simd.tile_panels()`.
-///
-/// # Safety
-/// As the kernels: the addresses readable / writable as described, `simd` not `None` and
-/// supported by this CPU.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile(
-    simd: Simd,
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    rows: usize,
-    b: *const f32,
-    ldb: usize,
-    panel_stride: usize,
-    panels: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    // SAFETY: the caller's guarantee.
-    unsafe {
-        match (simd, panels) {
-            (Simd::Avx512 | Simd::Amx, 2) => {
-                kernel_12x16n::<2>(kc, a, lda, rows, b, ldb, panel_stride, c, ldc, accumulate)
-            }
-            (Simd::Avx512 | Simd::Amx, _) => {
-                kernel_12x16n::<1>(kc, a, lda, rows, b, ldb, 0, c, ldc, accumulate)
-            }
-            (Simd::Avx2, _) => kernel_6x16(kc, a, lda, rows, b, ldb, c, ldc, accumulate),
-            (Simd::None, _) => unreachable!("no micro-kernel without SIMD"),
-        }
-    }
-}
-
-/// `c = a · b` for attention's small products (one sequence and head), nothing packed:
-/// `a` has `m` rows of `k` values at row stride `lda`; `b` is `panels` panels of 16 columns,
-/// panel `p` starting at `b + p * panel_stride` with `k` rows of 16 values at row stride `ldb`;
-/// `c` gets `m` rows of `16 * panels` values at row stride `ldc`. Returns false (and does
-/// nothing) with `Simd::None`: the caller then uses the `gemm` crate.
-/// `simd` picks the kernel (`Simd::detect()`; another level only where this CPU supports it).
-///
-/// # Safety
-/// Every address described above must be readable (`a`, `b`) or writable (`c`), and no one
-/// else may touch those `c` values meanwhile.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn small_product(
-    simd: Simd,
-    c: *mut f32,
-    ldc: usize,
-    a: *const f32,
-    lda: usize,
-    m: usize,
-    k: usize,
-    b: *const f32,
-    ldb: usize,
-    panel_stride: usize,
-    panels: usize,
-) -> bool {
-    if simd == Simd::None {
-        return false;
-    }
-    for i in (0..m).step_by(simd.tile_rows()) {
-        let mut p = 0;
-        while p < panels {
-            let np = simd.tile_panels().min(panels - p);
-            // SAFETY: the caller vouches for these addresses and for simd (not None here).
-            unsafe {
-                tile(
-                    simd,
-                    k,
-                    a.add(i * lda),
-                    lda,
-                    simd.tile_rows().min(m - i),
-                    b.add(p * panel_stride),
-                    ldb,
-                    panel_stride,
-                    np,
-                    c.add(i * ldc + p * NR),
-                    ldc,
-                    false,
-                )
-            };
-            p += np;
-        }
-    }
-    true
-}
-
-/// Lays out `len` keys as the `b` operand of `small_product`: `d` features by 16 keys per panel
-/// (panel `p`, row `kk`, lane `j` = feature `kk` of key `16p + j`; zero past `len`). Key `j`'s
-/// features are `d` contiguous values at `keys + j * stride`. 8 x 8 blocks are transposed in
-/// registers: the scalar loop this replaces stored one float per cycle at a 64-byte stride.
-/// Returns false (and does nothing) without AVX2+FMA or when `d` is not a multiple of 8.
-///
-/// # Safety
-/// `keys` must be readable as described and `panels` writable for `d * len.next_multiple_of(16)`
-/// floats.
-pub unsafe fn pack_key_panels(
-    panels: *mut f32,
-    keys: *const f32,
-    stride: usize,
-    len: usize,
-    d: usize,
-) -> bool {
-    if !simd_ok() || !d.is_multiple_of(8) {
-        return false;
-    }
-    // SAFETY: the caller's guarantee; SIMD checked above.
-    unsafe { pack_key_panels_avx(panels, keys, stride, len, d) };
-    true
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pack_key_panels_avx(
-    panels: *mut f32,
-    keys: *const f32,
-    stride: usize,
-    len: usize,
-    d: usize,
-) {
-    use std::arch::x86_64::*;
-    let padded = len.next_multiple_of(16);
-    for j0 in (0..padded).step_by(8) {
-        let dst = panels.add((j0 / 16) * d * 16 + j0 % 16);
-        for f0 in (0..d).step_by(8) {
-            let r: [__m256; 8] = std::array::from_fn(|j| {
-                if j0 + j < len {
-                    _mm256_loadu_ps(keys.add((j0 + j) * stride + f0))
-                } else {
-                    _mm256_setzero_ps()
-                }
-            });
-            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-            // Row f of the block: feature f0 + f of keys j0..j0+8.
-            let out = [
-                _mm256_permute2f128_ps::<0x20>(s0, s4),
-                _mm256_permute2f128_ps::<0x20>(s1, s5),
-                _mm256_permute2f128_ps::<0x20>(s2, s6),
-                _mm256_permute2f128_ps::<0x20>(s3, s7),
-                _mm256_permute2f128_ps::<0x31>(s0, s4),
-                _mm256_permute2f128_ps::<0x31>(s1, s5),
-                _mm256_permute2f128_ps::<0x31>(s2, s6),
-                _mm256_permute2f128_ps::<0x31>(s3, s7),
-            ];
-            for (f, v) in out.iter().enumerate() {
-                _mm256_storeu_ps(dst.add((f0 + f) * 16), *v);
-            }
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn pack_key_panels_avx(_: *mut f32, _: *const f32, _: usize, _: usize, _: usize) {
-    unreachable!("the SIMD paths are only taken on x86_64 with AVX2")
-}
-
-/// `c[rows, 16] (+)= a[rows, kc] · b[kc, 16]`: row `r` of `a` at `a + r * lda` (contiguous
-/// along k), row `kk` of `b` at `b + kk * ldb`, row `r` of `c` at `c + r * ldc`. Rows past
-/// `rows` re-read the first row and are not stored.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_6x16(
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    rows: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    use std::arch::x86_64::*;
-    let ar: [*const f32; MR] = std::array::from_fn(|r| a.add(if r < rows { r * lda } else { 0 }));
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for kk in 0..kc {
-        let b0 = _mm256_loadu_ps(b.add(kk * ldb));
-        let b1 = _mm256_loadu_ps(b.add(kk * ldb + 8));
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*ar[r].add(kk));
-            accr[0] = _mm256_fmadd_ps(av, b0, accr[0]);
-            accr[1] = _mm256_fmadd_ps(av, b1, accr[1]);
-        }
-    }
-    for (r, accr) in acc.iter().enumerate().take(rows) {
-        let cr = c.add(r * ldc);
-        let (mut v0, mut v1) = (accr[0], accr[1]);
-        if accumulate {
-            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cr));
-            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cr.add(8)));
-        }
-        _mm256_storeu_ps(cr, v0);
-        _mm256_storeu_ps(cr.add(8), v1);
-    }
-}
-
-/// `c[rows, 16 * NP] (+)= a[rows, kc] · b[kc, 16 * NP]` with AVX-512: as `kernel_6x16`, up
-/// to 12 rows, and `NP` panels of 16 columns, panel `p` at `b + p * panel_stride`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_12x16n<const NP: usize>(
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    rows: usize,
-    b: *const f32,
-    ldb: usize,
-    panel_stride: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    use std::arch::x86_64::*;
-    let ar: [*const f32; MR512] =
-        std::array::from_fn(|r| a.add(if r < rows { r * lda } else { 0 }));
-    let mut acc = [[_mm512_setzero_ps(); NP]; MR512];
-    for kk in 0..kc {
-        let mut bv = [_mm512_setzero_ps(); NP];
-        for (p, v) in bv.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(b.add(p * panel_stride + kk * ldb));
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*ar[r].add(kk));
-            for (x, v) in accr.iter_mut().zip(&bv) {
-                *x = _mm512_fmadd_ps(av, *v, *x);
-            }
-        }
-    }
-    for (r, accr) in acc.iter().enumerate().take(rows) {
-        let cr = c.add(r * ldc);
-        for (p, x) in accr.iter().enumerate() {
-            let dst = cr.add(p * NR);
-            let v = if accumulate {
-                _mm512_add_ps(*x, _mm512_loadu_ps(dst))
-            } else {
-                *x
-            };
-            _mm512_storeu_ps(dst, v);
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_12x16n<const NP: usize>(
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: *mut f32,
-    _: usize,
-    _: bool,
-) {
-    unreachable!("the SIMD paths are only taken on x86_64 with AVX-512")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_6x16(
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: *mut f32,
-    _: usize,
-    _: bool,
-) {
-    unreachable!("the SIMD paths are only taken on x86_64 with AVX2")
-}
-
 fn fallback(c: &mut [f32], a: &[f32], m: usize, w: &PackedWeights) {
     let (k, n) = (w.k, w.n);
     let par = if m * n * k >= 2_000_000 && rayon::current_num_threads() > 1 {
@@ -793,12 +365,7 @@ mod tests {
         c
     }
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = crate::bench::corpus::SplitMix64::new(seed);
-        (0..n)
-            .map(|_| (s.next_u64() % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
+    use crate::model::cpu::test_values as values;
 
     /// Each case with each kernel.
     fn every<T: Copy>(kernels: &[Simd], cases: &[T]) -> Vec<(Simd, T)> {
@@ -806,88 +373,6 @@ mod tests {
             .iter()
             .flat_map(|&s| cases.iter().map(move |&c| (s, c)))
             .collect()
-    }
-
-    #[test]
-    fn small_product_matches_reference_with_strides() {
-        // Attention's shapes: a few rows, k = head_dim or sequence length, 1-4 panels, every
-        // operand inside a wider buffer (row strides larger than the rows).
-        let cases = [
-            (1, 32, 2),
-            (5, 3, 1),
-            (7, 45, 2),
-            (17, 64, 4),
-            (6, 1, 3),
-            (25, 40, 5),
-        ];
-        for (simd, (m, k, panels)) in every(&Simd::available(), &cases) {
-            let n = 16 * panels;
-            let (lda, ldb, ldc) = (k + 3, n + 5, n + 7);
-            let a = values(m * lda, 11);
-            let b = values(k * ldb, 12);
-            let mut c = vec![f32::NAN; m * ldc];
-            // SAFETY: a has m rows of lda >= k, b k rows of ldb >= n, c m rows of ldc >= n.
-            let done = unsafe {
-                small_product(
-                    simd,
-                    c.as_mut_ptr(),
-                    ldc,
-                    a.as_ptr(),
-                    lda,
-                    m,
-                    k,
-                    b.as_ptr(),
-                    ldb,
-                    16,
-                    panels,
-                )
-            };
-            if !done {
-                assert_eq!(simd, Simd::None, "a SIMD level this CPU has refused");
-                continue; // callers use the gemm crate
-            }
-            let dense_a: Vec<f32> = (0..m)
-                .flat_map(|i| a[i * lda..i * lda + k].to_vec())
-                .collect();
-            let dense_b: Vec<f32> = (0..k)
-                .flat_map(|r| b[r * ldb..r * ldb + n].to_vec())
-                .collect();
-            let want = reference(&dense_a, &dense_b, m, k, n);
-            for i in 0..m {
-                for j in 0..ldc {
-                    let got = c[i * ldc + j];
-                    if j < n {
-                        assert!(
-                            (f64::from(got) - want[i * n + j]).abs() < 1e-4,
-                            "{simd:?} {m}x{k}x{n} at {i},{j}"
-                        );
-                    } else {
-                        assert!(got.is_nan(), "wrote past the panels at {i},{j}");
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn key_panels_are_the_transposed_keys_zero_padded() {
-        for &(len, d) in &[(1, 8), (7, 32), (16, 32), (17, 64), (45, 16), (64, 32)] {
-            let stride = 3 * d + 5;
-            let keys = values(len * stride, 21);
-            let padded = len.next_multiple_of(16);
-            let mut panels = vec![f32::NAN; d * padded];
-            // SAFETY: keys holds len rows of stride >= d; panels holds d * padded.
-            if !unsafe { pack_key_panels(panels.as_mut_ptr(), keys.as_ptr(), stride, len, d) } {
-                return; // no AVX2+FMA: callers use the gemm crate
-            }
-            for j in 0..padded {
-                for kk in 0..d {
-                    let got = panels[(j / 16) * d * 16 + kk * 16 + j % 16];
-                    let want = if j < len { keys[j * stride + kk] } else { 0.0 };
-                    assert_eq!(got, want, "len {len} d {d}: key {j} feature {kk}");
-                }
-            }
-        }
     }
 
     #[test]
@@ -986,14 +471,13 @@ mod tests {
                 m,
                 &w,
                 Epilogue {
-                    activation: Activation::Gelu,
+                    activation: Pointwise::Gelu,
                     ..Epilogue::bias(&bias)
                 },
             );
             for i in 0..m * n {
                 let v = want[i] + f64::from(bias[i % n]);
-                let expect =
-                    0.5 * v * (1.0 + kernels::tests::libm_erf(v / std::f64::consts::SQRT_2));
+                let expect = 0.5 * v * (1.0 + ew::tests::libm_erf(v / std::f64::consts::SQRT_2));
                 assert!(
                     (f64::from(c[i]) - expect).abs() < tol,
                     "{simd:?} GELU ({m},{k},{n}) at {i}: {} vs {expect}",
@@ -1019,8 +503,12 @@ mod tests {
             m,
             &w,
             Epilogue {
-                activation: Activation::Relu,
-                norm: Some((&gamma, &beta, 1e-5)),
+                activation: Pointwise::Relu,
+                norm: Some(RowNorm {
+                    kind: NormKind::Layer { eps: 1e-5 },
+                    weight: &gamma,
+                    bias: &beta,
+                }),
                 ..Epilogue::bias(&bias)
             },
         );

@@ -1,11 +1,14 @@
-//! Element-wise CPU kernels for the native forward pass: fused bias + GELU (erf), scaled
-//! softmax, layer norm. Written as plain loops over slices that LLVM vectorises, compiled once
-//! per instruction set (AVX-512, AVX2+FMA, baseline) and picked at run time, with our own
-//! polynomial `exp`/`erf` so no scalar libm call sits in the inner loop.
+//! Element-wise CPU kernels for the native forward pass: fused bias + activation, gated
+//! activations, scaled softmax, layer and RMS norm. Written as plain loops over slices that LLVM
+//! vectorises, compiled once per instruction set (AVX-512, AVX2+FMA, baseline) and picked at
+//! run time under the `--cpu-kernel` cap, with our own polynomial `exp`/`erf` so no scalar libm
+//! call sits in the inner loop.
 //!
 //! Accuracy: `exp` and the `2^y` used by softmax and `erf` have relative errors below 3e-7 on
 //! the range used; `erf` follows Abramowitz & Stegun 7.1.26 (absolute error below 1e-6 in f32),
 //! far inside the 1e-4 cosine budget.
+
+use super::simd::Simd;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -118,7 +121,7 @@ fn exp_shifted(row: &mut [f32], scale: f32) -> f32 {
 }
 
 /// Defines `$name` dispatching at run time to copies of `$body` compiled for AVX-512, AVX2+FMA
-/// or the baseline target.
+/// or the baseline target, never above the `--cpu-kernel` cap (`Simd::detect`).
 macro_rules! multiversion {
     ($(#[$m:meta])* pub fn $name:ident($($arg:ident : $ty:ty),*) $body:block) => {
         $(#[$m])*
@@ -131,16 +134,13 @@ macro_rules! multiversion {
                 unsafe fn v4($($arg: $ty),*) { imp($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn v3($($arg: $ty),*) { imp($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                {
-                    // SAFETY: the CPU supports the features the copy was compiled for.
+                let level = Simd::detect();
+                if level >= Simd::Avx512 && std::arch::is_x86_feature_detected!("avx512vl") {
+                    // SAFETY: `detect` reports AVX-512F only where the CPU has it; VL checked.
                     return unsafe { v4($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above.
+                if level >= Simd::Avx2 {
+                    // SAFETY: `detect` reports AVX2 only with AVX2 and FMA present.
                     return unsafe { v3($($arg),*) };
                 }
             }
@@ -149,40 +149,88 @@ macro_rules! multiversion {
     };
 }
 
-multiversion! {
-    /// `x = gelu(x + bias)` row by row (`bias.len()` columns), exact (erf) GELU.
-    pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
-        const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// An element-wise activation (the gated ones are [`glu`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pointwise {
+    None,
+    Relu,
+    Gelu,
+    GeluTanh,
+    Silu,
+    Tanh,
+    Log1pRelu,
+}
+
+#[inline(always)]
+fn gelu(y: f32) -> f32 {
+    0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+fn gelu_tanh(y: f32) -> f32 {
+    let u = 0.797_884_6 * (y + 0.044_715 * y * y * y);
+    // tanh(u) = 1 - 2 / (e^{2u} + 1)
+    0.5 * y * (2.0 - 2.0 / (exp(2.0 * u) + 1.0))
+}
+
+#[inline(always)]
+fn silu(y: f32) -> f32 {
+    y / (1.0 + exp(-y))
+}
+
+#[inline(always)]
+fn tanh(y: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * y) + 1.0)
+}
+
+/// ln(1 + x) for x >= 0 (SPLADE's weights; off the hot path, so libm).
+#[inline(always)]
+fn log1p_relu(y: f32) -> f32 {
+    y.max(0.0).ln_1p()
+}
+
+/// Applies `f` to `x + bias` row by row (`bias` empty: no bias).
+#[inline(always)]
+fn map_bias(x: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32) {
+    if bias.is_empty() {
+        for v in x.iter_mut() {
+            *v = f(*v);
+        }
+    } else {
         for row in x.chunks_exact_mut(bias.len()) {
             for (v, b) in row.iter_mut().zip(bias) {
-                let y = *v + b;
-                *v = 0.5 * y * (1.0 + erf(y * FRAC_1_SQRT_2));
+                *v = f(*v + b);
             }
         }
     }
 }
 
 multiversion! {
-    /// `x = relu(x + bias)` row by row.
-    pub fn bias_relu(x: &mut [f32], bias: &[f32]) {
-        for row in x.chunks_exact_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = (*v + b).max(0.0);
-            }
+    /// `x = act(x + bias)` row by row (`bias.len()` columns; empty: no bias).
+    pub fn bias_act(x: &mut [f32], bias: &[f32], act: Pointwise) {
+        match act {
+            Pointwise::None => map_bias(x, bias, |y| y),
+            Pointwise::Relu => map_bias(x, bias, |y| y.max(0.0)),
+            Pointwise::Gelu => map_bias(x, bias, gelu),
+            Pointwise::GeluTanh => map_bias(x, bias, gelu_tanh),
+            Pointwise::Silu => map_bias(x, bias, silu),
+            Pointwise::Tanh => map_bias(x, bias, tanh),
+            Pointwise::Log1pRelu => map_bias(x, bias, log1p_relu),
         }
     }
 }
 
 multiversion! {
-    /// `x = gelu_tanh(x + bias)` row by row (the "gelu_new" approximation).
-    pub fn bias_gelu_tanh(x: &mut [f32], bias: &[f32]) {
-        for row in x.chunks_exact_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                let y = *v + b;
-                let u = 0.797_884_6 * (y + 0.044_715 * y * y * y);
-                // tanh(u) = 1 - 2 / (e^{2u} + 1)
-                let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
-                *v = 0.5 * y * (1.0 + t);
+    /// Gated activation: each row of `src` (`2 * width`) becomes `gate(first half) * second
+    /// half` in `dst` (`width`).
+    pub fn glu(dst: &mut [f32], src: &[f32], width: usize, gate: Pointwise) {
+        for (out, row) in dst.chunks_exact_mut(width).zip(src.chunks_exact(2 * width)) {
+            let (a, b) = row.split_at(width);
+            match gate {
+                Pointwise::Gelu => out.iter_mut().zip(a).zip(b).for_each(|((o, a), b)| *o = gelu(*a) * b),
+                Pointwise::GeluTanh => out.iter_mut().zip(a).zip(b).for_each(|((o, a), b)| *o = gelu_tanh(*a) * b),
+                Pointwise::Silu => out.iter_mut().zip(a).zip(b).for_each(|((o, a), b)| *o = silu(*a) * b),
+                _ => out.iter_mut().zip(a).zip(b).for_each(|((o, a), b)| *o = a * b),
             }
         }
     }
@@ -223,7 +271,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// Layer norm of each row of `x` (`gamma.len()` wide), in place.
+    /// Layer norm of each row of `x` (`gamma.len()` wide), in place; `beta` empty: no bias.
     pub fn layer_norm_rows(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
         let n = gamma.len() as f32;
         for row in x.chunks_exact_mut(gamma.len()) {
@@ -238,46 +286,63 @@ multiversion! {
             }
             let var = (sq.iter().sum::<f32>() + rest) / n;
             let inv = 1.0 / (var + eps).sqrt();
-            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-                *v = (*v - mean) * inv * g + b;
+            if beta.is_empty() {
+                for (v, g) in row.iter_mut().zip(gamma) {
+                    *v = (*v - mean) * inv * g;
+                }
+            } else {
+                for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                    *v = (*v - mean) * inv * g + b;
+                }
             }
         }
     }
 }
 
 multiversion! {
-    /// `x += bias + residual` row by row (`residual` empty: bias only).
+    /// RMS norm of each row of `x` (`weight.len()` wide), in place: `x / rms(x) * (offset + w)`.
+    pub fn rms_norm_rows(x: &mut [f32], weight: &[f32], eps: f32, offset: f32) {
+        let n = weight.len() as f32;
+        for row in x.chunks_exact_mut(weight.len()) {
+            let mut sq = [0f32; 16];
+            let chunks = row.chunks_exact(16);
+            let rest: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+            for c in chunks {
+                for i in 0..16 {
+                    sq[i] += c[i] * c[i];
+                }
+            }
+            let inv = 1.0 / ((sq.iter().sum::<f32>() + rest) / n + eps).sqrt();
+            for (v, w) in row.iter_mut().zip(weight) {
+                *v = *v * inv * (offset + w);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `x += bias + residual` row by row (`residual` empty: bias only; `bias` empty: none).
     pub fn add_bias_residual(x: &mut [f32], bias: &[f32], residual: &[f32]) {
-        let w = bias.len();
-        if residual.is_empty() {
-            for row in x.chunks_exact_mut(w) {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v += b;
+        match (bias.is_empty(), residual.is_empty()) {
+            (true, true) => {}
+            (false, true) => {
+                for row in x.chunks_exact_mut(bias.len()) {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v += b;
+                    }
                 }
             }
-        } else {
-            for (row, res) in x.chunks_exact_mut(w).zip(residual.chunks_exact(w)) {
-                for ((v, b), r) in row.iter_mut().zip(bias).zip(res) {
-                    *v += b + r;
+            (true, false) => {
+                for (v, r) in x.iter_mut().zip(residual) {
+                    *v += r;
                 }
             }
-        }
-    }
-}
-
-multiversion! {
-    /// Fills each row of `dst` with `bias` plus the same row of `residual` (when given): the
-    /// starting value a following `dst += a * w` product accumulates onto.
-    pub fn fill_bias_residual(dst: &mut [f32], bias: &[f32], residual: &[f32]) {
-        let w = bias.len();
-        if residual.is_empty() {
-            for row in dst.chunks_exact_mut(w) {
-                row.copy_from_slice(bias);
-            }
-        } else {
-            for (row, res) in dst.chunks_exact_mut(w).zip(residual.chunks_exact(w)) {
-                for ((d, b), r) in row.iter_mut().zip(bias).zip(res) {
-                    *d = b + r;
+            (false, false) => {
+                let w = bias.len();
+                for (row, res) in x.chunks_exact_mut(w).zip(residual.chunks_exact(w)) {
+                    for ((v, b), r) in row.iter_mut().zip(bias).zip(res) {
+                        *v += b + r;
+                    }
                 }
             }
         }
@@ -372,7 +437,7 @@ pub(crate) mod tests {
     #[test]
     fn fused_kernels_match_plain_math() {
         let mut x = vec![-3.0, -0.5, 0.0, 0.7, 2.0, 5.0];
-        bias_gelu(&mut x, &[0.0, 0.0, 0.0]);
+        bias_act(&mut x, &[0.0, 0.0, 0.0], Pointwise::Gelu);
         let gelu = |v: f64| 0.5 * v * (1.0 + libm_erf(v / std::f64::consts::SQRT_2));
         for (g, v) in x.iter().zip([-3.0, -0.5, 0.0, 0.7, 2.0, 5.0]) {
             assert!((f64::from(*g) - gelu(v)).abs() < 1e-6, "{g} vs {}", gelu(v));
@@ -386,9 +451,42 @@ pub(crate) mod tests {
         layer_norm_rows(&mut l, &[1.0, 1.0], &[0.0, 1.0], 1e-12);
         assert!((l[0] + 1.0).abs() < 1e-5 && (l[1] - 2.0).abs() < 1e-5);
         let mut d = vec![0.0; 4];
-        fill_bias_residual(&mut d, &[1.0, 2.0], &[10.0, 20.0, 30.0, 40.0]);
+        add_bias_residual(&mut d, &[1.0, 2.0], &[10.0, 20.0, 30.0, 40.0]);
         assert_eq!(d, vec![11.0, 22.0, 31.0, 42.0]);
-        fill_bias_residual(&mut d, &[1.0, 2.0], &[]);
-        assert_eq!(d, vec![1.0, 2.0, 1.0, 2.0]);
+        add_bias_residual(&mut d, &[], &[1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(d, vec![12.0, 23.0, 32.0, 43.0]);
+        let mut r = vec![3.0, 4.0];
+        rms_norm_rows(&mut r, &[1.0, 0.0], 0.0, 1.0);
+        let rms = (12.5f32).sqrt();
+        assert!((r[0] - 6.0 / rms).abs() < 1e-6 && (r[1] - 4.0 / rms).abs() < 1e-6);
+    }
+
+    #[test]
+    fn activations_and_gates_match_plain_math() {
+        let xs = [-4.0f32, -1.0, -0.1, 0.0, 0.3, 1.0, 3.5];
+        let check = |act: Pointwise, f: &dyn Fn(f64) -> f64| {
+            let mut x = xs.to_vec();
+            bias_act(&mut x, &[], act);
+            for (g, v) in x.iter().zip(xs) {
+                let want = f(f64::from(v));
+                assert!(
+                    (f64::from(*g) - want).abs() < 2e-6,
+                    "{act:?}({v}) = {g}, want {want}"
+                );
+            }
+        };
+        check(Pointwise::Silu, &|v| v / (1.0 + (-v).exp()));
+        check(Pointwise::Tanh, &|v| v.tanh());
+        check(Pointwise::GeluTanh, &|v| {
+            0.5 * v * (1.0 + (0.797_884_560_802_865_4 * (v + 0.044_715 * v * v * v)).tanh())
+        });
+        check(Pointwise::Log1pRelu, &|v| v.max(0.0).ln_1p());
+        check(Pointwise::Relu, &|v| v.max(0.0));
+        let src = [1.0f32, -2.0, 3.0, 4.0, 0.5, 2.0, -1.0, 1.0];
+        let mut dst = [0f32; 4];
+        glu(&mut dst, &src, 2, Pointwise::Silu);
+        let silu = |v: f32| v / (1.0 + (-v).exp());
+        assert!((dst[0] - silu(1.0) * 3.0).abs() < 1e-6);
+        assert!((dst[3] - silu(2.0) * 1.0).abs() < 1e-6);
     }
 }

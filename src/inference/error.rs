@@ -1,0 +1,208 @@
+//! One error type for every caller of the inference API, rendered in the caller's dialect:
+//! OpenAI's `{"error":{"message","type","param","code"}}` (HTTP routes and job output lines) or
+//! TEI's `{"error","error_type"}`. The HTTP response itself is the server's business.
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::batching::InferError;
+use crate::tokenize::TokenizeError;
+
+/// Which JSON shape the route speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    OpenAi,
+    Tei,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 400: the body is not what the route takes (malformed JSON, wrong types).
+    BadRequest,
+    /// 400: no inputs, or an empty one.
+    Empty,
+    /// 401
+    Unauthorized,
+    /// 404
+    NotFound,
+    /// 413
+    TooLarge,
+    /// 415
+    UnsupportedMediaType,
+    /// 422: well-formed but not acceptable (too long, too many, bad token id, bad dimensions).
+    Validation,
+    /// 429 + Retry-After
+    Overloaded,
+    /// 503 + Retry-After: loading, draining, queue deadline.
+    Unavailable,
+    /// 500: the model failed.
+    Backend,
+    /// 424: the route needs another kind of model (TEI: `/rerank` on an embedding model).
+    WrongModel,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub param: Option<&'static str>,
+    pub flavor: Flavor,
+    /// Reason label for `inference_errors_total`.
+    pub reason: &'static str,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let reason = match kind {
+            ErrorKind::BadRequest
+            | ErrorKind::Validation
+            | ErrorKind::UnsupportedMediaType
+            | ErrorKind::NotFound => "validation",
+            ErrorKind::Empty => "empty",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Backend | ErrorKind::WrongModel => "backend",
+        };
+        Self {
+            kind,
+            message: message.into(),
+            param: None,
+            flavor: Flavor::Tei,
+            reason,
+        }
+    }
+
+    pub fn param(mut self, p: &'static str) -> Self {
+        self.param = Some(p);
+        self
+    }
+
+    pub fn flavor(mut self, f: Flavor) -> Self {
+        self.flavor = f;
+        self
+    }
+
+    pub fn reason(mut self, r: &'static str) -> Self {
+        self.reason = r;
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ErrorKind::BadRequest | ErrorKind::Empty => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::Validation => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Backend => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::WrongModel => StatusCode::FAILED_DEPENDENCY,
+        }
+    }
+
+    /// Whether the client should retry after a moment (429 / 503 get `Retry-After`).
+    pub fn retry_later(&self) -> bool {
+        matches!(self.kind, ErrorKind::Overloaded | ErrorKind::Unavailable)
+    }
+
+    /// TEI's body, `{"error","error_type"}`.
+    pub fn tei_body(&self) -> serde_json::Value {
+        json!({"error": self.message, "error_type": self.tei_type()})
+    }
+
+    fn tei_type(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Empty => "Empty",
+            ErrorKind::Overloaded => "Overloaded",
+            ErrorKind::Unavailable => "Unhealthy",
+            ErrorKind::Backend | ErrorKind::WrongModel => "Backend",
+            ErrorKind::Unauthorized => "Unauthorized",
+            ErrorKind::TooLarge => "PayloadTooLarge",
+            _ => "Validation",
+        }
+    }
+
+    fn openai_type(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::Overloaded => "rate_limit_error",
+            ErrorKind::Unavailable | ErrorKind::Backend => "server_error",
+            ErrorKind::NotFound => "not_found_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn openai_code(&self) -> Option<&'static str> {
+        match self.kind {
+            ErrorKind::Unauthorized => Some("invalid_api_key"),
+            ErrorKind::Overloaded => Some("rate_limit_exceeded"),
+            ErrorKind::TooLarge => Some("payload_too_large"),
+            ErrorKind::Empty => Some("empty_input"),
+            ErrorKind::Unavailable => Some("service_unavailable"),
+            _ => None,
+        }
+    }
+}
+
+impl ApiError {
+    /// OpenAI's error body, `{"error":{"message","type","param","code"}}`.
+    pub fn openai_body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.openai_type(),
+            "param": self.param,
+            "code": self.openai_code(),
+        }})
+    }
+}
+
+impl From<TokenizeError> for ApiError {
+    fn from(e: TokenizeError) -> Self {
+        let kind = match e {
+            TokenizeError::Empty { .. } => ErrorKind::Empty,
+            TokenizeError::Stopped => ErrorKind::Unavailable,
+            _ => ErrorKind::Validation,
+        };
+        ApiError::new(kind, e.to_string()).param("input")
+    }
+}
+
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        match e {
+            InferError::QueueTimeout(_) => {
+                ApiError::new(ErrorKind::Unavailable, e.to_string()).reason("deadline")
+            }
+            InferError::DrainDeadline => {
+                ApiError::new(ErrorKind::Unavailable, e.to_string()).reason("deadline")
+            }
+            InferError::WorkerStopped => ApiError::new(ErrorKind::Unavailable, e.to_string()),
+            InferError::Backend(_) | InferError::NonFinite => {
+                ApiError::new(ErrorKind::Backend, e.to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_match_tei_and_openai() {
+        assert_eq!(ApiError::new(ErrorKind::Validation, "x").status(), 422);
+        assert_eq!(ApiError::new(ErrorKind::Empty, "x").status(), 400);
+        assert_eq!(ApiError::new(ErrorKind::Overloaded, "x").status(), 429);
+        assert_eq!(ApiError::new(ErrorKind::TooLarge, "x").status(), 413);
+        assert!(ApiError::new(ErrorKind::Unavailable, "x").retry_later());
+        assert_eq!(ApiError::new(ErrorKind::WrongModel, "x").status(), 424);
+        assert_eq!(
+            ApiError::new(ErrorKind::Empty, "x").tei_body(),
+            json!({"error": "x", "error_type": "Empty"})
+        );
+    }
+}

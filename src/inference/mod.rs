@@ -1,0 +1,571 @@
+//! The inference API: the one entry point every caller uses — the HTTP routes (OpenAI, TEI,
+//! Cohere dialects), the job runner and `spotinfer batch`. It validates, admits (online work
+//! only), tokenises (texts and pairs), submits to the queue with the outputs each input wants,
+//! and shapes the model's outputs (normalisation, Matryoshka, softmax / sigmoid, sorting).
+//!
+//! Callers speak their own dialect on top (`openai.rs` renders OpenAI's shapes for the HTTP
+//! route and for job output lines alike); nothing here knows HTTP beyond status codes.
+
+pub mod admission;
+pub mod error;
+pub mod inputs;
+pub mod openai;
+pub mod start;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokenizers::TruncationDirection;
+
+use self::admission::{Admission, AdmissionGuard};
+use self::error::{ApiError, ErrorKind};
+use crate::batching::{InferError, Queue, WorkerHealth};
+use crate::metrics::Metrics;
+use crate::model::pooling::finish_embedding;
+use crate::model::{Output, Task, Want};
+use crate::priority::Priority;
+use crate::tokenize::{EncodeOptions, Input, TokenInfo, TokenizerPool};
+
+pub use start::{start, StartOptions};
+
+/// What the server runs, for /info, logs and responses.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub model_id: String,
+    pub served_model_name: String,
+    pub revision: String,
+    pub source: String,
+    pub dtype: String,
+    pub device: String,
+    pub backend: String,
+    pub family: String,
+    pub architecture: String,
+    pub task: Task,
+    pub pooling: Option<String>,
+    pub max_input_length: usize,
+    pub hidden_size: usize,
+    /// Width of the pooled vector (after sentence-transformers Dense modules).
+    pub output_size: usize,
+    pub vocab_size: usize,
+    pub parameter_bytes: usize,
+    pub prompts: HashMap<String, String>,
+    /// Prepended to every embedded text that names no prompt (`--default-prompt`,
+    /// `--default-prompt-name`, or the model's `default_prompt_name`).
+    pub default_prompt: Option<String>,
+    pub normalize_default: bool,
+    /// Classifier labels in logit order.
+    pub labels: Vec<String>,
+    #[serde(skip)]
+    pub available: Want,
+}
+
+/// Per-request limits that do not depend on the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_client_batch_size: usize,
+    pub auto_truncate: bool,
+}
+
+/// How a request's texts are tokenised.
+#[derive(Debug, Clone, Default)]
+pub struct TextOptions {
+    /// None: `--auto-truncate`.
+    pub truncate: Option<bool>,
+    pub direction: Direction,
+    pub prompt_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Direction {
+    #[default]
+    Right,
+    Left,
+}
+
+/// Where the time of one request went, and how much it carried (TEI's `x-*` headers).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub tokenization: Duration,
+    /// The longest any of its inputs waited in the queue.
+    pub queue: Duration,
+    /// The longest any of its inputs' device batches computed.
+    pub inference: Duration,
+    pub total: Duration,
+    pub tokens: usize,
+    pub characters: usize,
+}
+
+/// An embedding request (OpenAI `/v1/embeddings`, TEI `/embed`, job lines).
+#[derive(Debug, Clone)]
+pub struct EmbedRequest {
+    pub inputs: Vec<Input>,
+    pub text: TextOptions,
+    pub normalize: bool,
+    pub dimensions: Option<usize>,
+}
+
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    pub timings: Timings,
+}
+
+/// One prediction: a label and its score.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LabelScore {
+    pub label: String,
+    pub score: f32,
+}
+
+/// The loaded model behind the queue, and everything needed to talk to it.
+pub struct Inference {
+    pub info: ModelInfo,
+    tokenizers: TokenizerPool,
+    queue: Arc<Queue>,
+    pub health: Arc<WorkerHealth>,
+    admission: Arc<Admission>,
+    limits: RequestLimits,
+    metrics: Arc<Metrics>,
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn softmax(v: &[f32]) -> Vec<f32> {
+    let max = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = v.iter().map(|x| (x - max).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    e.into_iter().map(|x| x / sum).collect()
+}
+
+fn chars_of(inputs: &[Input]) -> usize {
+    inputs
+        .iter()
+        .map(|i| match i {
+            Input::Text(t) => t.chars().count(),
+            Input::Pair(a, b) => a.chars().count() + b.chars().count(),
+            Input::Ids(_) => 0,
+        })
+        .sum()
+}
+
+impl Inference {
+    pub fn limits(&self) -> RequestLimits {
+        self.limits
+    }
+
+    /// Online inputs take a slot of `--max-concurrent-requests` (429 beyond it); job lines
+    /// do not.
+    fn admit(&self, n: usize, priority: Priority) -> Result<Option<AdmissionGuard>, ApiError> {
+        if priority == Priority::Job {
+            return Ok(None);
+        }
+        self.admission.try_admit(n).map(Some).ok_or_else(|| {
+            self.metrics
+                .rejected_total
+                .with_label_values(&["overloaded"])
+                .inc();
+            ApiError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "model is overloaded: more than {} inputs in flight (--max-concurrent-requests)",
+                    self.admission.max()
+                ),
+            )
+        })
+    }
+
+    fn check_count(&self, n: usize, field: &'static str) -> Result<(), ApiError> {
+        if n == 0 {
+            return Err(ApiError::new(ErrorKind::Empty, "no inputs").param(field));
+        }
+        if n > self.limits.max_client_batch_size {
+            return Err(ApiError::new(
+                ErrorKind::Validation,
+                format!(
+                    "batch size {n} > maximum allowed batch size {} (--max-client-batch-size)",
+                    self.limits.max_client_batch_size
+                ),
+            )
+            .param(field));
+        }
+        Ok(())
+    }
+
+    /// The route needs an output this model does not give: TEI's 424.
+    fn require(&self, want: Want, what: &str) -> Result<(), ApiError> {
+        if want.within(self.info.available) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorKind::WrongModel,
+            format!(
+                "{what}: this model ({}, task {}) cannot do that",
+                self.info.architecture,
+                self.info.task.as_str()
+            ),
+        ))
+    }
+
+    fn encode_options(&self, t: &TextOptions) -> EncodeOptions {
+        EncodeOptions {
+            truncate: t.truncate.unwrap_or(self.limits.auto_truncate),
+            direction: match t.direction {
+                Direction::Right => TruncationDirection::Right,
+                Direction::Left => TruncationDirection::Left,
+            },
+            add_special_tokens: true,
+        }
+    }
+
+    /// Prepends the named prompt (or the default one) to every text, as TEI does.
+    pub fn apply_prompt(
+        &self,
+        inputs: Vec<Input>,
+        prompt_name: Option<&str>,
+    ) -> Result<Vec<Input>, ApiError> {
+        let prompt = match prompt_name {
+            Some(name) => Some(self.info.prompts.get(name).ok_or_else(|| {
+                let mut known: Vec<&String> = self.info.prompts.keys().collect();
+                known.sort();
+                ApiError::new(
+                    ErrorKind::Validation,
+                    format!("prompt_name `{name}` is not in the model's prompts {known:?}"),
+                )
+                .param("prompt_name")
+            })?),
+            None => self.info.default_prompt.as_ref(),
+        };
+        let Some(prompt) = prompt.filter(|p| !p.is_empty()) else {
+            return Ok(inputs);
+        };
+        inputs
+            .into_iter()
+            .map(|i| match i {
+                Input::Text(t) => Ok(Input::Text(format!("{prompt}{t}"))),
+                Input::Ids(_) if prompt_name.is_none() => Ok(i),
+                _ => Err(
+                    ApiError::new(ErrorKind::Validation, "prompt_name needs text inputs")
+                        .param("prompt_name"),
+                ),
+            })
+            .collect()
+    }
+
+    /// Tokenise, queue at `priority` wanting `want`, collect one output per input.
+    async fn compute(
+        &self,
+        inputs: Vec<Input>,
+        opts: EncodeOptions,
+        want: Want,
+        priority: Priority,
+    ) -> Result<(Vec<Output>, Timings), ApiError> {
+        let started = Instant::now();
+        let characters = chars_of(&inputs);
+        let encoded = self.tokenizers.encode_all(inputs, opts, priority).await?;
+        let tokenization = started.elapsed();
+        let tokens = encoded.iter().map(|e| e.ids.len()).sum();
+        let receivers = self.queue.submit(encoded, want, priority);
+        let mut outputs = Vec::with_capacity(receivers.len());
+        let mut timings = Timings {
+            tokenization,
+            tokens,
+            characters,
+            ..Timings::default()
+        };
+        for rx in receivers {
+            let answer = rx.await.unwrap_or(Err(InferError::WorkerStopped))?;
+            timings.queue = timings.queue.max(answer.queue_time);
+            timings.inference = timings.inference.max(answer.compute_time);
+            outputs.push(answer.output);
+        }
+        timings.total = started.elapsed();
+        Ok((outputs, timings))
+    }
+
+    /// Pooled vectors, normalised and truncated as asked.
+    pub async fn embed(&self, req: EmbedRequest, priority: Priority) -> Result<Embedded, ApiError> {
+        self.require(Want::POOLED, "embeddings")?;
+        self.check_count(req.inputs.len(), "input")?;
+        if let Some(d) = req.dimensions {
+            let max = self.info.output_size;
+            if d == 0 || d > max {
+                return Err(ApiError::new(
+                    ErrorKind::Validation,
+                    format!("dimensions must be between 1 and {max}, got {d}"),
+                )
+                .param("dimensions"));
+            }
+        }
+        let _admitted = self.admit(req.inputs.len(), priority)?;
+        let inputs = self.apply_prompt(req.inputs, req.text.prompt_name.as_deref())?;
+        let opts = self.encode_options(&req.text);
+        let (outputs, timings) = self.compute(inputs, opts, Want::POOLED, priority).await?;
+        let vectors = outputs
+            .into_iter()
+            .map(|o| finish_embedding(o.pooled.unwrap_or_default(), req.dimensions, req.normalize))
+            .collect();
+        Ok(Embedded { vectors, timings })
+    }
+
+    /// Every token's last hidden state (`/embed_all`).
+    pub async fn embed_all(
+        &self,
+        inputs: Vec<Input>,
+        text: TextOptions,
+        priority: Priority,
+    ) -> Result<(Vec<Vec<Vec<f32>>>, Timings), ApiError> {
+        self.require(Want::TOKENS, "token embeddings")?;
+        self.check_count(inputs.len(), "inputs")?;
+        let _admitted = self.admit(inputs.len(), priority)?;
+        let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
+        let (outputs, timings) = self
+            .compute(inputs, self.encode_options(&text), Want::TOKENS, priority)
+            .await?;
+        let h = self.info.hidden_size.max(1);
+        let tokens = outputs
+            .into_iter()
+            .map(|o| {
+                o.tokens
+                    .unwrap_or_default()
+                    .chunks_exact(h)
+                    .map(<[f32]>::to_vec)
+                    .collect()
+            })
+            .collect();
+        Ok((tokens, timings))
+    }
+
+    /// Term weights `(token id, weight)` (`/embed_sparse`).
+    pub async fn embed_sparse(
+        &self,
+        inputs: Vec<Input>,
+        text: TextOptions,
+        priority: Priority,
+    ) -> Result<(Vec<Vec<(u32, f32)>>, Timings), ApiError> {
+        self.require(Want::SPARSE, "sparse embeddings")?;
+        self.check_count(inputs.len(), "inputs")?;
+        let _admitted = self.admit(inputs.len(), priority)?;
+        let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
+        let (outputs, timings) = self
+            .compute(inputs, self.encode_options(&text), Want::SPARSE, priority)
+            .await?;
+        Ok((
+            outputs
+                .into_iter()
+                .map(|o| o.sparse.unwrap_or_default())
+                .collect(),
+            timings,
+        ))
+    }
+
+    /// bge-m3's dense, sparse and ColBERT outputs from one forward pass, each when asked.
+    pub async fn embed_multi(
+        &self,
+        inputs: Vec<Input>,
+        text: TextOptions,
+        want: Want,
+        priority: Priority,
+    ) -> Result<(Vec<Output>, Timings), ApiError> {
+        self.require(want, "these outputs")?;
+        self.check_count(inputs.len(), "inputs")?;
+        let _admitted = self.admit(inputs.len(), priority)?;
+        let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
+        let (mut outputs, timings) = self
+            .compute(inputs, self.encode_options(&text), want, priority)
+            .await?;
+        for o in &mut outputs {
+            if let Some(v) = o.pooled.take() {
+                o.pooled = Some(finish_embedding(v, None, true));
+            }
+        }
+        Ok((outputs, timings))
+    }
+
+    /// Labels with scores, highest first (`/predict`): softmax over labels, or a sigmoid for a
+    /// one-label model; raw logits with `raw_scores`.
+    pub async fn predict(
+        &self,
+        inputs: Vec<Input>,
+        text: TextOptions,
+        raw_scores: bool,
+        priority: Priority,
+    ) -> Result<(Vec<Vec<LabelScore>>, Timings), ApiError> {
+        self.require(Want::SCORES, "predictions (needs a classifier)")?;
+        self.check_count(inputs.len(), "inputs")?;
+        let _admitted = self.admit(inputs.len(), priority)?;
+        let (outputs, timings) = self
+            .compute(inputs, self.encode_options(&text), Want::SCORES, priority)
+            .await?;
+        let labels = &self.info.labels;
+        let results = outputs
+            .into_iter()
+            .map(|o| {
+                let logits = o.scores.unwrap_or_default();
+                let scores = if raw_scores {
+                    logits
+                } else if logits.len() == 1 {
+                    vec![sigmoid(logits[0])]
+                } else {
+                    softmax(&logits)
+                };
+                let mut v: Vec<LabelScore> = scores
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, score)| LabelScore {
+                        label: labels
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| format!("LABEL_{i}")),
+                        score,
+                    })
+                    .collect();
+                v.sort_by(|a, b| b.score.total_cmp(&a.score));
+                v
+            })
+            .collect();
+        Ok((results, timings))
+    }
+
+    /// One relevance score per text, in input order: sigmoid of the reranker's logit (raw
+    /// with `raw_scores`). N texts are N inputs under `--max-client-batch-size`.
+    pub async fn rerank(
+        &self,
+        query: &str,
+        texts: Vec<String>,
+        text: TextOptions,
+        raw_scores: bool,
+        priority: Priority,
+    ) -> Result<(Vec<f32>, Timings), ApiError> {
+        if self.info.task != Task::Rerank {
+            return Err(ApiError::new(
+                ErrorKind::WrongModel,
+                format!(
+                    "model is not a re-ranker model ({}, task {})",
+                    self.info.architecture,
+                    self.info.task.as_str()
+                ),
+            ));
+        }
+        self.check_count(texts.len(), "texts")?;
+        if query.is_empty() {
+            return Err(ApiError::new(ErrorKind::Empty, "`query` is empty").param("query"));
+        }
+        let _admitted = self.admit(texts.len(), priority)?;
+        let inputs = texts
+            .into_iter()
+            .map(|t| Input::Pair(query.to_string(), t))
+            .collect();
+        let (outputs, timings) = self
+            .compute(inputs, self.encode_options(&text), Want::SCORES, priority)
+            .await?;
+        let scores = outputs
+            .into_iter()
+            .map(|o| {
+                let logit = o.scores.and_then(|s| s.first().copied()).unwrap_or(0.0);
+                if raw_scores {
+                    logit
+                } else {
+                    sigmoid(logit)
+                }
+            })
+            .collect();
+        Ok((scores, timings))
+    }
+
+    /// Cosine similarity of each sentence to the source sentence (`/similarity`).
+    pub async fn similarity(
+        &self,
+        source: String,
+        sentences: Vec<String>,
+        text: TextOptions,
+        priority: Priority,
+    ) -> Result<(Vec<f32>, Timings), ApiError> {
+        let mut inputs = vec![Input::Text(source)];
+        inputs.extend(sentences.into_iter().map(Input::Text));
+        if inputs.len() - 1 > self.limits.max_client_batch_size {
+            self.check_count(inputs.len() - 1, "sentences")?;
+        }
+        let out = self.embed_unchecked(inputs, text, priority).await?;
+        let (first, rest) = out
+            .vectors
+            .split_first()
+            .ok_or_else(|| ApiError::new(ErrorKind::Empty, "no sentences").param("sentences"))?;
+        let scores = rest
+            .iter()
+            .map(|v| v.iter().zip(first).map(|(a, b)| a * b).sum())
+            .collect();
+        Ok((scores, out.timings))
+    }
+
+    /// `embed` with normalisation and without the client batch limit (the caller checked).
+    async fn embed_unchecked(
+        &self,
+        inputs: Vec<Input>,
+        text: TextOptions,
+        priority: Priority,
+    ) -> Result<Embedded, ApiError> {
+        self.require(Want::POOLED, "embeddings")?;
+        let _admitted = self.admit(inputs.len(), priority)?;
+        let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
+        let (outputs, timings) = self
+            .compute(inputs, self.encode_options(&text), Want::POOLED, priority)
+            .await?;
+        Ok(Embedded {
+            vectors: outputs
+                .into_iter()
+                .map(|o| finish_embedding(o.pooled.unwrap_or_default(), None, true))
+                .collect(),
+            timings,
+        })
+    }
+
+    /// Tokens with their text and offsets (`/tokenize`).
+    pub async fn tokenize(
+        &self,
+        texts: Vec<String>,
+        add_special_tokens: bool,
+    ) -> Result<Vec<Vec<TokenInfo>>, ApiError> {
+        self.check_count(texts.len(), "inputs")?;
+        Ok(self
+            .tokenizers
+            .run(move |tk| {
+                texts
+                    .iter()
+                    .map(|t| tk.tokens(t, add_special_tokens))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?)
+    }
+
+    /// Texts of token id sequences (`/decode`).
+    pub async fn decode(
+        &self,
+        seqs: Vec<Vec<u32>>,
+        skip_special_tokens: bool,
+    ) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .tokenizers
+            .run(move |tk| {
+                seqs.iter()
+                    .map(|ids| tk.decode(ids, skip_special_tokens))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_are_sigmoid_or_softmax() {
+        assert!((sigmoid(0.0) - 0.5).abs() < 1e-7);
+        let s = softmax(&[1.0, 2.0, 3.0]);
+        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((s[2] - 0.665_240_9).abs() < 1e-6);
+        assert_eq!(chars_of(&[Input::Pair("ab".into(), "é".into())]), 3);
+    }
+}

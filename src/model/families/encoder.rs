@@ -1,0 +1,76 @@
+//! The post-norm encoder stack of BERT-like families: per layer, fused QKV → attention →
+//! output projection + residual + norm → MLP (plain or gated) + residual + norm.
+//!
+//! Families differ in names, embeddings and attention extras (relative bias, RoPE); they load
+//! their layers with the helpers in `families/mod.rs` and run them here.
+
+use crate::model::batch::PackedBatch;
+use crate::model::layers::{Activation, Attention, Backend, Epilogue, Post, Rope};
+use crate::model::ModelError;
+
+pub struct EncoderLayer<B: Backend> {
+    /// `[(heads + 2 kv_heads) · head_dim, hidden]`: queries, keys, values in one product.
+    pub qkv: B::Linear,
+    pub attn_out: B::Linear,
+    pub attn_norm: B::Norm,
+    /// `[intermediate, hidden]`, or `[2 · intermediate, hidden]` gate first for a gated MLP.
+    pub mlp_in: B::Linear,
+    pub mlp_out: B::Linear,
+    pub mlp_norm: B::Norm,
+}
+
+pub struct Encoder<B: Backend> {
+    pub layers: Vec<EncoderLayer<B>>,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// The MLP's activation (`Glu(_)` for gated MLPs).
+    pub activation: Activation,
+    pub rope: Option<Rope>,
+    /// A relative position bias shared by every layer (MPNet).
+    pub bias: Option<B::Bias>,
+}
+
+impl<B: Backend> Encoder<B> {
+    /// Runs every layer on the embeddings `x`.
+    pub fn forward(
+        &self,
+        b: &B,
+        plan: &B::Plan,
+        _batch: &PackedBatch,
+        x: B::Act,
+        at_yield: &mut dyn FnMut(),
+    ) -> Result<B::Act, ModelError> {
+        let rope = match &self.rope {
+            Some(r) => Some(b.rope(plan, r)?),
+            None => None,
+        };
+        let spec = Attention {
+            rope: rope.as_ref(),
+            bias: self.bias.as_ref(),
+            ..Attention::full(self.heads, self.head_dim)
+        };
+        let mut x = x;
+        for layer in &self.layers {
+            let qkv = b.linear(&x, &layer.qkv, Epilogue::plain())?;
+            let ctx = b.attention(qkv, plan, &spec)?;
+            // Yield points split each layer at its products (the MLP's are a third of the
+            // layer each): a waiting online request never waits for a whole layer.
+            at_yield();
+            let h1 = b.linear(
+                &ctx,
+                &layer.attn_out,
+                Epilogue::post(Post::ResidualNorm(&x, &layer.attn_norm)),
+            )?;
+            at_yield();
+            let inter = b.linear(&h1, &layer.mlp_in, Epilogue::act(self.activation))?;
+            at_yield();
+            x = b.linear(
+                &inter,
+                &layer.mlp_out,
+                Epilogue::post(Post::ResidualNorm(&h1, &layer.mlp_norm)),
+            )?;
+            at_yield();
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,153 @@
+//! Model families, each written once on the layer seam (`layers.rs`): a config, the weight
+//! names, and the forward pass as calls on a [`Backend`]. No device code lives here.
+//!
+//! `encoder.rs` is the post-norm encoder stack BERT-like families share (BERT, RoBERTa /
+//! XLM-R, DistilBERT, MPNet, NomicBERT, GTE); each family file maps its checkpoint's names and
+//! its embeddings onto it.
+
+pub mod bert;
+pub mod encoder;
+
+use super::batch::PackedBatch;
+use super::layers::{Backend, NormKind};
+use super::weights::{HostTensor, Weights};
+use super::ModelError;
+
+/// A family's network up to the last hidden states.
+pub trait Backbone<B: Backend>: Send + Sync {
+    /// `[tokens, hidden]` for the packed batch. `at_yield` runs between the layers' products
+    /// so the worker can serve urgent inputs in the middle of a long offline batch.
+    fn forward(
+        &self,
+        b: &B,
+        plan: &B::Plan,
+        batch: &PackedBatch,
+        at_yield: &mut dyn FnMut(),
+    ) -> Result<B::Act, ModelError>;
+}
+
+/// A tensor that must be `shape`, released from the host mapping once the backend has it.
+pub(crate) fn tensor<'w>(
+    w: &'w Weights,
+    name: &str,
+    shape: &[usize],
+) -> Result<HostTensor<'w>, ModelError> {
+    w.get(name, shape)
+}
+
+/// `{p}.weight` `[out_each, inp]` for each prefix stacked along `out`, with `{p}.bias` when the
+/// checkpoint has them (all or none).
+pub(crate) fn linear<B: Backend>(
+    b: &B,
+    w: &Weights,
+    prefixes: &[String],
+    inp: usize,
+    out_each: usize,
+) -> Result<B::Linear, ModelError> {
+    let weights = prefixes
+        .iter()
+        .map(|p| tensor(w, &format!("{p}.weight"), &[out_each, inp]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let has_bias = prefixes.iter().all(|p| w.contains(&format!("{p}.bias")));
+    let bias = if has_bias {
+        Some(
+            prefixes
+                .iter()
+                .map(|p| tensor(w, &format!("{p}.bias"), &[out_each]))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    } else {
+        None
+    };
+    let l = b.load_linear(&weights, bias.as_deref())?;
+    for p in prefixes {
+        w.release(&format!("{p}.weight"));
+        w.release(&format!("{p}.bias"));
+    }
+    Ok(l)
+}
+
+/// A layer norm at `prefix` (`weight`/`bias`, or old checkpoints' `gamma`/`beta`; the bias may
+/// be absent).
+pub(crate) fn layer_norm<B: Backend>(
+    b: &B,
+    w: &Weights,
+    prefix: &str,
+    width: usize,
+    eps: f64,
+) -> Result<B::Norm, ModelError> {
+    let weight = w.get_first(
+        &[&format!("{prefix}.weight"), &format!("{prefix}.gamma")],
+        &[width],
+    )?;
+    let bias_names = [format!("{prefix}.bias"), format!("{prefix}.beta")];
+    let bias = match bias_names.iter().find(|n| w.contains(n)) {
+        Some(n) => Some(w.get(n, &[width])?),
+        None => None,
+    };
+    b.load_norm(
+        NormKind::Layer { eps: eps as f32 },
+        width,
+        Some(weight),
+        bias,
+    )
+}
+
+/// An RMS norm `{prefix}.weight` (`offset` 1 for Gemma's `1 + w`).
+#[allow(dead_code)] // used by the families that land next
+pub(crate) fn rms_norm<B: Backend>(
+    b: &B,
+    w: &Weights,
+    prefix: &str,
+    width: usize,
+    eps: f64,
+    offset: f32,
+) -> Result<B::Norm, ModelError> {
+    let weight = w.get(&format!("{prefix}.weight"), &[width])?;
+    b.load_norm(
+        NormKind::Rms {
+            eps: eps as f32,
+            offset,
+        },
+        width,
+        Some(weight),
+        None,
+    )
+}
+
+/// An embedding table `[rows, width]`.
+pub(crate) fn table<B: Backend>(
+    b: &B,
+    w: &Weights,
+    name: &str,
+    rows: usize,
+    width: usize,
+) -> Result<B::Table, ModelError> {
+    let t = b.load_table(tensor(w, name, &[rows, width])?)?;
+    w.release(name);
+    Ok(t)
+}
+
+/// Reads a config field that checkpoints name differently (`hidden_size` / `n_embd` / `dim`).
+#[allow(dead_code)] // used by the families that land next
+pub(crate) fn field<T: serde::de::DeserializeOwned>(
+    cfg: &serde_json::Value,
+    names: &[&str],
+) -> Option<T> {
+    names
+        .iter()
+        .find_map(|n| cfg.get(n).cloned())
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
+/// Like [`field`], an error naming the first key when none is present.
+#[allow(dead_code)] // used by the families that land next
+pub(crate) fn required<T: serde::de::DeserializeOwned>(
+    cfg: &serde_json::Value,
+    names: &[&str],
+) -> Result<T, ModelError> {
+    field(cfg, names).ok_or_else(|| ModelError::Corrupt {
+        file: "config.json".into(),
+        reason: format!("`{}` is missing or not a valid value", names[0]),
+    })
+}
