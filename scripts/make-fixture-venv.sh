@@ -12,7 +12,10 @@
 #
 # Usage: scripts/make-fixture-venv.sh [TARGET_DIR]   (default: /tmp/spotinfer-fixture-venv,
 #        outside the repository)
-#        FIXTURE_PYTHON=/path/to/python3.12 scripts/make-fixture-venv.sh ...
+#        FIXTURE_PYTHON=/path/to/python3.12 scripts/make-fixture-venv.sh ...   (CPython 3.12)
+# A second, small venv "<TARGET>-tf5" (transformers 5.24.0, no torch) is built beside it: the
+# generator uses it only to write config.transformers5.json (how transformers 5 serializes
+# the same configs: rope_parameters / layer_types) for the RoPE fixtures.
 # Idempotent: a venv built from the same pins is reused.  The absolute venv path is printed
 # as the last stdout line; logs go to stderr.
 # Disk: ~6 GB installed; download ~3 GB; ~3 minutes.
@@ -76,10 +79,45 @@ narwhals==2.29.0
 cloudpickle==3.1.3
 PINS
 )"
-STAMP_WANT="$(printf '%s\n' "$REQUIREMENTS" | sha256sum | cut -d' ' -f1)"
+TF5_REQUIREMENTS="$(cat <<'PINS'
+transformers==5.24.0
+huggingface_hub==2.4.0
+tokenizers==0.23.3
+safetensors==0.8.0
+numpy==2.5.5
+packaging==26.4
+PyYAML==6.0.4
+regex==2026.11.19
+tqdm==4.70.1
+filelock==4.3.1
+fsspec==2026.9.0
+hf-xet==1.8.0
+typing_extensions==4.16.0
+typer==0.29.2
+click==8.5.1
+rich==15.0.0
+markdown-it-py==4.3.0
+mdurl==0.1.2
+Pygments==2.21.0
+shellingham==1.5.4
+annotated-doc==0.0.7
+annotated-types==0.8.0
+pydantic==2.14.4
+pydantic_core==2.50.5
+typing-inspection==0.4.5
+anyio==4.16.0
+h11==0.16.0
+httpcore2==2.16.2
+httpx2==2.16.2
+idna==3.20
+truststore==0.10.5
+PINS
+)"
+STAMP_WANT="$(printf '%s\n%s\n' "$REQUIREMENTS" "$TF5_REQUIREMENTS" | sha256sum | cut -d' ' -f1)"
 STAMP_FILE="$TARGET/.spotinfer-fixture-venv"
 
 check_venv() {
+  HF_HUB_OFFLINE=1 "$TARGET-tf5/bin/python" -c 'import transformers; assert transformers.__version__ == "5.24.0"' >&2 || return 1
   HF_HUB_OFFLINE=1 "$TARGET/bin/python" - <<'PY' >&2
 import torch, transformers, sentence_transformers, tokenizers, safetensors, numpy
 from sentence_transformers import SparseEncoder  # noqa: F401  (sentence-transformers >= 5)
@@ -101,17 +139,16 @@ if [[ -x "$TARGET/bin/python" && -f "$STAMP_FILE" && "$(cat "$STAMP_FILE")" == "
   log "existing venv at $TARGET is broken; rebuilding"
 fi
 
-# --- find a CPython 3.12 (or 3.11) -------------------------------------------------------
+# --- find a CPython 3.12 (the pins are for 3.12: numpy 2.5 has no 3.11 wheels) ---------------
 find_python() {
   local c
-  for c in "${FIXTURE_PYTHON:-}" python3.12 python3.11 \
-           /root/.pyenv/versions/3.12.*/bin/python3.12 /root/.pyenv/versions/3.11.*/bin/python3.11 \
+  # pyenv's version folders before PATH: a pyenv shim for a non-global version fails to run
+  for c in "${FIXTURE_PYTHON:-}" /root/.pyenv/versions/3.12.*/bin/python3.12 \
            "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12.*/bin/python3.12 \
-           "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.11.*/bin/python3.11 \
-           /usr/bin/python3.12 /usr/bin/python3.11; do
+           python3.12 /usr/bin/python3.12; do
     [[ -n "$c" ]] || continue
     if command -v "$c" >/dev/null 2>&1 &&
-       "$c" -c 'import sys, venv; sys.exit(0 if sys.version_info[:2] in ((3, 11), (3, 12)) else 1)' 2>/dev/null; then
+       "$c" -c 'import sys, venv; sys.exit(0 if sys.version_info[:2] == (3, 12) else 1)' 2>/dev/null; then
       command -v "$c"
       return 0
     fi
@@ -119,7 +156,7 @@ find_python() {
   return 1
 }
 if ! PY="$(find_python)"; then
-  log "need CPython 3.12 or 3.11; set FIXTURE_PYTHON=/path/to/python3.12"
+  log "need CPython 3.12; set FIXTURE_PYTHON=/path/to/python3.12 (e.g. 'pyenv install 3.12')"
   exit 1
 fi
 log "using $PY"
@@ -133,6 +170,12 @@ printf '%s\n' "$REQUIREMENTS" > "$REQ_FILE"
 log "installing pinned stack (torch 2.9.1 + nvidia-* CUDA wheels, ~3 GB download)"
 # --only-binary: never build anything from source.
 "$TARGET/bin/python" -m pip install --quiet --only-binary=:all: --no-cache-dir -r "$REQ_FILE" >&2
+
+rm -rf "$TARGET-tf5"
+"$PY" -m venv "$TARGET-tf5"
+printf '%s\n' "$TF5_REQUIREMENTS" > "$REQ_FILE"
+log "installing the transformers-5 side venv at $TARGET-tf5 (configs only, no torch)"
+"$TARGET-tf5/bin/python" -m pip install --quiet --only-binary=:all: --no-cache-dir -r "$REQ_FILE" >&2
 
 check_venv
 echo "$STAMP_WANT" > "$STAMP_FILE"

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import zlib
@@ -56,6 +58,24 @@ RERANK_PREFIX = (
 RERANK_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 RERANK_TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
 RERANK_DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+# fixtures whose config.json transformers 5 serializes differently (RoPE: rope_parameters, layer_types)
+TF5_CONFIG_FIXTURES = {"tiny-modernbert", "tiny-modernbert-reranker", "tiny-qwen3", "tiny-qwen2", "tiny-mistral",
+                       "tiny-llama", "tiny-gemma3", "tiny-qwen3-reranker"}
+
+
+def tf5_python() -> str:
+    """The transformers-5 side venv's python (scripts/make-fixture-venv.sh builds <venv>-tf5)."""
+    cand = os.environ.get("TF5_PYTHON") or str(Path(sys.prefix + "-tf5") / "bin" / "python")
+    if not Path(cand).exists():
+        raise SystemExit(f"transformers-5 python not found at {cand}: build the venv with scripts/make-fixture-venv.sh "
+                         "(it creates <venv>-tf5) or set TF5_PYTHON")
+    return cand
+
+
+def write_tf5_config(stage: Path) -> None:
+    subprocess.run([tf5_python(), str(Path(__file__).resolve().parent / "tf5_config.py"), str(stage)], check=True)
 
 
 # ======================================================================================
@@ -579,7 +599,7 @@ def build_llama(name, stage):
     tok, ids = T.bpe_llama()
     cfg = transformers.LlamaConfig(
         vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, hidden_act="silu", max_position_embeddings=512, rms_norm_eps=1e-5,
+        num_key_value_heads=2, head_dim=8, hidden_act="silu", max_position_embeddings=131072, rms_norm_eps=1e-5,
         rope_theta=500000.0,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 8192},
@@ -785,6 +805,8 @@ def build_one(name: str, out_root: Path) -> int:
         torch.manual_seed(BASE_SEED)
         meta = builder(name, stage)
         meta.setdefault("max_length", MAX_LEN)
+        if name in TF5_CONFIG_FIXTURES:
+            write_tf5_config(stage)
         with safe_open(str(stage / "model.safetensors"), "pt") as f:
             dtypes = {str(f.get_tensor(n).dtype) for n in f.keys()}
             tensor_names = sorted(f.keys())
@@ -835,6 +857,12 @@ def build_one(name: str, out_root: Path) -> int:
         ref["tokenizer_json_ships"] = T.shipped_settings_note(
             json.loads((stage / "tokenizer.json").read_text())["padding"]["direction"].lower())
         ref["safetensors_tensor_names"] = tensor_names
+        if (stage / "config.transformers5.json").exists():
+            v5 = json.loads((stage / "config.transformers5.json").read_text())["transformers_version"]
+            ref["config_transformers5"] = (
+                f"config.transformers5.json = this config.json loaded and re-saved by transformers {v5} "
+                "(rope_parameters / layer_types instead of rope_theta, rope_scaling, global_rope_theta, local_rope_theta); "
+                "same model, both forms must load identically")
         ref["notes"] = meta["notes"]
         ref["checks"] = checks
         ref["command"] = 'VENV="$(scripts/make-fixture-venv.sh | tail -n1)" && "$VENV/bin/python" scripts/make_tiny_models.py'

@@ -292,7 +292,7 @@ def qwen3_reranker(folder: Path, ref: dict, dtype="f64", batch_check=False):
     assert suffix_ids == hf_tok.encode(pr["suffix"], add_special_tokens=False)
     yes_id, no_id = ref["yes_token_id"], ref["no_token_id"]
     assert hf_tok.convert_tokens_to_ids("yes") == yes_id and hf_tok.convert_tokens_to_ids("no") == no_id
-    checks, items, worst_head = {}, [], 0.0
+    checks, items, worst_head, concat_differs = {}, [], 0.0, 0
     with _ctx(dtype), torch.no_grad():
         model = _prep(transformers.AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager"), dtype)
         W = model.get_output_embeddings().weight
@@ -302,6 +302,7 @@ def qwen3_reranker(folder: Path, ref: dict, dtype="f64", batch_check=False):
             mid_ids = raw.encode(middle, add_special_tokens=False).ids
             assert mid_ids == hf_tok.encode(middle, add_special_tokens=False)
             ids = prefix_ids + mid_ids + suffix_ids
+            concat_differs += raw.encode(pr["prefix"] + middle + pr["suffix"], add_special_tokens=False).ids != ids
             assert len(ids) <= ref["max_length"]
             x = torch.tensor([ids])
             out = model(input_ids=x, output_hidden_states=True)
@@ -315,6 +316,8 @@ def qwen3_reranker(folder: Path, ref: dict, dtype="f64", batch_check=False):
                 "yes_no_logits": {"yes": ly, "no": ln},
                 "logits": [ly - ln], "scores": [1.0 / (1.0 + np.exp(-(ly - ln)))]}})
         checks["one_label_head_equivalence_max_abs_diff"] = worst_head
+        # informational: does tokenizing the whole prompt string at once give the same ids?
+        checks["whole_prompt_string_tokenization_mismatching_items"] = concat_differs
     return items, checks
 
 
