@@ -204,26 +204,6 @@ pub fn load(
     }
 }
 
-/// Facts every family's config gives.
-struct Facts {
-    hidden: usize,
-    max_positions: usize,
-    vocab: usize,
-}
-
-fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    match family {
-        Family::Bert => {
-            let c = families::bert::BertConfig::parse(cfg)?;
-            Ok(Facts {
-                hidden: c.hidden_size,
-                max_positions: c.max_position_embeddings,
-                vocab: c.vocab_size,
-            })
-        }
-    }
-}
-
 fn load_on<B: Backend>(
     b: B,
     arch: &Architecture,
@@ -233,12 +213,10 @@ fn load_on<B: Backend>(
     st: &SentenceTransformerConfig,
     pooling: Option<Pooling>,
 ) -> Result<Box<dyn Model>, ModelError> {
-    let f = facts(arch.family, cfg)?;
+    let f = families::facts(arch.family, cfg)?;
     let mut w = Weights::open(&files.weights)?;
     let parameters: usize = w.stored_bytes();
-    let backbone: Box<dyn Backbone<B>> = match arch.family {
-        Family::Bert => families::bert::backbone(&b, &mut w, cfg)?,
-    };
+    let backbone: Box<dyn Backbone<B>> = families::backbone(arch.family, &b, &mut w, cfg)?;
     let special = special_ids(&files.tokenizer);
     let heads = match task {
         Task::Embed => {
@@ -258,14 +236,10 @@ fn load_on<B: Backend>(
             } else {
                 arch.labels.clone()
             };
-            Heads::classifier(match arch.family {
-                Family::Bert => families::bert::classifier(&b, &w, cfg, labels)?,
-            })
+            Heads::classifier(families::classifier(arch, &b, &w, cfg, labels)?)
         }
         Task::Sparse => {
-            let splade = match arch.family {
-                Family::Bert => families::bert::splade(&b, &w, cfg, special.clone())?,
-            };
+            let splade = families::splade(arch.family, &b, &w, cfg, special.clone())?;
             Heads {
                 splade: Some(splade),
                 ..Heads::pooling(Pooling::Splade)

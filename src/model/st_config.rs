@@ -78,6 +78,9 @@ struct PoolingFile {
     pooling_mode_max_tokens: bool,
     #[serde(default)]
     pooling_mode_mean_sqrt_len_tokens: bool,
+    /// A sparse encoder's `SpladePooling` (`max` or `sum` over tokens).
+    #[serde(default)]
+    pooling_strategy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +136,15 @@ impl SentenceTransformerConfig {
 
 fn pooling_from(path: &Path) -> Result<Pooling, ModelError> {
     let f: PoolingFile = parse(path, &read(path)?)?;
+    if let Some(strategy) = &f.pooling_strategy {
+        return match strategy.as_str() {
+            "max" => Ok(Pooling::Splade),
+            other => Err(ModelError::Unsupported(format!(
+                "{}: SPLADE pooling strategy `{other}` (supported: max)",
+                path.display()
+            ))),
+        };
+    }
     if f.pooling_mode_cls_token {
         Ok(Pooling::Cls)
     } else if f.pooling_mode_lasttoken {
@@ -171,6 +183,12 @@ mod tests {
         assert_eq!(pooling_from(&p).unwrap(), Pooling::LastToken);
         std::fs::write(&p, r#"{"pooling_mode_max_tokens":true}"#).unwrap();
         assert_eq!(pooling_from(&p).unwrap(), Pooling::Max);
+        std::fs::write(
+            &p,
+            r#"{"pooling_strategy":"max","activation_function":"relu"}"#,
+        )
+        .unwrap();
+        assert_eq!(pooling_from(&p).unwrap(), Pooling::Splade);
         std::fs::write(&p, r#"{"pooling_mode_mean_sqrt_len_tokens":true}"#).unwrap();
         assert!(pooling_from(&p)
             .unwrap_err()

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use super::encoder::{Encoder, EncoderLayer};
-use super::{layer_norm, linear, table, Backbone};
+use super::{layer_norm, linear, table, Backbone, Facts};
 use crate::model::batch::PackedBatch;
 use crate::model::heads::{Classifier, Dense, Splade};
 use crate::model::layers::{Activation, Backend};
@@ -217,6 +217,15 @@ pub fn use_prefix(w: &mut Weights) -> Result<(), ModelError> {
                 .into(),
         ))
     }
+}
+
+pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
+    let c = BertConfig::parse(cfg)?;
+    Ok(Facts {
+        hidden: c.hidden_size,
+        max_positions: c.max_position_embeddings,
+        vocab: c.vocab_size,
+    })
 }
 
 pub fn backbone<B: Backend>(

@@ -9,9 +9,65 @@ pub mod bert;
 pub mod encoder;
 
 use super::batch::PackedBatch;
+use super::heads::{Classifier, Splade};
 use super::layers::{Backend, NormKind};
+use super::registry::{Architecture, Family};
 use super::weights::{HostTensor, Weights};
 use super::ModelError;
+
+/// What every family's config tells the rest of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts {
+    pub hidden: usize,
+    /// Longest input the positions allow.
+    pub max_positions: usize,
+    pub vocab: usize,
+}
+
+// The registry: one arm per family in each of these.
+
+pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelError> {
+    match family {
+        Family::Bert => bert::facts(cfg),
+    }
+}
+
+pub fn backbone<B: Backend>(
+    family: Family,
+    b: &B,
+    w: &mut Weights,
+    cfg: &serde_json::Value,
+) -> Result<Box<dyn Backbone<B>>, ModelError> {
+    match family {
+        Family::Bert => bert::backbone(b, w, cfg),
+    }
+}
+
+/// The `*ForSequenceClassification` head (or another task's scoring head).
+pub fn classifier<B: Backend>(
+    arch: &Architecture,
+    b: &B,
+    w: &Weights,
+    cfg: &serde_json::Value,
+    labels: Vec<String>,
+) -> Result<Classifier<B>, ModelError> {
+    match arch.family {
+        Family::Bert => bert::classifier(b, w, cfg, labels),
+    }
+}
+
+/// The masked-LM head SPLADE runs.
+pub fn splade<B: Backend>(
+    family: Family,
+    b: &B,
+    w: &Weights,
+    cfg: &serde_json::Value,
+    skip: Vec<u32>,
+) -> Result<Splade<B>, ModelError> {
+    match family {
+        Family::Bert => bert::splade(b, w, cfg, skip),
+    }
+}
 
 /// A family's network up to the last hidden states.
 pub trait Backbone<B: Backend>: Send + Sync {

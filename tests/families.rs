@@ -1,0 +1,291 @@
+//! Every model family and task against the references transformers / sentence-transformers
+//! computed for the tiny random fixtures in `tests/fixtures/` (scripts/make_tiny_models.py):
+//! tokenisation (ids and type ids), then the model on the native CPU and the reference (candle)
+//! backends, all items in one mixed-length batch and each item alone.
+//!
+//! Thresholds: cosine >= 0.9999 for vectors (pooled, per-token, ColBERT), |Δ| <= 1e-4 for
+//! logits and sparse weights.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::Value;
+use spotinfer::model::{
+    self, CpuBackend, LoadOptions, Output, PackedBatch, Pooling, ResolveOptions, Task, Want,
+};
+use spotinfer::tokenize::{EncodeOptions, Input, Tokenizers};
+use tokenizers::TruncationDirection;
+
+struct Fixture {
+    name: &'static str,
+    dir: PathBuf,
+    reference: Value,
+}
+
+impl Fixture {
+    fn open(name: &'static str) -> Self {
+        let dir = repo_root().join("tests/fixtures").join(name);
+        let reference = read_json(&dir.join("reference.json"));
+        Self {
+            name,
+            dir,
+            reference,
+        }
+    }
+
+    fn items(&self) -> &Vec<Value> {
+        self.reference["items"].as_array().expect("items")
+    }
+
+    fn kind(&self) -> &str {
+        self.reference["reference_kind"].as_str().unwrap_or("")
+    }
+
+    fn task(&self) -> &str {
+        self.reference["task"].as_str().expect("task")
+    }
+
+    fn pooling(&self) -> Option<Pooling> {
+        match self.reference["pooling"].as_str() {
+            Some("cls") => Some(Pooling::Cls),
+            Some("mean") => Some(Pooling::Mean),
+            Some("lasttoken") | Some("last_token") | Some("last-token") => Some(Pooling::LastToken),
+            Some("max") => Some(Pooling::Max),
+            _ if self.task() == "sparse" => Some(Pooling::Splade),
+            _ => None,
+        }
+    }
+
+    fn files(&self) -> model::ModelFiles {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(model::resolve(&ResolveOptions {
+            model_id: self.dir.display().to_string(),
+            revision: "main".into(),
+            cache_dir: None,
+            progress: false,
+        }))
+        .expect("resolve the fixture")
+    }
+
+    fn load(&self, backend: CpuBackend) -> Box<dyn model::Model> {
+        let files = self.files();
+        let st = model::SentenceTransformerConfig::read(&files).expect("st config");
+        let task = match self.kind() {
+            "qwen3_reranker" => Some(Task::Rerank),
+            _ => None,
+        };
+        let opts = LoadOptions {
+            cpu_backend: backend,
+            pooling: if matches!(self.task(), "classify" | "rerank") {
+                None
+            } else {
+                self.pooling()
+            },
+            task,
+            ..LoadOptions::cpu()
+        };
+        model::load(&files, &st, &opts)
+            .unwrap_or_else(|e| panic!("{}: load on {backend:?}: {e}", self.name))
+    }
+
+    fn want(&self) -> Want {
+        match self.task() {
+            "embed" => Want::POOLED.union(Want::TOKENS),
+            "classify" | "rerank" => Want::SCORES,
+            "sparse" => Want::SPARSE,
+            "multi" => Want::POOLED
+                .union(Want::SPARSE)
+                .union(Want::MULTI_VECTOR)
+                .union(Want::TOKENS),
+            other => panic!("unknown task {other}"),
+        }
+    }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn input_of(item: &Value) -> Input {
+    let text = item["text"].as_str().expect("text").to_string();
+    match item["text_pair"].as_str() {
+        Some(b) => Input::Pair(text, b.to_string()),
+        None => Input::Text(text),
+    }
+}
+
+/// Our tokenizer gives the reference's ids and type ids.
+fn check_tokens(f: &Fixture) {
+    if f.kind() == "qwen3_reranker" {
+        return; // its prompt is assembled by the inference API (tests/rerank.rs)
+    }
+    let cfg = read_json(&f.dir.join("config.json"));
+    let vocab = cfg["vocab_size"].as_u64().expect("vocab_size") as usize;
+    let max = f.reference["max_length"].as_u64().expect("max_length") as usize;
+    let tk = Tokenizers::from_file(&f.dir.join("tokenizer.json"), max, vocab).expect("tokenizer");
+    let opts = EncodeOptions {
+        truncate: true,
+        direction: TruncationDirection::Right,
+        add_special_tokens: true,
+    };
+    for (i, item) in f.items().iter().enumerate() {
+        let e = tk.encode(i, &input_of(item), opts).expect("encode");
+        assert_eq!(
+            e.ids,
+            ids(&item["input_ids"]),
+            "{}: ids of {}",
+            f.name,
+            item["id"]
+        );
+        if let Some(types) = item.get("token_type_ids").filter(|t| t.is_array()) {
+            assert_eq!(
+                e.type_ids,
+                ids(types),
+                "{}: type ids of {}",
+                f.name,
+                item["id"]
+            );
+        }
+    }
+}
+
+fn vec_of(v: &Value) -> Vec<f32> {
+    as_vec(v)
+}
+
+fn close_vectors(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let c = cosine(got, want);
+    assert!(c >= 0.9999, "{what}: cosine {c}");
+}
+
+fn sparse_map(v: &Value) -> BTreeMap<u32, f32> {
+    ids(&v["indices"])
+        .into_iter()
+        .zip(vec_of(&v["values"]))
+        .collect()
+}
+
+fn check_output(f: &Fixture, item: &Value, o: &Output, how: &str) {
+    let id = format!("{} {} ({how})", f.name, item["id"]);
+    let want = &item["outputs"];
+    if let (Some(tokens), Some(rows)) = (&o.tokens, want["tokens"].as_array()) {
+        let h = tokens.len() / rows.len();
+        for (t, row) in rows.iter().enumerate() {
+            close_vectors(
+                &format!("{id} token {t}"),
+                &tokens[t * h..(t + 1) * h],
+                &vec_of(row),
+            );
+        }
+    }
+    if let Some(p) = &o.pooled {
+        let mut p = p.clone();
+        if f.reference["normalize"].as_bool() == Some(true) {
+            let n = p.iter().map(|x| x * x).sum::<f32>().sqrt();
+            p.iter_mut().for_each(|x| *x /= n);
+        }
+        close_vectors(&format!("{id} embedding"), &p, &vec_of(&want["embedding"]));
+    }
+    if let Some(s) = &o.scores {
+        let logits = vec_of(&want["logits"]);
+        assert_eq!(s.len(), logits.len(), "{id}: logits");
+        for (g, w) in s.iter().zip(&logits) {
+            assert!((g - w).abs() <= 1e-4, "{id}: logit {g} vs {w}");
+        }
+    }
+    if let Some(s) = &o.sparse {
+        let got: BTreeMap<u32, f32> = s.iter().copied().collect();
+        let exp = sparse_map(&want["sparse"]);
+        let keys: std::collections::BTreeSet<u32> = got.keys().chain(exp.keys()).copied().collect();
+        for k in keys {
+            let (g, w) = (
+                got.get(&k).copied().unwrap_or(0.0),
+                exp.get(&k).copied().unwrap_or(0.0),
+            );
+            assert!(
+                (g - w).abs() <= 1e-4,
+                "{id}: sparse weight of {k}: {g} vs {w}"
+            );
+        }
+    }
+    if let (Some(mv), Some(rows)) = (&o.multi_vector, want["colbert"].as_array()) {
+        assert!(!rows.is_empty(), "{id}: colbert rows");
+        let h = mv.len() / rows.len();
+        assert_eq!(mv.len(), h * rows.len(), "{id}: colbert rows");
+        for (t, row) in rows.iter().enumerate() {
+            close_vectors(
+                &format!("{id} colbert {t}"),
+                &mv[t * h..(t + 1) * h],
+                &vec_of(row),
+            );
+        }
+    }
+}
+
+/// All items in one batch and each alone, on both CPU backends.
+fn check(name: &'static str) {
+    let f = Fixture::open(name);
+    check_tokens(&f);
+    let want = f.want();
+    for backend in [CpuBackend::Native, CpuBackend::Candle] {
+        let m = f.load(backend);
+        assert!(
+            want.within(m.summary().available),
+            "{name}: outputs {:?}",
+            m.summary().available
+        );
+        let mut batch = PackedBatch::with_capacity(f.items().len(), 1024);
+        for item in f.items() {
+            let types = item.get("token_type_ids").map(ids).unwrap_or_default();
+            batch.push(&ids(&item["input_ids"]), &types);
+        }
+        let lens: Vec<usize> = batch.lens().collect();
+        assert!(
+            lens.iter().min() < lens.iter().max(),
+            "{name}: mixed lengths {lens:?}"
+        );
+        let outputs = m
+            .run(&batch, &vec![want; batch.len()], &mut || {})
+            .unwrap_or_else(|e| panic!("{name} on {backend:?}: {e}"));
+        for (item, o) in f.items().iter().zip(&outputs) {
+            check_output(&f, item, o, &format!("{backend:?}, batched"));
+        }
+        for item in f.items() {
+            let mut one = PackedBatch::with_capacity(1, 256);
+            let types = item.get("token_type_ids").map(ids).unwrap_or_default();
+            one.push(&ids(&item["input_ids"]), &types);
+            let o = m.run(&one, &[want], &mut || {}).expect("alone");
+            check_output(&f, item, &o[0], &format!("{backend:?}, alone"));
+        }
+    }
+}
+
+#[test]
+fn bert_classifier() {
+    check("tiny-bert-classifier");
+}
+
+#[test]
+fn bert_reranker() {
+    check("tiny-bert-reranker");
+}
+
+#[test]
+fn bert_splade() {
+    check("tiny-splade");
+}
+
+#[test]
+fn bert_with_a_dense_module() {
+    check("tiny-bert-dense");
+}
