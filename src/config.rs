@@ -158,6 +158,24 @@ pub struct ServeArgs {
     #[arg(long, env = "PAYLOAD_LIMIT", default_value_t = 2_000_000)]
     pub payload_limit: usize,
 
+    /// Seconds a client has to send a whole request head, from its first byte (or from
+    /// connecting); slower connections are closed (slow-loris and half-open sockets).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub header_read_timeout: Duration,
+
+    /// Seconds an idle keep-alive connection stays open between requests. Keep it above your
+    /// load balancer's idle timeout (60 s on AWS ALB) so the balancer closes first.
+    #[arg(long, env = "KEEP_ALIVE_TIMEOUT", default_value = "75", value_parser = parse_seconds)]
+    pub keep_alive_timeout: Duration,
+
+    /// Seconds a request body may stall between two chunks before the request fails with 408.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub body_read_timeout: Duration,
+
+    /// Most client connections open at once; beyond it new ones wait in the kernel's backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
     /// When set, inference routes need `Authorization: Bearer <key>`; probes and metrics don't.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -444,6 +462,12 @@ impl ServeArgs {
                 "--drain-delay ({:?}) must not exceed --drain-timeout ({:?})",
                 self.drain_delay, self.drain_timeout
             ));
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.header_read_timeout.is_zero() || self.keep_alive_timeout.is_zero() {
+            return Err("--header-read-timeout and --keep-alive-timeout must be above 0".into());
         }
         if self.cost_per_hour < 0.0 || !self.cost_per_hour.is_finite() {
             return Err("--cost-per-hour must be a non-negative number".into());

@@ -46,6 +46,7 @@ pub const REJECT_REASONS: &[&str] = &["draining", "overloaded", "deadline"];
 pub const ERROR_REASONS: &[&str] = &[
     "validation",
     "too_large",
+    "timeout",
     "empty",
     "unauthorized",
     "overloaded",

@@ -92,7 +92,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = server::router(state.clone());
-    let main_server = tokio::spawn(server::listener::serve(main_listener, app, stop_rx));
+    let bounds = server::listener::Bounds {
+        header_read_timeout: args.header_read_timeout,
+        keep_alive_timeout: args.keep_alive_timeout,
+        max_connections: args.max_connections,
+    };
+    let main_server = tokio::spawn(server::listener::serve(main_listener, app, bounds, stop_rx));
     let metrics_app = server::metrics_router(state.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(metrics_listener, metrics_app).await {

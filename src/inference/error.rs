@@ -25,6 +25,8 @@ pub enum ErrorKind {
     Unauthorized,
     /// 404
     NotFound,
+    /// 408: the request body stalled past --body-read-timeout.
+    Timeout,
     /// 413
     TooLarge,
     /// 415
@@ -61,6 +63,7 @@ impl ApiError {
             ErrorKind::Empty => "empty",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::TooLarge => "too_large",
+            ErrorKind::Timeout => "timeout",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Backend | ErrorKind::WrongModel => "backend",
@@ -95,6 +98,7 @@ impl ApiError {
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Validation => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,

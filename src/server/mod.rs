@@ -104,6 +104,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.payload_limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.cfg.body_read_timeout,
+        ))
         .layer(axum::middleware::from_fn(middleware::close_if_body_unread))
         .with_state(state)
 }

@@ -29,6 +29,14 @@ pub fn parse_json<T: DeserializeOwned>(
                 ErrorKind::TooLarge,
                 "the request body is larger than --payload-limit",
             )
+        } else if std::error::Error::source(&e)
+            .is_some_and(|s| format!("{s:?}").contains("TimeoutError"))
+            || e.to_string().contains("timed out")
+        {
+            ApiError::new(
+                ErrorKind::Timeout,
+                "the request body stalled longer than --body-read-timeout",
+            )
         } else {
             ApiError::new(
                 ErrorKind::BadRequest,
