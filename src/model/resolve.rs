@@ -329,6 +329,115 @@ async fn resolve_with(f: &Fetcher, model_id: &str) -> Result<ModelFiles, ModelEr
     })
 }
 
+/// Where a model's weight files are, without downloading them.
+#[derive(Debug, Clone)]
+pub enum WeightFiles {
+    /// In a local folder or the Hub cache (possibly none: a folder with only config.json).
+    Local(Vec<PathBuf>),
+    /// On the Hub: their URLs, and the token a gated repository needs.
+    Remote {
+        names: Vec<String>,
+        urls: Vec<String>,
+        token: Option<String>,
+    },
+}
+
+/// config.json (local) and where the weights are.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub config: PathBuf,
+    pub weights: WeightFiles,
+}
+
+fn weight_files_in(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        return Ok(shard_names(&index)?
+            .into_iter()
+            .map(|n| dir.join(n))
+            .collect());
+    }
+    let single = dir.join("model.safetensors");
+    Ok(if single.is_file() {
+        vec![single]
+    } else {
+        Vec::new()
+    })
+}
+
+/// Like [`resolve`], but the weights stay where they are: a local folder, else the Hub cache,
+/// else the Hub (only config.json and the shard index are fetched). For `spotinfer plan`,
+/// which reads the weights' headers only.
+pub async fn locate(opts: &ResolveOptions) -> Result<Located, ModelError> {
+    let local = Path::new(&opts.model_id);
+    if local.is_dir() {
+        return Ok(Located {
+            config: local.join("config.json"),
+            weights: WeightFiles::Local(weight_files_in(local)?),
+        });
+    }
+    if opts.model_id.starts_with('/') || opts.model_id.starts_with('.') {
+        return Err(ModelError::Missing {
+            file: opts.model_id.clone(),
+            hint: "no such folder: give an existing local folder or a Hub repository id".into(),
+        });
+    }
+    let cache = Cache::new(hub_cache_dir(opts.cache_dir.as_deref()));
+    let repo = Repo::with_revision(
+        opts.model_id.clone(),
+        RepoType::Model,
+        opts.revision.clone(),
+    );
+    // The cache first: a model already downloaded needs no network at all.
+    let cached = cache.repo(repo.clone());
+    if let Some(config) = cached.get("config.json") {
+        let names = match cached.get("model.safetensors.index.json") {
+            Some(index) => shard_names(&index)?,
+            None => vec!["model.safetensors".to_string()],
+        };
+        let paths: Vec<Option<PathBuf>> = names.iter().map(|n| cached.get(n)).collect();
+        if paths.iter().all(Option::is_some) {
+            return Ok(Located {
+                config,
+                weights: WeightFiles::Local(paths.into_iter().flatten().collect()),
+            });
+        }
+    }
+    if hub_offline() {
+        return Err(ModelError::Missing {
+            file: format!("{}/config.json", opts.model_id),
+            hint: "HF_HUB_OFFLINE is set and the cache lacks the model: unset it, or run \
+                   `spotinfer download` first"
+                .into(),
+        });
+    }
+    let api = hub_api(&cache, opts.progress)?.repo(repo);
+    let config = api
+        .get("config.json")
+        .await
+        .map_err(|e| ModelError::Hub(format!("config.json: {e}")))?;
+    let names = match api.get("model.safetensors.index.json").await {
+        Ok(index) => shard_names(&index)?,
+        Err(ApiError::RequestError(e)) if e.status().map(|s| s.as_u16()) == Some(404) => {
+            vec!["model.safetensors".to_string()]
+        }
+        Err(e) => {
+            return Err(ModelError::Hub(format!(
+                "model.safetensors.index.json: {e}"
+            )))
+        }
+    };
+    let urls = names.iter().map(|n| api.url(n)).collect();
+    Ok(Located {
+        config,
+        weights: WeightFiles::Remote {
+            names,
+            urls,
+            token: hub_token(&cache),
+        },
+    })
+}
+
 #[derive(Deserialize)]
 struct ShardIndex {
     weight_map: std::collections::BTreeMap<String, String>,

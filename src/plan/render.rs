@@ -1,0 +1,266 @@
+//! Plans for people (`text`), tools (`json`, via serde) and kustomize (a Component).
+
+use std::fmt::Write as _;
+
+use std::path::Path;
+
+use super::compute::{Plan, GPU_MEMORY_TARGET, HOST_WEIGHT_FACTOR, TARGET_UTILISATION};
+use super::{dtype_name, PlanOptions, GIB, MIB};
+use crate::config::PlanArgs;
+
+/// A Kubernetes quantity: whole GiB as `NGi`, else MiB.
+pub fn quantity(bytes: u64) -> String {
+    if bytes.is_multiple_of(GIB) {
+        format!("{}Gi", bytes / GIB)
+    } else {
+        format!("{}Mi", bytes.div_ceil(MIB))
+    }
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= GIB {
+        format!(
+            "{:.2} GiB ({:.1} GB)",
+            bytes as f64 / GIB as f64,
+            bytes as f64 / 1e9
+        )
+    } else {
+        format!(
+            "{:.1} MiB ({:.1} MB)",
+            bytes as f64 / MIB as f64,
+            bytes as f64 / 1e6
+        )
+    }
+}
+
+fn millions(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.2} B", n as f64 / 1e9)
+    } else {
+        format!("{:.1} M", n as f64 / 1e6)
+    }
+}
+
+pub fn render_text(p: &Plan) -> String {
+    let mut s = String::new();
+    let m = &p.model;
+    let w = &m.weights;
+    let _ = writeln!(
+        s,
+        "model            {} @ {} ({})",
+        m.model_id, m.revision, m.shape.model_type
+    );
+    let _ = writeln!(
+        s,
+        "parameters       {} ({}) from {}; {} file(s), {} stored as {}",
+        w.parameters,
+        millions(w.parameters),
+        m.parameters_from,
+        w.files,
+        human(w.stored_bytes),
+        w.stored_dtypes.join("+")
+    );
+    let h = &p.host_memory;
+    let _ = writeln!(
+        s,
+        "weights          {} at {}",
+        human(h.weights_bytes),
+        p.dtype
+    );
+    let _ = writeln!(
+        s,
+        "memory request   {} = weights x {HOST_WEIGHT_FACTOR} + runtime {}",
+        quantity(h.request_bytes),
+        human(h.runtime_bytes)
+    );
+    let _ = writeln!(
+        s,
+        "memory limit     {} = request + largest safetensors file (mmaped while loading)",
+        quantity(h.limit_bytes)
+    );
+    match &p.gpu_memory {
+        Some(g) => {
+            let _ = writeln!(
+                s,
+                "GPU memory       {} = weights + activations {} at {} batch tokens + context {}",
+                human(g.needed_bytes),
+                human(g.activation_bytes),
+                p.max_batch_tokens,
+                human(g.context_bytes)
+            );
+            let _ = writeln!(
+                s,
+                "GPU fit          {} x {} on one {} ({} each at {:.0} % of {}): {}",
+                g.replicas_per_gpu,
+                human(g.needed_bytes),
+                g.gpu.name,
+                human(g.budget_per_replica_bytes),
+                GPU_MEMORY_TARGET * 100.0,
+                human(g.gpu.memory_bytes),
+                if g.fits { "fits" } else { "DOES NOT FIT" }
+            );
+            let _ = writeln!(
+                s,
+                "batch tokens     largest power of two that fits: {}",
+                g.max_batch_tokens_that_fit
+                    .map_or("none (even 256 does not fit)".to_string(), |t| t
+                        .to_string())
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "GPU              none (CPU plan: activations are in the memory request)"
+            );
+        }
+    }
+    let e = &p.ephemeral_storage;
+    let _ = writeln!(
+        s,
+        "ephemeral        request {} (cache {} + scratch), limit {}, /data volume {}",
+        quantity(e.request_bytes),
+        human(e.cache_bytes),
+        quantity(e.limit_bytes),
+        quantity(e.volume_bytes)
+    );
+    let k = &p.keda;
+    let _ = writeln!(
+        s,
+        "throughput       {:.0} requests/s per pod, one input each ({}; compute bound {:.0}, HTTP and tokenization bound {:.0})",
+        k.throughput_per_pod,
+        k.throughput_from,
+        k.compute_bound_per_pod,
+        k.cpu_bound_per_pod
+    );
+    let _ = writeln!(
+        s,
+        "KEDA             request-rate threshold {} per pod ({:.0} % of throughput), queue-depth threshold {} inputs per pod",
+        k.request_rate_threshold,
+        TARGET_UTILISATION * 100.0,
+        k.queue_depth_threshold
+    );
+    if k.throughput_from == "estimate" {
+        let _ = writeln!(
+            s,
+            "note             throughput is an estimate: load-test one pod and pass --throughput"
+        );
+    }
+    s
+}
+
+fn is_local(model_id: &str) -> bool {
+    Path::new(model_id).is_dir() || model_id.starts_with('/') || model_id.starts_with('.')
+}
+
+/// The command line that reproduces this plan, for the generated file's header.
+pub fn command_line(args: &PlanArgs, opts: &PlanOptions) -> String {
+    let mut c = format!(
+        "spotinfer plan --model-id {} --revision {} --dtype {}",
+        args.model.model_id,
+        args.model.revision,
+        dtype_name(opts.dtype)
+    );
+    match opts.gpu {
+        Some(g) => {
+            let gpu = clap::ValueEnum::to_possible_value(&g)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            let _ = write!(
+                c,
+                " --gpu {gpu} --replicas-per-gpu {}",
+                opts.replicas_per_gpu
+            );
+        }
+        None => c.push_str(" --device cpu"),
+    }
+    let _ = write!(c, " --max-batch-tokens {}", opts.max_batch_tokens);
+    if let Some(t) = opts.throughput {
+        let _ = write!(c, " --throughput {t}");
+    }
+    c.push_str(" --output kustomize");
+    c
+}
+
+/// A kustomize Component patching deploy/base: the container's memory and ephemeral storage,
+/// the /data volume, the dtype and token budget it was sized for, and the ScaledObject's
+/// thresholds (trigger 0: request rate, trigger 1: queue depth).
+pub fn render_kustomize(p: &Plan, command: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Generated by `spotinfer plan`; do not edit, regenerate with:"
+    );
+    let _ = writeln!(s, "#   {command}");
+    for line in render_text(p).lines() {
+        let _ = writeln!(s, "# {line}");
+    }
+    let h = &p.host_memory;
+    let e = &p.ephemeral_storage;
+    let mut env = String::new();
+    if !is_local(&p.model.model_id) {
+        let _ = write!(
+            env,
+            "                  - name: MODEL_ID\n                    value: {}\n                  - name: REVISION\n                    value: {}\n",
+            yaml_str(&p.model.model_id),
+            yaml_str(&p.model.revision)
+        );
+    }
+    let _ = write!(
+        env,
+        "                  - name: DTYPE\n                    value: {}\n                  - name: MAX_BATCH_TOKENS\n                    value: \"{}\"\n",
+        p.dtype, p.max_batch_tokens
+    );
+    let _ = write!(
+        s,
+        r#"apiVersion: kustomize.config.k8s.io/v1alpha1
+kind: Component
+patches:
+  - patch: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata:
+        name: spotinfer
+      spec:
+        template:
+          spec:
+            containers:
+              - name: spotinfer
+                env:
+{env}                resources:
+                  requests:
+                    memory: {mreq}
+                    ephemeral-storage: {ereq}
+                  limits:
+                    memory: {mlim}
+                    ephemeral-storage: {elim}
+            volumes:
+              - name: data
+                emptyDir:
+                  sizeLimit: {vol}
+  - target:
+      group: keda.sh
+      kind: ScaledObject
+      name: spotinfer
+    patch: |-
+      - op: replace
+        path: /spec/triggers/0/metadata/threshold
+        value: "{rate}"
+      - op: replace
+        path: /spec/triggers/1/metadata/threshold
+        value: "{queue}"
+"#,
+        mreq = quantity(h.request_bytes),
+        mlim = quantity(h.limit_bytes),
+        ereq = quantity(e.request_bytes),
+        elim = quantity(e.limit_bytes),
+        vol = quantity(e.volume_bytes),
+        rate = p.keda.request_rate_threshold,
+        queue = p.keda.queue_depth_threshold,
+    );
+    s
+}
+
+/// A YAML scalar that stays a string whatever the model id looks like.
+fn yaml_str(v: &str) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| format!("{v:?}"))
+}
