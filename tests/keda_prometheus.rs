@@ -139,7 +139,12 @@ fn every_scaledobject_query_returns_one_number_from_a_real_prometheus() {
         "request-rate and queue-depth: {queries:?}"
     );
 
-    let server = Server::builder(&tiny_model_dir()).start();
+    // A slowed device worker taking one input per device batch: four clients keep inputs
+    // waiting, so the queue-depth query must see them.
+    let server = Server::builder(&tiny_model_dir())
+        .args(["--max-batch-requests", "1"])
+        .env("SPOTINFER_TEST_BATCH_DELAY_MS", "40")
+        .start();
     let target = server
         .metrics_base
         .trim_start_matches("http://")
@@ -193,8 +198,12 @@ fn every_scaledobject_query_returns_one_number_from_a_real_prometheus() {
         rate > 0.0,
         "request-rate query stayed at 0 after 200 requests"
     );
+    // Inputs waited during the load: the 1-minute average of the depth is above zero.
     let depth = prom.one_number(&queries[1]);
-    assert!(depth >= 0.0);
+    assert!(
+        depth > 0.0,
+        "queue-depth query stayed at 0 while 4 clients queued behind a one-input worker"
+    );
     // The series behind them carry the labels the queries select on.
     let series = prom.query(
         "inference_request_duration_seconds_count{namespace=\"spotinfer\",service=\"spotinfer\",route=\"/v1/embeddings\",status=\"2xx\"}",

@@ -5,95 +5,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use common::hub_mirror::HubMirror;
 use common::*;
 
 const REPO: &str = "sentence-transformers/all-MiniLM-L6-v2";
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-#[derive(Clone)]
-struct Mirror {
-    dir: PathBuf,
-    /// Body bytes served, to prove the weights were not downloaded.
-    served: Arc<AtomicU64>,
-}
-
-/// The Hub's `/{repo}/resolve/{revision}/{file}` with byte ranges.
-async fn resolve(
-    State(m): State<Mirror>,
-    Path(path): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(file) = path
-        .strip_prefix(&format!("{REPO}/resolve/main/"))
-        .or_else(|| path.strip_prefix(&format!("{REPO}/resolve/{COMMIT}/")))
-    else {
-        return (StatusCode::NOT_FOUND, "Repository not found").into_response();
-    };
-    let Ok(bytes) = std::fs::read(m.dir.join(file)) else {
-        return (StatusCode::NOT_FOUND, "Entry not found").into_response();
-    };
-    let total = bytes.len();
-    let (start, end) = headers
-        .get(header::RANGE)
-        .and_then(|r| r.to_str().ok())
-        .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.split_once('-'))
-        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
-        .map(|(a, b)| (a, b.min(total.saturating_sub(1))))
-        .unwrap_or((0, total.saturating_sub(1)));
-    m.served
-        .fetch_add((end + 1 - start) as u64, Ordering::SeqCst);
-    (
-        StatusCode::PARTIAL_CONTENT,
-        [
-            (header::ETAG, format!("\"{total:x}-{}\"", file.len())),
-            (
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{end}/{total}"),
-            ),
-            (
-                header::HeaderName::from_static("x-repo-commit"),
-                COMMIT.to_string(),
-            ),
-        ],
-        bytes[start..=end].to_vec(),
-    )
-        .into_response()
-}
-
-/// Runs the mirror on its own thread; dropping the sender stops it.
-fn start_mirror(m: Mirror) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            addr_tx.send(listener.local_addr().expect("addr")).ok();
-            let app = axum::Router::new()
-                .route("/{*path}", axum::routing::get(resolve))
-                .with_state(m);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .expect("mirror");
-        });
-    });
-    let addr = addr_rx.recv().expect("mirror address");
-    (format!("http://{addr}"), stop_tx)
-}
 
 fn plan(args: &[&str], envs: &[(&str, &str)]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotinfer"));
@@ -135,11 +52,8 @@ fn plan_counts_minilm_from_a_local_folder() {
 
 #[test]
 fn plan_reads_only_headers_from_the_hub_and_matches_the_committed_manifests() {
-    let served = Arc::new(AtomicU64::new(0));
-    let (endpoint, stop) = start_mirror(Mirror {
-        dir: test_model_dir(),
-        served: served.clone(),
-    });
+    let mirror = HubMirror::start(REPO, test_model_dir());
+    let endpoint = mirror.url.clone();
     let cache = std::env::temp_dir().join(format!("spotinfer-plan-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
     let envs = [
@@ -184,7 +98,7 @@ fn plan_reads_only_headers_from_the_hub_and_matches_the_committed_manifests() {
         );
     }
     // config.json, the tokenizer-free header reads: far less than the 90 MB of weights.
-    let bytes = served.load(Ordering::SeqCst);
+    let bytes = mirror.served();
     assert!(bytes < 200_000, "plan downloaded {bytes} bytes");
     let weights = cache.join("models--sentence-transformers--all-MiniLM-L6-v2");
     let blobs: u64 = std::fs::read_dir(weights.join("blobs"))
@@ -195,6 +109,6 @@ fn plan_reads_only_headers_from_the_hub_and_matches_the_committed_manifests() {
         })
         .unwrap_or(0);
     assert!(blobs < 200_000, "the cache holds {blobs} bytes");
-    drop(stop);
+    drop(mirror);
     let _ = std::fs::remove_dir_all(&cache);
 }

@@ -2,6 +2,8 @@
 //! vector comparisons.
 #![allow(dead_code)]
 
+pub mod hub_mirror;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
