@@ -12,10 +12,14 @@
 //! Run: `cargo bench --bench e2e` (needs the test model and the reference venv: see
 //! docs/BENCHMARKS.md). Writes docs/bench/cpu.json and docs/bench/cpu.png.
 
-use std::io::{BufRead, BufReader};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::Server;
 
 use plotters::prelude::*;
 use serde_json::{json, Value};
@@ -37,97 +41,6 @@ fn script_last_line(script: &str, args: &[&str]) -> String {
         .expect("a line")
         .trim()
         .to_string()
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    started: Instant,
-}
-
-impl Server {
-    fn start(model: &Path, extra: &[&str]) -> Server {
-        let started = Instant::now();
-        // Without --state-dir the server would keep (empty) batch state in the repository.
-        let own_state =
-            std::env::temp_dir().join(format!("spotinfer-e2e-state-{}", std::process::id()));
-        let mut child = Command::new(BIN)
-            .env("STATE_DIR", &own_state)
-            .args([
-                "serve",
-                "--hostname",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--prometheus-port",
-                "0",
-            ])
-            .arg("--model-id")
-            .arg(model)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn server");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server address");
-        let s = Server {
-            child,
-            url,
-            started,
-        };
-        s.wait_ready();
-        s
-    }
-
-    fn wait_ready(&self) -> Duration {
-        let c = reqwest::blocking::Client::new();
-        loop {
-            if c.get(format!("{}/ready", self.url))
-                .send()
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return self.started.elapsed();
-            }
-            assert!(
-                self.started.elapsed() < Duration::from_secs(120),
-                "not ready"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    fn rss_mb(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -332,22 +245,22 @@ fn main() {
     let mut colds = Vec::new();
     let mut rss = 0.0;
     for _ in 0..5 {
-        let s = Server::start(&model, &[]);
-        colds.push(s.wait_ready().as_secs_f64());
+        let s = Server::builder(&model).start();
+        colds.push(s.cold_start.as_secs_f64());
         rss = s.rss_mb();
     }
     report["cold_start_s_median_of_5"] = json!(median(colds));
     report["rss_after_load_mb"] = json!(rss);
 
     eprintln!("== HTTP load");
-    let server = Server::start(&model, &[]);
-    let pid = server.child.id().to_string();
+    let server = Server::builder(&model).start();
+    let pid = server.pid().to_string();
     let load_json = scratch.join("load.json");
     let status = Command::new(BIN)
         .args([
             "bench",
             "--url",
-            &server.url,
+            &server.base,
             "--concurrency",
             "1,8,32,128",
             "--corpus-size",
@@ -379,14 +292,16 @@ fn main() {
         .take(200)
         .cloned()
         .collect();
-    let idle = sequential(&server.url, &short);
+    let idle = sequential(&server.base, &short);
     report["short_query_p50_ms"] = json!(median(idle.clone()));
     let mixed: Vec<String> = corpus.iter().take(200).cloned().collect();
-    let idle_mixed = median(sequential(&server.url, &mixed));
+    let idle_mixed = median(sequential(&server.base, &mixed));
     drop(server);
 
     let state = scratch.join("state");
-    let server = Server::start(&model, &["--state-dir", state.to_str().expect("utf-8")]);
+    let server = Server::builder(&model)
+        .args(["--state-dir", state.to_str().expect("utf-8")])
+        .start();
     let input = scratch.join("job.jsonl");
     std::fs::write(
         &input,
@@ -403,26 +318,26 @@ fn main() {
         .file("file", &input)
         .expect("form");
     let file: Value = client
-        .post(format!("{}/v1/files", server.url))
+        .post(format!("{}/v1/files", server.base))
         .multipart(form)
         .send()
         .expect("upload")
         .json()
         .expect("file");
     let batch: Value = client
-        .post(format!("{}/v1/batches", server.url))
+        .post(format!("{}/v1/batches", server.base))
         .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"}))
         .send()
         .expect("create batch")
         .json()
         .expect("batch");
     std::thread::sleep(Duration::from_secs(2));
-    let busy_short = median(sequential(&server.url, &short));
-    let busy_mixed = median(sequential(&server.url, &mixed));
+    let busy_short = median(sequential(&server.base, &short));
+    let busy_mixed = median(sequential(&server.base, &mixed));
     let b: Value = client
         .get(format!(
             "{}/v1/batches/{}",
-            server.url,
+            server.base,
             batch["id"].as_str().unwrap_or("")
         ))
         .send()

@@ -115,6 +115,9 @@ pub struct Server {
     pub logs: Arc<Mutex<Vec<String>>>,
     /// A state dir this harness made (removed on drop); None when the test chose its own.
     own_state_dir: Option<std::path::PathBuf>,
+    spawned: Instant,
+    /// Spawn to the first 200 from /ready (when the builder waited for it).
+    pub cold_start: Duration,
 }
 
 pub struct ServerBuilder {
@@ -174,6 +177,7 @@ impl ServerBuilder {
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
+        let spawned = Instant::now();
         let mut child = cmd.spawn().expect("spawn spotinfer");
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -212,15 +216,18 @@ impl ServerBuilder {
                 );
             }
         };
-        let server = Server {
+        let mut server = Server {
             child,
             base,
             metrics_base,
             logs,
             own_state_dir,
+            spawned,
+            cold_start: Duration::ZERO,
         };
         if self.wait_ready {
             server.wait_ready(Duration::from_secs(60));
+            server.cold_start = server.spawned.elapsed();
         }
         server
     }
@@ -257,12 +264,23 @@ impl Server {
                     return;
                 }
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(5));
         }
         panic!(
             "server not ready in {timeout:?}; logs:\n{}",
             self.log_text()
         );
+    }
+
+    /// Resident memory of the server process, MB (Linux /proc).
+    pub fn rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
     }
 
     pub fn pid(&self) -> i32 {
