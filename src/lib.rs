@@ -24,6 +24,9 @@
 //! `config`: the command line is converted at `inference/start.rs`); `metrics`, `config`,
 //! `priority` -> nothing.
 
+// Request paths never panic on bad input: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod batching;
 pub mod bench;
 pub mod config;

@@ -1,5 +1,7 @@
 //! The `spotinfer` binary: parse flags, set up logging, run the subcommand.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -37,10 +37,7 @@ fn loads_by_repo_id_through_a_mirror_then_offline_from_the_cache() {
         assert_eq!(info["model_id"], repo);
         assert!(info["source"].as_str().unwrap().contains("Hub"), "{info}");
     }
-    assert!(
-        mirror.requests() >= 3,
-        "files came from the mirror"
-    );
+    assert!(mirror.requests() >= 3, "files came from the mirror");
     let blob_dir = cache.join("models--sentence-transformers--all-MiniLM-L6-v2");
     assert!(blob_dir
         .join("snapshots")

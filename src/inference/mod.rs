@@ -87,9 +87,9 @@ pub enum Direction {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
     pub tokenization: Duration,
-    /// The longest any of its inputs waited in the queue.
+    /// Mean over its inputs of the time each waited in the queue (as TEI reports it).
     pub queue: Duration,
-    /// The longest any of its inputs' device batches computed.
+    /// Mean over its inputs of their device batches' compute time.
     pub inference: Duration,
     pub total: Duration,
     pub tokens: usize,
@@ -178,7 +178,9 @@ impl Inference {
 
     fn check_count(&self, n: usize, field: &'static str) -> Result<(), ApiError> {
         if n == 0 {
-            return Err(ApiError::new(ErrorKind::Empty, "no inputs").param(field));
+            return Err(
+                ApiError::new(ErrorKind::Empty, format!("`{field}` cannot be empty")).param(field),
+            );
         }
         if n > self.limits.max_client_batch_size {
             return Err(ApiError::new(
@@ -193,7 +195,8 @@ impl Inference {
         Ok(())
     }
 
-    /// The route needs an output this model does not give: TEI's 424.
+    /// The route needs an output this model does not give: TEI's 424, with TEI's message
+    /// (`what`, e.g. "Model is not an embedding model") and what the model is.
     fn require(&self, want: Want, what: &str) -> Result<(), ApiError> {
         if want.within(self.info.available) {
             return Ok(());
@@ -201,7 +204,7 @@ impl Inference {
         Err(ApiError::new(
             ErrorKind::WrongModel,
             format!(
-                "{what}: this model ({}, task {}) cannot do that",
+                "{what} ({} serves task {})",
                 self.info.architecture,
                 self.info.task.as_str()
             ),
@@ -274,19 +277,23 @@ impl Inference {
             characters,
             ..Timings::default()
         };
+        let n = receivers.len().max(1) as u32;
+        let (mut queue, mut inference) = (Duration::ZERO, Duration::ZERO);
         for rx in receivers {
             let answer = rx.await.unwrap_or(Err(InferError::WorkerStopped))?;
-            timings.queue = timings.queue.max(answer.queue_time);
-            timings.inference = timings.inference.max(answer.compute_time);
+            queue += answer.queue_time;
+            inference += answer.compute_time;
             outputs.push(answer.output);
         }
+        timings.queue = queue / n;
+        timings.inference = inference / n;
         timings.total = started.elapsed();
         Ok((outputs, timings))
     }
 
     /// Pooled vectors, normalised and truncated as asked.
     pub async fn embed(&self, req: EmbedRequest, priority: Priority) -> Result<Embedded, ApiError> {
-        self.require(Want::POOLED, "embeddings")?;
+        self.require(Want::POOLED, "Model is not an embedding model")?;
         self.check_count(req.inputs.len(), "input")?;
         if let Some(d) = req.dimensions {
             let max = self.info.output_size;
@@ -316,7 +323,7 @@ impl Inference {
         text: TextOptions,
         priority: Priority,
     ) -> Result<(Vec<Vec<Vec<f32>>>, Timings), ApiError> {
-        self.require(Want::TOKENS, "token embeddings")?;
+        self.require(Want::TOKENS, "Model is not an embedding model")?;
         self.check_count(inputs.len(), "inputs")?;
         let _admitted = self.admit(inputs.len(), priority)?;
         let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
@@ -344,7 +351,10 @@ impl Inference {
         text: TextOptions,
         priority: Priority,
     ) -> Result<(Vec<Vec<(u32, f32)>>, Timings), ApiError> {
-        self.require(Want::SPARSE, "sparse embeddings")?;
+        self.require(
+            Want::SPARSE,
+            "Model is not an embedding model with SPLADE pooling",
+        )?;
         self.check_count(inputs.len(), "inputs")?;
         let _admitted = self.admit(inputs.len(), priority)?;
         let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
@@ -368,7 +378,10 @@ impl Inference {
         want: Want,
         priority: Priority,
     ) -> Result<(Vec<Output>, Timings), ApiError> {
-        self.require(want, "these outputs")?;
+        self.require(
+            want,
+            "Model has no bge-m3 heads (sparse_linear.pt / colbert_linear.pt)",
+        )?;
         self.check_count(inputs.len(), "inputs")?;
         let _admitted = self.admit(inputs.len(), priority)?;
         let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
@@ -392,7 +405,7 @@ impl Inference {
         raw_scores: bool,
         priority: Priority,
     ) -> Result<(Vec<Vec<LabelScore>>, Timings), ApiError> {
-        self.require(Want::SCORES, "predictions (needs a classifier)")?;
+        self.require(Want::SCORES, "Model is not a classifier model")?;
         self.check_count(inputs.len(), "inputs")?;
         let _admitted = self.admit(inputs.len(), priority)?;
         let (outputs, timings) = self
@@ -421,6 +434,8 @@ impl Inference {
                         score,
                     })
                     .collect();
+                // Highest first; ties in reverse label order, as TEI sorts.
+                v.reverse();
                 v.sort_by(|a, b| b.score.total_cmp(&a.score));
                 v
             })
@@ -438,11 +453,14 @@ impl Inference {
         raw_scores: bool,
         priority: Priority,
     ) -> Result<(Vec<f32>, Timings), ApiError> {
+        if texts.is_empty() {
+            return Err(ApiError::new(ErrorKind::Empty, "`texts` cannot be empty").param("texts"));
+        }
         if self.info.task != Task::Rerank {
             return Err(ApiError::new(
                 ErrorKind::WrongModel,
                 format!(
-                    "model is not a re-ranker model ({}, task {})",
+                    "model is not a re-ranker model ({} serves task {})",
                     self.info.architecture,
                     self.info.task.as_str()
                 ),
@@ -482,12 +500,17 @@ impl Inference {
         text: TextOptions,
         priority: Priority,
     ) -> Result<(Vec<f32>, Timings), ApiError> {
+        if sentences.is_empty() {
+            return Err(
+                ApiError::new(ErrorKind::Empty, "`inputs.sentences` cannot be empty")
+                    .param("sentences"),
+            );
+        }
         let mut inputs = vec![Input::Text(source)];
         inputs.extend(sentences.into_iter().map(Input::Text));
-        if inputs.len() - 1 > self.limits.max_client_batch_size {
-            self.check_count(inputs.len() - 1, "sentences")?;
-        }
-        let out = self.embed_unchecked(inputs, text, priority).await?;
+        // TEI counts the source sentence too.
+        self.check_count(inputs.len(), "sentences")?;
+        let out = self.embed_normalized(inputs, text, priority).await?;
         let (first, rest) = out
             .vectors
             .split_first()
@@ -499,14 +522,14 @@ impl Inference {
         Ok((scores, out.timings))
     }
 
-    /// `embed` with normalisation and without the client batch limit (the caller checked).
-    async fn embed_unchecked(
+    /// `embed` with normalisation (cosines become dot products); the caller checked the count.
+    async fn embed_normalized(
         &self,
         inputs: Vec<Input>,
         text: TextOptions,
         priority: Priority,
     ) -> Result<Embedded, ApiError> {
-        self.require(Want::POOLED, "embeddings")?;
+        self.require(Want::POOLED, "Model is not an embedding model")?;
         let _admitted = self.admit(inputs.len(), priority)?;
         let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
         let (outputs, timings) = self

@@ -111,7 +111,7 @@ impl<B: Backend> Heads<B> {
     pub fn available(&self) -> Want {
         Want {
             pooled: self.pooling.is_some(),
-            tokens: self.classifier.is_none(),
+            tokens: self.classifier.is_none() && self.splade.is_none(),
             sparse: self.splade.is_some() || self.m3.as_ref().is_some_and(|m| m.sparse.is_some()),
             multi_vector: self.m3.as_ref().is_some_and(|m| m.colbert.is_some()),
             scores: self.classifier.is_some(),

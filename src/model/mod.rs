@@ -240,7 +240,9 @@ fn load_on<B: Backend>(
         }
         Task::Sparse => {
             let splade = families::splade(arch.family, &b, &w, cfg, special.clone())?;
+            // Sparse vectors only: TEI refuses /embed for a SPLADE model too.
             Heads {
+                pooling: None,
                 splade: Some(splade),
                 ..Heads::pooling(Pooling::Splade)
             }

@@ -250,6 +250,13 @@ struct RerankBody {
     text: Text,
 }
 
+/// `(index, score)`, highest first; equal scores put the later text first, as TEI does.
+fn rank(scores: Vec<f32>) -> Vec<(usize, f32)> {
+    let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+    ranked
+}
+
 pub async fn rerank(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -276,8 +283,7 @@ async fn rerank_value(state: &AppState, body: Value) -> Result<Response, ApiErro
             Priority::Online,
         )
         .await?;
-    let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let ranked = rank(scores);
     let body: Vec<Value> = ranked
         .into_iter()
         .map(|(index, score)| {
@@ -301,11 +307,36 @@ struct CohereBody {
     documents: Option<Vec<Value>>,
     #[serde(default)]
     top_n: Option<usize>,
+    /// Cohere v1: absent means false; Jina (same path): absent means true. Returned unless
+    /// explicitly false: both SDKs accept the extra field.
     #[serde(default)]
     return_documents: Option<bool>,
+    /// Cohere: which fields of object documents to score, in order (`field: value` lines).
+    #[serde(default)]
+    rank_fields: Option<Vec<String>>,
     #[serde(default)]
     #[allow(dead_code)]
     model: Option<String>,
+}
+
+/// The text to score for one Cohere/Jina document.
+fn document_text(d: &Value, fields: Option<&[String]>) -> Option<String> {
+    match (d, fields) {
+        (Value::String(s), _) => Some(s.clone()),
+        (Value::Object(o), Some(fields)) if !fields.is_empty() => {
+            let lines: Vec<String> = fields
+                .iter()
+                .filter_map(|f| {
+                    o.get(f)
+                        .and_then(Value::as_str)
+                        .map(|v| format!("{f}: {v}"))
+                })
+                .collect();
+            (!lines.is_empty()).then(|| lines.join("\n"))
+        }
+        (Value::Object(o), _) => o.get("text").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
 }
 
 pub async fn rerank_cohere(
@@ -324,24 +355,15 @@ pub async fn rerank_cohere(
             })?;
             let texts = docs
                 .iter()
-                .map(|d| match d {
-                    Value::String(s) => Ok(s.clone()),
-                    Value::Object(o) => o
-                        .get("text")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                        .ok_or_else(|| {
-                            ApiError::new(
-                                ErrorKind::Validation,
-                                "each document must be a string or an object with `text`",
-                            )
-                            .param("documents")
-                        }),
-                    _ => Err(ApiError::new(
-                        ErrorKind::Validation,
-                        "each document must be a string or an object with `text`",
-                    )
-                    .param("documents")),
+                .map(|d| {
+                    document_text(d, req.rank_fields.as_deref()).ok_or_else(|| {
+                        ApiError::new(
+                            ErrorKind::Validation,
+                            "each document must be a string or an object with `text` (or the \
+                             `rank_fields` named)",
+                        )
+                        .param("documents")
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let inference = state.inference()?;
@@ -354,15 +376,17 @@ pub async fn rerank_cohere(
                     Priority::Online,
                 )
                 .await?;
-            let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let mut ranked = rank(scores);
             ranked.truncate(req.top_n.unwrap_or(ranked.len()));
             let results: Vec<Value> = ranked
                 .into_iter()
                 .map(|(index, score)| {
                     let mut r = json!({"index": index, "relevance_score": score});
-                    if req.return_documents.unwrap_or(false) {
-                        r["document"] = json!({"text": texts[index]});
+                    if req.return_documents != Some(false) {
+                        r["document"] = match &docs[index] {
+                            Value::Object(o) => Value::Object(o.clone()),
+                            _ => json!({"text": texts[index]}),
+                        };
                     }
                     r
                 })
@@ -372,7 +396,7 @@ pub async fn rerank_cohere(
                 "model": inference.info.served_model_name,
                 "results": results,
                 "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
-                "usage": {"total_tokens": t.tokens},
+                "usage": {"total_tokens": t.tokens, "prompt_tokens": t.tokens},
             });
             Ok(with_timing(&inference, &t, body))
         }
@@ -450,11 +474,13 @@ struct SimilarityInputs {
     sentences: Vec<String>,
 }
 
+/// TEI: `{"inputs": {"source_sentence", "sentences"}, "parameters": {truncate, …}}`
+/// (huggingface_hub's `sentence_similarity` sends `"parameters": {}`).
 #[derive(Deserialize)]
 struct SimilarityBody {
     inputs: SimilarityInputs,
-    #[serde(flatten)]
-    text: Text,
+    #[serde(default)]
+    parameters: Option<Text>,
 }
 
 pub async fn similarity(
@@ -472,7 +498,7 @@ async fn similarity_value(state: &AppState, body: Value) -> Result<Response, Api
         .similarity(
             req.inputs.source_sentence,
             req.inputs.sentences,
-            req.text.into(),
+            req.parameters.unwrap_or_default().into(),
             Priority::Online,
         )
         .await?;
@@ -608,7 +634,11 @@ fn model_type(i: &crate::inference::ModelInfo) -> Value {
         .map(|(k, l)| (l.clone(), json!(k)))
         .collect();
     match i.task {
-        Task::Embed | Task::Sparse => json!({"embedding": {"pooling": i.pooling}}),
+        Task::Embed | Task::Sparse => {
+            // TEI's spelling of the pooling names.
+            let pooling = i.pooling.as_deref().map(|p| p.replace('-', "_"));
+            json!({"embedding": {"pooling": pooling}})
+        }
         Task::Classify => json!({"classifier": {"id2label": id2label, "label2id": label2id}}),
         Task::Rerank => json!({"reranker": {"id2label": id2label, "label2id": label2id}}),
     }
@@ -627,6 +657,8 @@ pub async fn info(State(state): State<AppState>) -> Response {
         "auto_truncate": cfg.auto_truncate,
         "tokenization_workers": cfg.tokenization_workers(),
         "state": state.lifecycle.state().as_str(),
+        "sha": null,
+        "docker_label": null,
     });
     if let (Some(inference), Value::Object(map)) = (state.inference.get(), &mut info) {
         let i = &inference.info;

@@ -57,7 +57,10 @@ async fn resolve(State(m): State<Repo>, Path(path): Path<String>, headers: Heade
         StatusCode::PARTIAL_CONTENT,
         [
             (header::ETAG, format!("\"{total:x}-{}\"", file.len())),
-            (header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}")),
+            (
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{end}/{total}"),
+            ),
             (
                 header::HeaderName::from_static("x-repo-commit"),
                 COMMIT.to_string(),

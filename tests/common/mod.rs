@@ -359,3 +359,47 @@ pub fn blocking_client() -> reqwest::blocking::Client {
         .build()
         .expect("client")
 }
+
+/// The pinned client venv (openai, huggingface_hub, cohere) from scripts/make-test-venv.sh.
+pub fn test_python() -> String {
+    static PY: OnceLock<String> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/make-test-venv.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/make-test-venv.sh");
+        assert!(out.status.success(), "scripts/make-test-venv.sh failed");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .lines()
+            .last()
+            .expect("the venv's python")
+            .trim()
+            .to_string()
+    })
+    .clone()
+}
+
+/// One real-SDK call through tests/python/clients.py; its JSON result.
+pub fn client_call(base: &str, call: &str, args: serde_json::Value) -> serde_json::Value {
+    let out = Command::new(test_python())
+        .arg(repo_root().join("tests/python/clients.py"))
+        .args([base, call, &args.to_string()])
+        .output()
+        .expect("run tests/python/clients.py");
+    assert!(
+        out.status.success(),
+        "{call} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{call}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A tiny fixture's reference.json and folder.
+pub fn fixture(name: &str) -> (PathBuf, serde_json::Value) {
+    let dir = repo_root().join("tests/fixtures").join(name);
+    let r = read_json(&dir.join("reference.json"));
+    (dir, r)
+}
