@@ -27,7 +27,11 @@ struct Fixture {
 
 impl Fixture {
     fn open(name: &'static str) -> Self {
-        let dir = repo_root().join("tests/fixtures").join(name);
+        Self::open_in(name, repo_root().join("tests/fixtures").join(name))
+    }
+
+    /// The fixture `name`'s reference with the model files of `dir` (a variant of its folder).
+    fn open_in(name: &'static str, dir: PathBuf) -> Self {
         let reference = read_json(&dir.join("reference.json"));
         Self {
             name,
@@ -234,8 +238,12 @@ fn check_output(f: &Fixture, item: &Value, o: &Output, how: &str) {
 
 /// All items in one batch and each alone, on both CPU backends.
 fn check(name: &'static str) {
-    let f = Fixture::open(name);
-    check_tokens(&f);
+    check_fixture(&Fixture::open(name));
+}
+
+fn check_fixture(f: &Fixture) {
+    let (f, name) = (f, f.name);
+    check_tokens(f);
     let want = f.want();
     for backend in [CpuBackend::Native, CpuBackend::Candle] {
         let m = f.load(backend);
@@ -258,14 +266,14 @@ fn check(name: &'static str) {
             .run(&batch, &vec![want; batch.len()], &mut || {})
             .unwrap_or_else(|e| panic!("{name} on {backend:?}: {e}"));
         for (item, o) in f.items().iter().zip(&outputs) {
-            check_output(&f, item, o, &format!("{backend:?}, batched"));
+            check_output(f, item, o, &format!("{backend:?}, batched"));
         }
         for item in f.items() {
             let mut one = PackedBatch::with_capacity(1, 256);
             let types = item.get("token_type_ids").map(ids).unwrap_or_default();
             one.push(&ids(&item["input_ids"]), &types);
             let o = m.run(&one, &[want], &mut || {}).expect("alone");
-            check_output(&f, item, &o[0], &format!("{backend:?}, alone"));
+            check_output(f, item, &o[0], &format!("{backend:?}, alone"));
         }
     }
 }
@@ -288,4 +296,24 @@ fn bert_splade() {
 #[test]
 fn bert_with_a_dense_module() {
     check("tiny-bert-dense");
+}
+
+#[test]
+fn xlm_roberta() {
+    check("tiny-xlm-roberta");
+}
+
+#[test]
+fn xlm_roberta_reranker() {
+    check("tiny-xlm-roberta-reranker");
+}
+
+#[test]
+fn roberta_classifier() {
+    check("tiny-roberta-classifier");
+}
+
+#[test]
+fn bge_m3_dense_sparse_colbert() {
+    check("tiny-bge-m3");
 }

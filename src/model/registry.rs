@@ -13,11 +13,17 @@ use super::{ModelError, Pooling};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Bert,
+    XlmRoberta,
 }
 
 impl Family {
     /// `model_type` values and the family each means.
-    const TYPES: &'static [(&'static str, Family)] = &[("bert", Family::Bert)];
+    const TYPES: &'static [(&'static str, Family)] = &[
+        ("bert", Family::Bert),
+        ("xlm-roberta", Family::XlmRoberta),
+        ("roberta", Family::XlmRoberta),
+        ("camembert", Family::XlmRoberta),
+    ];
 
     pub fn from_model_type(model_type: &str) -> Option<Family> {
         Self::TYPES

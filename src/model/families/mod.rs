@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod encoder;
+pub mod xlm_roberta;
 
 use super::batch::PackedBatch;
 use super::heads::{Classifier, Splade};
@@ -29,6 +30,7 @@ pub struct Facts {
 pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelError> {
     match family {
         Family::Bert => bert::facts(cfg),
+        Family::XlmRoberta => xlm_roberta::facts(cfg),
     }
 }
 
@@ -40,6 +42,7 @@ pub fn backbone<B: Backend>(
 ) -> Result<Box<dyn Backbone<B>>, ModelError> {
     match family {
         Family::Bert => bert::backbone(b, w, cfg),
+        Family::XlmRoberta => xlm_roberta::backbone(b, w, cfg),
     }
 }
 
@@ -53,6 +56,7 @@ pub fn classifier<B: Backend>(
 ) -> Result<Classifier<B>, ModelError> {
     match arch.family {
         Family::Bert => bert::classifier(b, w, cfg, labels),
+        Family::XlmRoberta => xlm_roberta::classifier(b, w, cfg, labels),
     }
 }
 
@@ -66,6 +70,10 @@ pub fn splade<B: Backend>(
 ) -> Result<Splade<B>, ModelError> {
     match family {
         Family::Bert => bert::splade(b, w, cfg, skip),
+        other => Err(ModelError::Unsupported(format!(
+            "--pooling splade with a {} masked-LM head (only BERT's is supported)",
+            other.name()
+        ))),
     }
 }
 
