@@ -317,3 +317,13 @@ fn roberta_classifier() {
 fn bge_m3_dense_sparse_colbert() {
     check("tiny-bge-m3");
 }
+
+#[test]
+fn distilbert() {
+    check("tiny-distilbert");
+}
+
+#[test]
+fn distilbert_classifier() {
+    check("tiny-distilbert-classifier");
+}

@@ -14,6 +14,7 @@ use super::{ModelError, Pooling};
 pub enum Family {
     Bert,
     XlmRoberta,
+    DistilBert,
 }
 
 impl Family {
@@ -23,6 +24,7 @@ impl Family {
         ("xlm-roberta", Family::XlmRoberta),
         ("roberta", Family::XlmRoberta),
         ("camembert", Family::XlmRoberta),
+        ("distilbert", Family::DistilBert),
     ];
 
     pub fn from_model_type(model_type: &str) -> Option<Family> {

@@ -6,6 +6,7 @@
 //! its embeddings onto it.
 
 pub mod bert;
+pub mod distilbert;
 pub mod encoder;
 pub mod xlm_roberta;
 
@@ -31,6 +32,7 @@ pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelErro
     match family {
         Family::Bert => bert::facts(cfg),
         Family::XlmRoberta => xlm_roberta::facts(cfg),
+        Family::DistilBert => distilbert::facts(cfg),
     }
 }
 
@@ -43,6 +45,7 @@ pub fn backbone<B: Backend>(
     match family {
         Family::Bert => bert::backbone(b, w, cfg),
         Family::XlmRoberta => xlm_roberta::backbone(b, w, cfg),
+        Family::DistilBert => distilbert::backbone(b, w, cfg),
     }
 }
 
@@ -57,6 +60,7 @@ pub fn classifier<B: Backend>(
     match arch.family {
         Family::Bert => bert::classifier(b, w, cfg, labels),
         Family::XlmRoberta => xlm_roberta::classifier(b, w, cfg, labels),
+        Family::DistilBert => distilbert::classifier(b, w, cfg, labels),
     }
 }
 
