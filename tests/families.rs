@@ -327,3 +327,8 @@ fn distilbert() {
 fn distilbert_classifier() {
     check("tiny-distilbert-classifier");
 }
+
+#[test]
+fn mpnet() {
+    check("tiny-mpnet");
+}

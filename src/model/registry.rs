@@ -15,6 +15,7 @@ pub enum Family {
     Bert,
     XlmRoberta,
     DistilBert,
+    MpNet,
 }
 
 impl Family {
@@ -25,6 +26,7 @@ impl Family {
         ("roberta", Family::XlmRoberta),
         ("camembert", Family::XlmRoberta),
         ("distilbert", Family::DistilBert),
+        ("mpnet", Family::MpNet),
     ];
 
     pub fn from_model_type(model_type: &str) -> Option<Family> {

@@ -8,6 +8,7 @@
 pub mod bert;
 pub mod distilbert;
 pub mod encoder;
+pub mod mpnet;
 pub mod xlm_roberta;
 
 use super::batch::PackedBatch;
@@ -33,6 +34,7 @@ pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelErro
         Family::Bert => bert::facts(cfg),
         Family::XlmRoberta => xlm_roberta::facts(cfg),
         Family::DistilBert => distilbert::facts(cfg),
+        Family::MpNet => mpnet::facts(cfg),
     }
 }
 
@@ -46,6 +48,7 @@ pub fn backbone<B: Backend>(
         Family::Bert => bert::backbone(b, w, cfg),
         Family::XlmRoberta => xlm_roberta::backbone(b, w, cfg),
         Family::DistilBert => distilbert::backbone(b, w, cfg),
+        Family::MpNet => mpnet::backbone(b, w, cfg),
     }
 }
 
@@ -61,6 +64,7 @@ pub fn classifier<B: Backend>(
         Family::Bert => bert::classifier(b, w, cfg, labels),
         Family::XlmRoberta => xlm_roberta::classifier(b, w, cfg, labels),
         Family::DistilBert => distilbert::classifier(b, w, cfg, labels),
+        Family::MpNet => mpnet::classifier(b, w, cfg, labels),
     }
 }
 
