@@ -332,3 +332,73 @@ fn distilbert_classifier() {
 fn mpnet() {
     check("tiny-mpnet");
 }
+
+#[test]
+fn modernbert() {
+    check("tiny-modernbert");
+}
+
+#[test]
+fn modernbert_reranker() {
+    check("tiny-modernbert-reranker");
+}
+
+/// The fixture's folder with `config.transformers5.json` (`layer_types`, `rope_parameters`) as
+/// its config.json: it matches the reference, and gives the Hub form's outputs bit for bit.
+fn check_transformers5_config(name: &'static str) {
+    let src = repo_root().join("tests/fixtures").join(name);
+    let dir = std::env::temp_dir().join(format!("spotinfer-tf5-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    copy_tree(&src, &dir);
+    std::fs::copy(
+        src.join("config.transformers5.json"),
+        dir.join("config.json"),
+    )
+    .expect("config");
+    let tf5 = Fixture::open_in(name, dir.clone());
+    check_fixture(&tf5);
+    let hub = Fixture::open(name);
+    let want = hub.want();
+    let mut batch = PackedBatch::with_capacity(hub.items().len(), 1024);
+    for item in hub.items() {
+        batch.push(&ids(&item["input_ids"]), &[]);
+    }
+    for backend in [CpuBackend::Native, CpuBackend::Candle] {
+        let a = hub
+            .load(backend)
+            .run(&batch, &vec![want; batch.len()], &mut || {});
+        let b = tf5
+            .load(backend)
+            .run(&batch, &vec![want; batch.len()], &mut || {});
+        let (a, b) = (a.expect("hub config"), b.expect("transformers 5 config"));
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.tokens, y.tokens, "{name} {backend:?}: tokens");
+            assert_eq!(x.pooled, y.pooled, "{name} {backend:?}: pooled");
+            assert_eq!(x.scores, y.scores, "{name} {backend:?}: scores");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for e in std::fs::read_dir(from).expect("read fixture") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn modernbert_transformers5_config() {
+    check_transformers5_config("tiny-modernbert");
+}
+
+#[test]
+fn modernbert_reranker_transformers5_config() {
+    check_transformers5_config("tiny-modernbert-reranker");
+}

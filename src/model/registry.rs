@@ -16,6 +16,7 @@ pub enum Family {
     XlmRoberta,
     DistilBert,
     MpNet,
+    ModernBert,
 }
 
 impl Family {
@@ -27,6 +28,7 @@ impl Family {
         ("camembert", Family::XlmRoberta),
         ("distilbert", Family::DistilBert),
         ("mpnet", Family::MpNet),
+        ("modernbert", Family::ModernBert),
     ];
 
     pub fn from_model_type(model_type: &str) -> Option<Family> {

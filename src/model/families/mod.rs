@@ -8,6 +8,7 @@
 pub mod bert;
 pub mod distilbert;
 pub mod encoder;
+pub mod modernbert;
 pub mod mpnet;
 pub mod xlm_roberta;
 
@@ -35,6 +36,7 @@ pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelErro
         Family::XlmRoberta => xlm_roberta::facts(cfg),
         Family::DistilBert => distilbert::facts(cfg),
         Family::MpNet => mpnet::facts(cfg),
+        Family::ModernBert => modernbert::facts(cfg),
     }
 }
 
@@ -49,6 +51,7 @@ pub fn backbone<B: Backend>(
         Family::XlmRoberta => xlm_roberta::backbone(b, w, cfg),
         Family::DistilBert => distilbert::backbone(b, w, cfg),
         Family::MpNet => mpnet::backbone(b, w, cfg),
+        Family::ModernBert => modernbert::backbone(b, w, cfg),
     }
 }
 
@@ -65,6 +68,7 @@ pub fn classifier<B: Backend>(
         Family::XlmRoberta => xlm_roberta::classifier(b, w, cfg, labels),
         Family::DistilBert => distilbert::classifier(b, w, cfg, labels),
         Family::MpNet => mpnet::classifier(b, w, cfg, labels),
+        Family::ModernBert => modernbert::classifier(b, w, cfg, labels),
     }
 }
 
