@@ -402,3 +402,33 @@ fn modernbert_transformers5_config() {
 fn modernbert_reranker_transformers5_config() {
     check_transformers5_config("tiny-modernbert-reranker");
 }
+
+#[test]
+fn nomic() {
+    check("tiny-nomic");
+}
+
+/// The prompted items' ids come from `config_sentence_transformers.json`'s prompts: the named
+/// prompt + the bare text is the reference's text.
+#[test]
+fn nomic_prompts_are_read() {
+    let f = Fixture::open("tiny-nomic");
+    let st = model::SentenceTransformerConfig::read(&f.files()).expect("st config");
+    let mut prompted = 0;
+    for item in f.items() {
+        let Some(name) = item["prompt_name"].as_str() else {
+            continue;
+        };
+        let prompt = st
+            .prompts
+            .get(name)
+            .unwrap_or_else(|| panic!("prompt {name} in {:?}", st.prompts));
+        let bare = item["text_without_prompt"].as_str().expect("bare text");
+        assert_eq!(
+            format!("{prompt}{bare}"),
+            item["text"].as_str().expect("text")
+        );
+        prompted += 1;
+    }
+    assert_eq!(prompted, 2);
+}

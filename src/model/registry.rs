@@ -17,6 +17,7 @@ pub enum Family {
     DistilBert,
     MpNet,
     ModernBert,
+    NomicBert,
 }
 
 impl Family {
@@ -29,6 +30,7 @@ impl Family {
         ("distilbert", Family::DistilBert),
         ("mpnet", Family::MpNet),
         ("modernbert", Family::ModernBert),
+        ("nomic_bert", Family::NomicBert),
     ];
 
     pub fn from_model_type(model_type: &str) -> Option<Family> {

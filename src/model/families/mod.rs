@@ -10,6 +10,7 @@ pub mod distilbert;
 pub mod encoder;
 pub mod modernbert;
 pub mod mpnet;
+pub mod nomic;
 pub mod xlm_roberta;
 
 use super::batch::PackedBatch;
@@ -37,6 +38,7 @@ pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelErro
         Family::DistilBert => distilbert::facts(cfg),
         Family::MpNet => mpnet::facts(cfg),
         Family::ModernBert => modernbert::facts(cfg),
+        Family::NomicBert => nomic::facts(cfg),
     }
 }
 
@@ -52,6 +54,7 @@ pub fn backbone<B: Backend>(
         Family::DistilBert => distilbert::backbone(b, w, cfg),
         Family::MpNet => mpnet::backbone(b, w, cfg),
         Family::ModernBert => modernbert::backbone(b, w, cfg),
+        Family::NomicBert => nomic::backbone(b, w, cfg),
     }
 }
 
@@ -69,6 +72,7 @@ pub fn classifier<B: Backend>(
         Family::DistilBert => distilbert::classifier(b, w, cfg, labels),
         Family::MpNet => mpnet::classifier(b, w, cfg, labels),
         Family::ModernBert => modernbert::classifier(b, w, cfg, labels),
+        Family::NomicBert => nomic::classifier(b, w, cfg, labels),
     }
 }
 
