@@ -432,3 +432,8 @@ fn nomic_prompts_are_read() {
     }
     assert_eq!(prompted, 2);
 }
+
+#[test]
+fn gte() {
+    check("tiny-gte");
+}

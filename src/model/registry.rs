@@ -18,6 +18,7 @@ pub enum Family {
     MpNet,
     ModernBert,
     NomicBert,
+    Gte,
 }
 
 impl Family {
@@ -31,6 +32,8 @@ impl Family {
         ("mpnet", Family::MpNet),
         ("modernbert", Family::ModernBert),
         ("nomic_bert", Family::NomicBert),
+        // Alibaba's GTE v1.5 / multilingual (remote code `NewModel`).
+        ("new", Family::Gte),
     ];
 
     pub fn from_model_type(model_type: &str) -> Option<Family> {

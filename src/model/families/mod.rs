@@ -8,6 +8,7 @@
 pub mod bert;
 pub mod distilbert;
 pub mod encoder;
+pub mod gte;
 pub mod modernbert;
 pub mod mpnet;
 pub mod nomic;
@@ -39,6 +40,7 @@ pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelErro
         Family::MpNet => mpnet::facts(cfg),
         Family::ModernBert => modernbert::facts(cfg),
         Family::NomicBert => nomic::facts(cfg),
+        Family::Gte => gte::facts(cfg),
     }
 }
 
@@ -55,6 +57,7 @@ pub fn backbone<B: Backend>(
         Family::MpNet => mpnet::backbone(b, w, cfg),
         Family::ModernBert => modernbert::backbone(b, w, cfg),
         Family::NomicBert => nomic::backbone(b, w, cfg),
+        Family::Gte => gte::backbone(b, w, cfg),
     }
 }
 
@@ -73,6 +76,7 @@ pub fn classifier<B: Backend>(
         Family::MpNet => mpnet::classifier(b, w, cfg, labels),
         Family::ModernBert => modernbert::classifier(b, w, cfg, labels),
         Family::NomicBert => nomic::classifier(b, w, cfg, labels),
+        Family::Gte => gte::classifier(b, w, cfg, labels),
     }
 }
 
