@@ -27,7 +27,11 @@ struct Fixture {
 
 impl Fixture {
     fn open(name: &'static str) -> Self {
-        let dir = repo_root().join("tests/fixtures").join(name);
+        Self::open_in(name, repo_root().join("tests/fixtures").join(name))
+    }
+
+    /// The fixture `name`'s reference with the model files of `dir` (a variant of its folder).
+    fn open_in(name: &'static str, dir: PathBuf) -> Self {
         let reference = read_json(&dir.join("reference.json"));
         Self {
             name,
@@ -234,8 +238,12 @@ fn check_output(f: &Fixture, item: &Value, o: &Output, how: &str) {
 
 /// All items in one batch and each alone, on both CPU backends.
 fn check(name: &'static str) {
-    let f = Fixture::open(name);
-    check_tokens(&f);
+    check_fixture(&Fixture::open(name));
+}
+
+fn check_fixture(f: &Fixture) {
+    let (f, name) = (f, f.name);
+    check_tokens(f);
     let want = f.want();
     for backend in [CpuBackend::Native, CpuBackend::Candle] {
         let m = f.load(backend);
@@ -258,14 +266,14 @@ fn check(name: &'static str) {
             .run(&batch, &vec![want; batch.len()], &mut || {})
             .unwrap_or_else(|e| panic!("{name} on {backend:?}: {e}"));
         for (item, o) in f.items().iter().zip(&outputs) {
-            check_output(&f, item, o, &format!("{backend:?}, batched"));
+            check_output(f, item, o, &format!("{backend:?}, batched"));
         }
         for item in f.items() {
             let mut one = PackedBatch::with_capacity(1, 256);
             let types = item.get("token_type_ids").map(ids).unwrap_or_default();
             one.push(&ids(&item["input_ids"]), &types);
             let o = m.run(&one, &[want], &mut || {}).expect("alone");
-            check_output(&f, item, &o[0], &format!("{backend:?}, alone"));
+            check_output(f, item, &o[0], &format!("{backend:?}, alone"));
         }
     }
 }
@@ -288,4 +296,144 @@ fn bert_splade() {
 #[test]
 fn bert_with_a_dense_module() {
     check("tiny-bert-dense");
+}
+
+#[test]
+fn xlm_roberta() {
+    check("tiny-xlm-roberta");
+}
+
+#[test]
+fn xlm_roberta_reranker() {
+    check("tiny-xlm-roberta-reranker");
+}
+
+#[test]
+fn roberta_classifier() {
+    check("tiny-roberta-classifier");
+}
+
+#[test]
+fn bge_m3_dense_sparse_colbert() {
+    check("tiny-bge-m3");
+}
+
+#[test]
+fn distilbert() {
+    check("tiny-distilbert");
+}
+
+#[test]
+fn distilbert_classifier() {
+    check("tiny-distilbert-classifier");
+}
+
+#[test]
+fn mpnet() {
+    check("tiny-mpnet");
+}
+
+#[test]
+fn modernbert() {
+    check("tiny-modernbert");
+}
+
+#[test]
+fn modernbert_reranker() {
+    check("tiny-modernbert-reranker");
+}
+
+/// The fixture's folder with `config.transformers5.json` (`layer_types`, `rope_parameters`) as
+/// its config.json: it matches the reference, and gives the Hub form's outputs bit for bit.
+fn check_transformers5_config(name: &'static str) {
+    let src = repo_root().join("tests/fixtures").join(name);
+    let dir = std::env::temp_dir().join(format!("spotinfer-tf5-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    copy_tree(&src, &dir);
+    std::fs::copy(
+        src.join("config.transformers5.json"),
+        dir.join("config.json"),
+    )
+    .expect("config");
+    let tf5 = Fixture::open_in(name, dir.clone());
+    check_fixture(&tf5);
+    let hub = Fixture::open(name);
+    let want = hub.want();
+    let mut batch = PackedBatch::with_capacity(hub.items().len(), 1024);
+    for item in hub.items() {
+        batch.push(&ids(&item["input_ids"]), &[]);
+    }
+    for backend in [CpuBackend::Native, CpuBackend::Candle] {
+        let a = hub
+            .load(backend)
+            .run(&batch, &vec![want; batch.len()], &mut || {});
+        let b = tf5
+            .load(backend)
+            .run(&batch, &vec![want; batch.len()], &mut || {});
+        let (a, b) = (a.expect("hub config"), b.expect("transformers 5 config"));
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.tokens, y.tokens, "{name} {backend:?}: tokens");
+            assert_eq!(x.pooled, y.pooled, "{name} {backend:?}: pooled");
+            assert_eq!(x.scores, y.scores, "{name} {backend:?}: scores");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for e in std::fs::read_dir(from).expect("read fixture") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn modernbert_transformers5_config() {
+    check_transformers5_config("tiny-modernbert");
+}
+
+#[test]
+fn modernbert_reranker_transformers5_config() {
+    check_transformers5_config("tiny-modernbert-reranker");
+}
+
+#[test]
+fn nomic() {
+    check("tiny-nomic");
+}
+
+/// The prompted items' ids come from `config_sentence_transformers.json`'s prompts: the named
+/// prompt + the bare text is the reference's text.
+#[test]
+fn nomic_prompts_are_read() {
+    let f = Fixture::open("tiny-nomic");
+    let st = model::SentenceTransformerConfig::read(&f.files()).expect("st config");
+    let mut prompted = 0;
+    for item in f.items() {
+        let Some(name) = item["prompt_name"].as_str() else {
+            continue;
+        };
+        let prompt = st
+            .prompts
+            .get(name)
+            .unwrap_or_else(|| panic!("prompt {name} in {:?}", st.prompts));
+        let bare = item["text_without_prompt"].as_str().expect("bare text");
+        assert_eq!(
+            format!("{prompt}{bare}"),
+            item["text"].as_str().expect("text")
+        );
+        prompted += 1;
+    }
+    assert_eq!(prompted, 2);
+}
+
+#[test]
+fn gte() {
+    check("tiny-gte");
 }

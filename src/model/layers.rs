@@ -183,20 +183,68 @@ pub struct Rope {
     pub interleaved: bool,
     /// Multiplies cos and sin (YaRN's attention factor); 1 otherwise.
     pub scaling: f32,
+    /// Per-sequence base for sequences longer than the trained length (NomicBERT v1.5).
+    pub dynamic: Option<DynamicNtk>,
+}
+
+/// Dynamic NTK scaling: a sequence of `len > trained` tokens rotates with the base
+/// `base * (factor * len / trained - (factor - 1))^(dim / (dim - 2))`, as the model computes
+/// it for that input alone (so a batch's outputs do not depend on its other inputs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DynamicNtk {
+    pub base: f64,
+    pub factor: f64,
+    pub trained: usize,
 }
 
 impl Rope {
     /// `1 / base^(2k/dim)` for `k < dim/2`.
     pub fn new(base: f64, rotary_dim: usize) -> Self {
-        let inv_freq = (0..rotary_dim / 2)
-            .map(|k| (1.0 / base.powf(2.0 * k as f64 / rotary_dim as f64)) as f32)
-            .collect();
         Self {
-            inv_freq,
+            inv_freq: Self::frequencies(base, rotary_dim),
             rotary_dim,
             interleaved: false,
             scaling: 1.0,
+            dynamic: None,
         }
+    }
+
+    fn frequencies(base: f64, rotary_dim: usize) -> Vec<f32> {
+        (0..rotary_dim / 2)
+            .map(|k| (1.0 / base.powf(2.0 * k as f64 / rotary_dim as f64)) as f32)
+            .collect()
+    }
+
+    /// The inverse frequencies a sequence of `len` tokens rotates with.
+    pub fn inv_freq_for(&self, len: usize) -> std::borrow::Cow<'_, [f32]> {
+        match self.dynamic {
+            Some(d) if len > d.trained && self.rotary_dim > 2 => {
+                let dim = self.rotary_dim as f64;
+                let stretch = d.factor * len as f64 / d.trained as f64 - (d.factor - 1.0);
+                let base = d.base * stretch.powf(dim / (dim - 2.0));
+                std::borrow::Cow::Owned(Self::frequencies(base, self.rotary_dim))
+            }
+            _ => std::borrow::Cow::Borrowed(&self.inv_freq),
+        }
+    }
+
+    /// (cos, sin) tables `[tokens, rotary_dim / 2]` of a packed batch: sequence `i` is
+    /// `offsets[i]..offsets[i + 1]`, `positions` each token's. Both backends build theirs here.
+    pub fn tables(&self, offsets: &[usize], positions: &[u32]) -> (Vec<f32>, Vec<f32>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for w in offsets.windows(2) {
+            let inv = self.inv_freq_for(w[1] - w[0]);
+            for &p in &positions[w[0]..w[1]] {
+                for f in inv.iter() {
+                    let a = p as f32 * f;
+                    cos.push(a.cos() * self.scaling);
+                    sin.push(a.sin() * self.scaling);
+                }
+            }
+        }
+        (cos, sin)
     }
 
     /// (cos, sin) of every angle of `position`, each `rotary_dim / 2` long.
@@ -391,6 +439,29 @@ mod tests {
         for (rel, bucket) in want {
             assert_eq!(b.bucket(rel), bucket, "relative {rel}");
         }
+    }
+
+    #[test]
+    fn dynamic_ntk_rescales_only_long_sequences() {
+        let mut r = Rope::new(1000.0, 8);
+        r.dynamic = Some(DynamicNtk {
+            base: 1000.0,
+            factor: 2.0,
+            trained: 4,
+        });
+        assert_eq!(&*r.inv_freq_for(4), &r.inv_freq[..]);
+        // len 8: base 1000 * (2 * 8 / 4 - 1)^(8 / 6).
+        let base = 1000.0 * 3f64.powf(8.0 / 6.0);
+        let want = Rope::new(base, 8).inv_freq;
+        assert_eq!(&*r.inv_freq_for(8), &want[..]);
+        // Each sequence of a batch gets its own base: a 2-token and an 8-token sequence.
+        let positions: Vec<u32> = (0..2).chain(0..8).collect();
+        let (cos, sin) = r.tables(&[0, 2, 10], &positions);
+        assert_eq!((cos.len(), sin.len()), (40, 40));
+        let k = 3;
+        assert!((sin[4 + k] - (r.inv_freq[k]).sin()).abs() < 1e-7);
+        let t = 2 + 5; // position 5 of the long sequence
+        assert!((cos[t * 4 + k] - (5.0 * want[k]).cos()).abs() < 1e-6);
     }
 
     #[test]

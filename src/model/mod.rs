@@ -217,7 +217,6 @@ fn load_on<B: Backend>(
     let mut w = Weights::open(&files.weights)?;
     let parameters: usize = w.stored_bytes();
     let backbone: Box<dyn Backbone<B>> = families::backbone(arch.family, &b, &mut w, cfg)?;
-    let special = special_ids(&files.tokenizer);
     let heads = match task {
         Task::Embed => {
             let pooling = pooling.unwrap_or(if arch.family.is_decoder() {
@@ -227,7 +226,7 @@ fn load_on<B: Backend>(
             });
             let mut h = Heads::pooling(pooling);
             h.dense = dense_modules(&b, st)?;
-            h.m3 = bge_m3(&b, files, f.hidden, &special)?;
+            h.m3 = bge_m3(&b, files, f.hidden)?;
             h
         }
         Task::Classify | Task::Rerank => {
@@ -239,7 +238,8 @@ fn load_on<B: Backend>(
             Heads::classifier(families::classifier(arch, &b, &w, cfg, labels)?)
         }
         Task::Sparse => {
-            let splade = families::splade(arch.family, &b, &w, cfg, special.clone())?;
+            let special = special_ids(&files.tokenizer);
+            let splade = families::splade(arch.family, &b, &w, cfg, special)?;
             // Sparse vectors only: TEI refuses /embed for a SPLADE model too.
             Heads {
                 pooling: None,
@@ -319,7 +319,6 @@ fn bge_m3<B: Backend>(
     b: &B,
     files: &ModelFiles,
     hidden: usize,
-    special: &[u32],
 ) -> Result<Option<BgeM3<B>>, ModelError> {
     if files.sparse_linear.is_none() && files.colbert_linear.is_none() {
         return Ok(None);
@@ -344,8 +343,57 @@ fn bge_m3<B: Backend>(
     Ok(Some(BgeM3 {
         sparse,
         colbert,
-        skip: special.to_vec(),
+        skip: m3_unused_ids(&files.tokenizer),
     }))
+}
+
+/// The ids FlagEmbedding drops from bge-m3's sparse output: the tokenizer's CLS, EOS, pad and
+/// unknown tokens (not every special token: a literal `<mask>` keeps its weight). Read from
+/// tokenizer.json: the post-processor's special tokens, the padding's and the model's ids.
+fn m3_unused_ids(tokenizer: &Path) -> Vec<u32> {
+    let Some(json) = std::fs::read_to_string(tokenizer)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return Vec::new();
+    };
+    let tk = tokenizers::Tokenizer::from_file(tokenizer).ok();
+    let id_of = |token: &str| tk.as_ref().and_then(|t| t.token_to_id(token));
+    let mut ids = Vec::new();
+    post_processor_ids(&json["post_processor"], &mut ids);
+    let pad = json["padding"]["pad_id"]
+        .as_u64()
+        .map(|v| v as u32)
+        .or_else(|| id_of("<pad>"));
+    let model = &json["model"];
+    let unk = model["unk_id"]
+        .as_u64()
+        .map(|v| v as u32)
+        .or_else(|| model["unk_token"].as_str().and_then(id_of));
+    ids.extend(pad.into_iter().chain(unk));
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The ids a post-processor adds (`TemplateProcessing` special tokens, `RobertaProcessing` /
+/// `BertProcessing` cls and sep), through `Sequence`s.
+fn post_processor_ids(p: &serde_json::Value, ids: &mut Vec<u32>) {
+    if let Some(list) = p["processors"].as_array() {
+        list.iter().for_each(|q| post_processor_ids(q, ids));
+    }
+    if let Some(map) = p["special_tokens"].as_object() {
+        for t in map.values() {
+            if let Some(v) = t["ids"].as_array() {
+                ids.extend(v.iter().filter_map(|i| i.as_u64()).map(|i| i as u32));
+            }
+        }
+    }
+    for key in ["cls", "sep"] {
+        if let Some(id) = p[key][1].as_u64() {
+            ids.push(id as u32);
+        }
+    }
 }
 
 /// The tokenizer's special token ids (dropped from sparse outputs).
@@ -393,5 +441,18 @@ pub fn dtype_name(dtype: DType) -> &'static str {
         DType::F16 => "float16",
         DType::BF16 => "bfloat16",
         _ => "float32",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bge_m3_drops_cls_eos_pad_and_unk_only() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bge-m3");
+        // `<mask>` (1000) is special too, but FlagEmbedding keeps its weight.
+        assert_eq!(m3_unused_ids(&dir.join("tokenizer.json")), vec![0, 1, 2, 3]);
+        assert_eq!(special_ids(&dir.join("tokenizer.json")), vec![1000]);
     }
 }

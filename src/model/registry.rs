@@ -13,11 +13,28 @@ use super::{ModelError, Pooling};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Bert,
+    XlmRoberta,
+    DistilBert,
+    MpNet,
+    ModernBert,
+    NomicBert,
+    Gte,
 }
 
 impl Family {
     /// `model_type` values and the family each means.
-    const TYPES: &'static [(&'static str, Family)] = &[("bert", Family::Bert)];
+    const TYPES: &'static [(&'static str, Family)] = &[
+        ("bert", Family::Bert),
+        ("xlm-roberta", Family::XlmRoberta),
+        ("roberta", Family::XlmRoberta),
+        ("camembert", Family::XlmRoberta),
+        ("distilbert", Family::DistilBert),
+        ("mpnet", Family::MpNet),
+        ("modernbert", Family::ModernBert),
+        ("nomic_bert", Family::NomicBert),
+        // Alibaba's GTE v1.5 / multilingual (remote code `NewModel`).
+        ("new", Family::Gte),
+    ];
 
     pub fn from_model_type(model_type: &str) -> Option<Family> {
         Self::TYPES

@@ -297,14 +297,7 @@ impl Backend for Cpu {
 
     fn rope(&self, plan: &CpuPlan, rope: &Rope) -> Result<CpuRope, ModelError> {
         let half = rope.inv_freq.len();
-        let mut cos = Vec::with_capacity(plan.positions.len() * half);
-        let mut sin = Vec::with_capacity(plan.positions.len() * half);
-        for &p in &plan.positions {
-            for (c, s) in rope.angles(p) {
-                cos.push(c);
-                sin.push(s);
-            }
-        }
+        let (cos, sin) = rope.tables(&plan.offsets, &plan.positions);
         Ok(CpuRope {
             cos,
             sin,

@@ -74,3 +74,54 @@ impl<B: Backend> Encoder<B> {
         Ok(x)
     }
 }
+
+/// Word (+ token type) embeddings then a norm, without a position table: the embeddings of
+/// the RoPE encoders (NomicBERT, GTE).
+pub struct TokenEmbeddings<B: Backend> {
+    pub word: B::Table,
+    pub token_type: Option<B::Table>,
+    /// Type ids are used when the table has at least two rows; else row 0 for every token.
+    pub type_vocab_size: usize,
+    pub norm: B::Norm,
+}
+
+impl<B: Backend> TokenEmbeddings<B> {
+    pub fn forward(
+        &self,
+        b: &B,
+        plan: &B::Plan,
+        batch: &PackedBatch,
+    ) -> Result<B::Act, ModelError> {
+        let zeros: Vec<u32>;
+        let mut parts = vec![(&self.word, batch.ids.as_slice())];
+        if let Some(t) = &self.token_type {
+            let ids = if self.type_vocab_size < 2 {
+                zeros = vec![0; batch.ids.len()];
+                &zeros
+            } else {
+                &batch.type_ids
+            };
+            parts.push((t, ids));
+        }
+        b.embed(plan, &parts, None, Some(&self.norm))
+    }
+}
+
+/// [`TokenEmbeddings`] + the post-norm encoder with RoPE.
+pub struct RotaryEncoder<B: Backend> {
+    pub embeddings: TokenEmbeddings<B>,
+    pub encoder: Encoder<B>,
+}
+
+impl<B: Backend> super::Backbone<B> for RotaryEncoder<B> {
+    fn forward(
+        &self,
+        b: &B,
+        plan: &B::Plan,
+        batch: &PackedBatch,
+        at_yield: &mut dyn FnMut(),
+    ) -> Result<B::Act, ModelError> {
+        let x = self.embeddings.forward(b, plan, batch)?;
+        self.encoder.forward(b, plan, batch, x, at_yield)
+    }
+}

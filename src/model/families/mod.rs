@@ -6,7 +6,13 @@
 //! its embeddings onto it.
 
 pub mod bert;
+pub mod distilbert;
 pub mod encoder;
+pub mod gte;
+pub mod modernbert;
+pub mod mpnet;
+pub mod nomic;
+pub mod xlm_roberta;
 
 use super::batch::PackedBatch;
 use super::heads::{Classifier, Splade};
@@ -29,6 +35,12 @@ pub struct Facts {
 pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelError> {
     match family {
         Family::Bert => bert::facts(cfg),
+        Family::XlmRoberta => xlm_roberta::facts(cfg),
+        Family::DistilBert => distilbert::facts(cfg),
+        Family::MpNet => mpnet::facts(cfg),
+        Family::ModernBert => modernbert::facts(cfg),
+        Family::NomicBert => nomic::facts(cfg),
+        Family::Gte => gte::facts(cfg),
     }
 }
 
@@ -40,6 +52,12 @@ pub fn backbone<B: Backend>(
 ) -> Result<Box<dyn Backbone<B>>, ModelError> {
     match family {
         Family::Bert => bert::backbone(b, w, cfg),
+        Family::XlmRoberta => xlm_roberta::backbone(b, w, cfg),
+        Family::DistilBert => distilbert::backbone(b, w, cfg),
+        Family::MpNet => mpnet::backbone(b, w, cfg),
+        Family::ModernBert => modernbert::backbone(b, w, cfg),
+        Family::NomicBert => nomic::backbone(b, w, cfg),
+        Family::Gte => gte::backbone(b, w, cfg),
     }
 }
 
@@ -53,6 +71,12 @@ pub fn classifier<B: Backend>(
 ) -> Result<Classifier<B>, ModelError> {
     match arch.family {
         Family::Bert => bert::classifier(b, w, cfg, labels),
+        Family::XlmRoberta => xlm_roberta::classifier(b, w, cfg, labels),
+        Family::DistilBert => distilbert::classifier(b, w, cfg, labels),
+        Family::MpNet => mpnet::classifier(b, w, cfg, labels),
+        Family::ModernBert => modernbert::classifier(b, w, cfg, labels),
+        Family::NomicBert => nomic::classifier(b, w, cfg, labels),
+        Family::Gte => gte::classifier(b, w, cfg, labels),
     }
 }
 
@@ -66,6 +90,10 @@ pub fn splade<B: Backend>(
 ) -> Result<Splade<B>, ModelError> {
     match family {
         Family::Bert => bert::splade(b, w, cfg, skip),
+        other => Err(ModelError::Unsupported(format!(
+            "--pooling splade with a {} masked-LM head (only BERT's is supported)",
+            other.name()
+        ))),
     }
 }
 

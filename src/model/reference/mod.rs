@@ -239,14 +239,7 @@ impl Backend for Reference {
 
     fn rope(&self, plan: &RefPlan, rope: &Rope) -> Result<RefRope, ModelError> {
         let half = rope.inv_freq.len();
-        let mut cos = Vec::with_capacity(plan.positions.len() * half);
-        let mut sin = Vec::with_capacity(plan.positions.len() * half);
-        for &p in &plan.positions {
-            for (c, s) in rope.angles(p) {
-                cos.push(c);
-                sin.push(s);
-            }
-        }
+        let (cos, sin) = rope.tables(&plan.offsets, &plan.positions);
         let t = plan.positions.len();
         Ok(RefRope {
             cos: Tensor::from_vec(cos, (t, 1, half), &self.device)?,
@@ -448,5 +441,73 @@ mod tests {
         for (g, w) in y[4..].iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{g} vs {w}");
         }
+    }
+
+    /// Dynamic NTK (NomicBERT): each sequence of a batch rotates with its own base, on both
+    /// backends alike; a sequence within the trained length is unchanged.
+    #[test]
+    fn dynamic_ntk_rope_per_sequence_on_both_backends() {
+        use crate::model::cpu::Cpu;
+        use crate::model::layers::DynamicNtk;
+        use crate::model::weights::HostTensor;
+        let (heads, d) = (2, 8);
+        let mut batch = PackedBatch::with_capacity(2, 12);
+        batch.push(&[1, 2, 3], &[]);
+        batch.push(&[1; 9], &[]);
+        let (t, width) = (batch.tokens(), 3 * heads * d);
+        let values: Vec<f32> = (0..t * width)
+            .map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let plain = Rope::new(100.0, d);
+        let mut dynamic = plain.clone();
+        dynamic.dynamic = Some(DynamicNtk {
+            base: 100.0,
+            factor: 2.0,
+            trained: 4,
+        });
+        let reference = |rope: &Rope| {
+            let r = Reference::new(Device::Cpu, DType::F32);
+            let plan = r.plan(&batch).unwrap();
+            let table = r.rope(&plan, rope).unwrap();
+            let qkv = Tensor::from_vec(values.clone(), (t, width), &Device::Cpu).unwrap();
+            let spec = Attention {
+                rope: Some(&table),
+                ..Attention::full(heads, d)
+            };
+            r.to_host(&r.attention(qkv, &plan, &spec).unwrap())
+                .unwrap()
+                .0
+        };
+        let native = |rope: &Rope| {
+            let c = Cpu::new();
+            let plan = c.plan(&batch).unwrap();
+            let table = c.rope(&plan, rope).unwrap();
+            // The values as activations: an embedding table looked up row by row.
+            let rows = c
+                .load_table(HostTensor::from_f32("qkv", vec![t, width], &values))
+                .unwrap();
+            let ids: Vec<u32> = (0..t as u32).collect();
+            let qkv = c.embed(&plan, &[(&rows, &ids)], None, None).unwrap();
+            let spec = Attention {
+                rope: Some(&table),
+                ..Attention::full(heads, d)
+            };
+            c.to_host(&c.attention(qkv, &plan, &spec).unwrap())
+                .unwrap()
+                .0
+        };
+        let (want, got) = (reference(&dynamic), native(&dynamic));
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
+        let before = reference(&plain);
+        let short = 3 * heads * d;
+        assert_eq!(&want[..short], &before[..short]);
+        let moved = want[short..]
+            .iter()
+            .zip(&before[short..])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(moved > 1e-3, "the long sequence's base changed: {moved}");
     }
 }

