@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Static check of spotinfer's own CUDA kernels (src/model/cuda/kernels/*.cu), no GPU needed:
+# assembles every PTX file build.rs produced with `ptxas -v` for each target architecture,
+# prints registers / stack / spills / shared memory per kernel, and FAILS if
+#   - a hot kernel spills registers (every entry point of ours is on the hot path: attention,
+#     norms, embedding, rope, glu / bias_act, pooling, the non-finite scan),
+#   - ptxas rejects a file for an architecture,
+#   - a PTX file's ISA version is newer than the GPU driver can JIT (PTX_MAX_VERSION, 9.0 =
+#     CUDA 13.0 = driver R580, see docs/CUDA.md).
+#
+#   scripts/ptx-check.sh                 # PTX from the newest target/cuda release build
+#   scripts/ptx-check.sh DIR             # PTX files in DIR
+#   PTX_CHECK_ARCHS="90" scripts/ptx-check.sh
+#
+# ptxas: $PTXAS, else .cuda-wheels/nvidia/cu13/bin/ptxas (scripts/cuda-build.sh installs it),
+# else $CUDA_HOME/bin/ptxas, else PATH.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ARCHS=${PTX_CHECK_ARCHS:-"80 86 89 90"}
+PTX_MAX_VERSION=${PTX_MAX_VERSION:-9.0}
+EXPECTED=(attention norm rope act pool)
+
+die() { echo "ptx-check: error: $*" >&2; exit 1; }
+
+PTXAS=${PTXAS:-}
+if [ -z "$PTXAS" ]; then
+  for c in .cuda-wheels/nvidia/cu13/bin/ptxas "${CUDA_HOME:-/nonexistent}/bin/ptxas" "$(command -v ptxas || true)"; do
+    if [ -n "$c" ] && [ -x "$c" ]; then PTXAS=$c; break; fi
+  done
+fi
+[ -n "$PTXAS" ] && [ -x "$PTXAS" ] || die "no ptxas found (run scripts/cuda-build.sh --setup-only first, or set PTXAS)"
+
+DIR=${1:-}
+if [ -z "$DIR" ]; then
+  # The newest build-script output of our crate that holds the kernels (old hash dirs linger).
+  DIR=$(ls -dt target/cuda/release/build/spotinfer-*/out 2>/dev/null | while read -r d; do
+          [ -f "$d/attention.ptx" ] && { echo "$d"; break; }; done || true)
+  [ -n "$DIR" ] || die "no PTX under target/cuda/release/build/spotinfer-*/out (build with scripts/cuda-build.sh first)"
+fi
+for f in "${EXPECTED[@]}"; do [ -f "$DIR/$f.ptx" ] || die "$DIR/$f.ptx is missing"; done
+
+echo "ptx-check: $PTXAS ($("$PTXAS" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')), PTX from $DIR, archs: $ARCHS"
+
+fail=0
+version_le() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -1)" = "$1" ]; }
+for f in "${EXPECTED[@]}"; do
+  v=$(sed -n 's/^\.version \([0-9.]*\).*/\1/p' "$DIR/$f.ptx" | head -1)
+  if ! version_le "$v" "$PTX_MAX_VERSION"; then
+    echo "FAIL $f.ptx is PTX ISA $v, newer than $PTX_MAX_VERSION (the GPU driver could not JIT it)"
+    fail=1
+  fi
+done
+
+TABLE=$(mktemp); LOG=$(mktemp); trap 'rm -f "$TABLE" "$LOG"' EXIT
+for arch in $ARCHS; do
+  for f in "${EXPECTED[@]}"; do
+    if ! "$PTXAS" -arch="sm_$arch" -O3 -v "$DIR/$f.ptx" -o /dev/null > "$LOG" 2>&1; then
+      echo "FAIL ptxas sm_$arch $f.ptx:"; sed 's/^/    /' "$LOG"; fail=1; continue
+    fi
+    # ptxas -v prints, per entry:  Compiling entry function 'NAME' for 'sm_XX'
+    #   N bytes stack frame, N bytes spill stores, N bytes spill loads
+    #   Used N registers, ... N bytes smem ...
+    awk -v arch="$arch" -v file="$f" '
+      /Compiling entry function/ { match($0, /'\''[^'\'']+'\''/); name = substr($0, RSTART + 1, RLENGTH - 2); stack = st = ld = 0; next }
+      name != "" && /bytes stack frame/ { stack = $1; st = $5; ld = $9; next }
+      name != "" && /Used [0-9]+ registers/ {
+        regs = 0; smem = 0
+        for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^registers/) regs = $i; if ($(i+1) == "bytes" && $(i+2) ~ /^smem/) smem = $i }
+        printf "%s %s %s %d %d %d %d %d\n", name, arch, file, regs, stack, st, ld, smem; name = "" }
+    ' "$LOG" >> "$TABLE"
+  done
+done
+
+[ -s "$TABLE" ] || die "ptxas reported no entry functions"
+HOT='^(attn_|fused_norm_|embed_norm_|rope_|glu_|bias_act_|pool_|nonfinite_)'
+printf '%-24s %-10s' kernel file; for a in $ARCHS; do printf ' %-26s' "sm_$a regs/stack/spill/smem"; done; echo
+sort -k1,1 -k2,2n "$TABLE" | awk -v archs="$ARCHS" '
+  { key = $1; file[key] = $3; cell[key, $2] = sprintf("%3d / %3dB / %d+%dB / %5dB", $4, $5, $6, $7, $8); if (!(key in seen)) { seen[key] = 1; order[++n] = key } }
+  END { na = split(archs, A, " "); for (i = 1; i <= n; i++) { k = order[i]; printf "%-24s %-10s", k, file[k]; for (j = 1; j <= na; j++) printf " %-26s", cell[k, A[j]]; printf "\n" } }'
+
+spills=$(awk -v hot="$HOT" '$1 ~ hot && ($6 > 0 || $7 > 0) { printf "  %s sm_%s: %d bytes spill stores, %d bytes spill loads\n", $1, $2, $6, $7 }' "$TABLE")
+if [ -n "$spills" ]; then
+  echo "FAIL register spills in hot kernels:"; echo "$spills"; fail=1
+fi
+n=$(awk '{ print $1 }' "$TABLE" | sort -u | wc -l)
+if [ "$fail" = 0 ]; then
+  echo "ptx-check: OK ($n kernels x $(echo "$ARCHS" | wc -w) architectures, no spills)"
+else
+  echo "ptx-check: FAILED"; exit 1
+fi
