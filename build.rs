@@ -34,7 +34,8 @@ fn main() {
 fn build_kernels() -> Result<(), String> {
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
-    let manifest = std::env::var("CARGO_MANIFEST_DIR").map_err(|e| format!("CARGO_MANIFEST_DIR: {e}"))?;
+    let manifest =
+        std::env::var("CARGO_MANIFEST_DIR").map_err(|e| format!("CARGO_MANIFEST_DIR: {e}"))?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
     let dir = Path::new(&manifest).join("src/model/cuda/kernels");
     println!("cargo:rerun-if-changed={}", dir.display());
@@ -97,13 +98,19 @@ fn find_nvcc() -> Result<PathBuf, String> {
     }
     candidates.push(PathBuf::from("nvcc"));
     for c in candidates {
-        if Command::new(&c).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(&c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return Ok(c);
         }
     }
-    Err("the `cuda` feature compiles src/model/cuda/kernels/*.cu with nvcc, and no nvcc was found \
+    Err(
+        "the `cuda` feature compiles src/model/cuda/kernels/*.cu with nvcc, and no nvcc was found \
          ($NVCC, $CUDA_HOME/bin/nvcc, PATH). On a machine without a CUDA toolkit build with \
          `scripts/cuda-build.sh` (it installs the pinned CUDA 13.0 nvcc wheels and sets the \
          environment; see docs/CUDA.md)."
-        .to_string())
+            .to_string(),
+    )
 }

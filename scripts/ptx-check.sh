@@ -52,6 +52,30 @@ for f in "${EXPECTED[@]}"; do
   fi
 done
 
+# The one by-value parameter of every entry point must have the size of its #[repr(C)] twin in
+# src/model/cuda/params.rs (read from its `size_of::<X>() == N` assertions).
+PARAMS_RS=src/model/cuda/params.rs
+declare -A WANT
+while read -r name size; do WANT[$name]=$size; done < <(sed -n 's/.*size_of::<\([A-Za-z]*\)>() == \([0-9]*\).*/\1 \2/p' "$PARAMS_RS")
+struct_of() {
+  case "$1" in
+    attn_*) echo AttnParams ;; fused_norm_*) echo NormParams ;; embed_norm_*) echo EmbedParams ;;
+    rope_qk_*) echo RopeParams ;; glu_*) echo GluParams ;; bias_act_*) echo BiasActParams ;;
+    pool_*) echo PoolParams ;; nonfinite_*) echo ScanParams ;; *) echo "" ;;
+  esac
+}
+for f in "${EXPECTED[@]}"; do
+  while read -r entry size; do
+    st=$(struct_of "$entry")
+    if [ -z "$st" ] || [ -z "${WANT[$st]:-}" ]; then
+      echo "FAIL $entry: no parameter struct known for it in $PARAMS_RS"; fail=1
+    elif [ "${WANT[$st]}" != "$size" ]; then
+      echo "FAIL $entry takes $size parameter bytes, $st in $PARAMS_RS has ${WANT[$st]}"; fail=1
+    fi
+  done < <(sed -n 's/.*\.param .*\.b8 \([A-Za-z0-9_]*\)_param_0\[\([0-9]*\)\].*/\1 \2/p' "$DIR/$f.ptx")
+  if grep -q '_param_1' "$DIR/$f.ptx"; then echo "FAIL $f.ptx: an entry point takes more than one parameter"; fail=1; fi
+done
+
 TABLE=$(mktemp); LOG=$(mktemp); trap 'rm -f "$TABLE" "$LOG"' EXIT
 for arch in $ARCHS; do
   for f in "${EXPECTED[@]}"; do

@@ -6,6 +6,10 @@
 
 pub mod bert;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[path = "cuda/reference/mod.rs"]
+pub mod cuda_reference;
 pub mod device;
 pub mod pooling;
 pub mod resolve;
