@@ -6,7 +6,12 @@
 #     norms, embedding, rope, glu / bias_act, pooling, the non-finite scan),
 #   - ptxas rejects a file for an architecture,
 #   - a PTX file's ISA version is newer than the GPU driver can JIT (PTX_MAX_VERSION, 9.0 =
-#     CUDA 13.0 = driver R580, see docs/CUDA.md).
+#     CUDA 13.0 = driver R580, see docs/CUDA.md),
+#   - an entry point's parameter size differs from its #[repr(C)] twin in src/model/cuda/params.rs,
+#   - the host emulation fails: src/model/cuda/emu/emu_test.cpp compiles the kernel sources with
+#     g++ against a small SIMT emulator (fibers for threads, barriers for __syncthreads / shuffles,
+#     mma.sync from the PTX fragment tables) and compares every kernel with a double-precision
+#     reference at edge shapes (~1 min on 2 cores; PTX_CHECK_EMULATE=0 skips it).
 #
 #   scripts/ptx-check.sh                 # PTX from the newest target/cuda release build
 #   scripts/ptx-check.sh DIR             # PTX files in DIR
@@ -108,6 +113,23 @@ if [ -n "$spills" ]; then
   echo "FAIL register spills in hot kernels:"; echo "$spills"; fail=1
 fi
 n=$(awk '{ print $1 }' "$TABLE" | sort -u | wc -l)
+
+if [ "${PTX_CHECK_EMULATE:-1}" = 1 ]; then
+  INC="$(dirname "$PTXAS")/../include"
+  [ -f "$INC/cuda_fp16.h" ] || INC="${CUDA_HOME:-/nonexistent}/include"
+  [ -f "$INC/cuda_fp16.h" ] || die "no CUDA headers next to $PTXAS or in \$CUDA_HOME/include (needed by the emulation)"
+  EMU=$(mktemp -d); trap 'rm -rf "$EMU"; rm -f "$TABLE" "$LOG"' EXIT
+  # -fno-strict-aliasing: the kernels pun T[8] <-> uint4 like all CUDA code; g++ -O2 would
+  # otherwise be entitled to reorder those accesses (nvcc does not).
+  if ! ${CXX:-g++} -std=c++20 -O2 -fno-strict-aliasing -Wall -Wextra -Wno-unknown-pragmas -Werror \
+       -I "$INC" -o "$EMU/emu_test" src/model/cuda/emu/emu_test.cpp; then
+    echo "FAIL the kernel emulation does not compile"; fail=1
+  elif ! "$EMU/emu_test" > "$EMU/log" 2>&1; then
+    echo "FAIL emulated kernel tests:"; grep -v '^ok ' "$EMU/log" | sed 's/^/    /'; fail=1
+  else
+    echo "ptx-check: $(tail -1 "$EMU/log")"
+  fi
+fi
 if [ "$fail" = 0 ]; then
   echo "ptx-check: OK ($n kernels x $(echo "$ARCHS" | wc -w) architectures, no spills)"
 else

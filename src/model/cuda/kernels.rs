@@ -580,7 +580,7 @@ impl FusedKernels {
         norm: Option<&QkNorm<'_, T>>,
     ) -> Result<()> {
         const OP: &str = "rope_qk";
-        if cfg.rotary_dim % 2 != 0 || cfg.rotary_dim > cfg.head_dim {
+        if !cfg.rotary_dim.is_multiple_of(2) || cfg.rotary_dim > cfg.head_dim {
             return Err(invalid(
                 OP,
                 format!(
@@ -602,6 +602,7 @@ impl FusedKernels {
     }
 
     /// Per-head RMSNorm of q and k alone (Qwen3's q_norm / k_norm without the rotation).
+    #[allow(clippy::too_many_arguments)]
     pub fn head_rms_norm<T: KernelFloat>(
         &self,
         qkv: &mut CudaViewMut<'_, T>,
@@ -858,7 +859,7 @@ impl FusedKernels {
             Some(out.0),
             sum_out.map(|s| s.0),
         ];
-        let vec_ok = width % 8 == 0 && ptrs.iter().flatten().all(|&p| aligned16(p));
+        let vec_ok = width.is_multiple_of(8) && ptrs.iter().flatten().all(|&p| aligned16(p));
         let (mode, unit) = match w.kind {
             NormKind::LayerNorm => (0, 0),
             NormKind::RmsNorm { unit_offset } => (1, unit_offset as i32),
@@ -959,7 +960,7 @@ impl FusedKernels {
             .as_ref()
             .and_then(|(_, b)| b.as_ref())
             .map_or(0, |b| b.0);
-        let vec_ok = w % 8 == 0
+        let vec_ok = w.is_multiple_of(8)
             && [wp, first(&pg), first(&tg), gamma, beta, op_]
                 .iter()
                 .all(|&p| p == 0 || aligned16(p));
@@ -1020,7 +1021,7 @@ impl FusedKernels {
             inter: inter as i32,
             act: act.code(),
             gate_first: gate_first as i32,
-            vec_ok: (inter % 8 == 0 && aligned16(xp) && aligned16(op_)) as i32,
+            vec_ok: (inter.is_multiple_of(8) && aligned16(xp) && aligned16(op_)) as i32,
         };
         let grid = elementwise_grid(rows * inter.div_ceil(8));
         self.launch(&format!("glu_{}", sfx(T::DT)), (grid, 1, 1), 256, &p)
@@ -1097,7 +1098,7 @@ impl FusedKernels {
         if rows == 0 || width == 0 {
             return Ok(());
         }
-        let vec_ok = width % 8 == 0
+        let vec_ok = width.is_multiple_of(8)
             && aligned16(x)
             && aligned16(out.0)
             && bias.is_none_or(|b| aligned16(b.0));

@@ -609,6 +609,7 @@ fn many_lengths(rng_seed: u64, n: usize, max: usize) -> Vec<usize> {
     (0..n).map(|_| rng.range(1, max)).collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn attn(
     dt: Dt,
     d: usize,
@@ -1551,7 +1552,8 @@ fn run_norm<T: KernelFloat>(ctx: &Ctx<'_>, c: &NormCase, seed: u64) -> Result<Ou
     let mut rng = TestRng::new(seed);
     let n = c.rows * c.width;
     let dt = c.dt;
-    let x = rng.vec(n, 3.0, dt);
+    // A mean far from 0 (real pre-norm rows have one) exercises the mean subtraction.
+    let x: Vec<f32> = (0..n).map(|_| dt.round(2.5 + rng.sym(3.0))).collect();
     let bias = rng.vec(c.width, 0.5, dt);
     let residual = rng.vec(n, 3.0, dt);
     let gamma = rng.vec(c.width, 1.5, dt);
@@ -1676,7 +1678,9 @@ fn run_embed<T: KernelFloat>(ctx: &Ctx<'_>, e: &EmbedCase, seed: u64) -> Result<
     let mut rng = TestRng::new(seed);
     let (w, dt) = (e.width, e.dt);
     let (vocab, n_pos, n_type) = (1000, 512, 2);
-    let word = rng.vec(vocab * w, 1.0, dt);
+    let word: Vec<f32> = (0..vocab * w)
+        .map(|_| dt.round(1.5 + rng.sym(1.0)))
+        .collect();
     let pos = rng.vec(n_pos * w, 0.5, dt);
     let typ = rng.vec(n_type * w, 0.5, dt);
     let gamma = rng.vec(w, 1.5, dt);
