@@ -81,6 +81,42 @@ for f in "${EXPECTED[@]}"; do
   if grep -q '_param_1' "$DIR/$f.ptx"; then echo "FAIL $f.ptx: an entry point takes more than one parameter"; fail=1; fi
 done
 
+# Field by field: every parameter struct in the .cu files and its twin in params.rs must list the
+# same kinds (pointer, i64, i32, u32, f32) in the same order under the same names.
+if ! python3 - src/model/cuda/kernels "$PARAMS_RS" <<'PY'
+import re, sys, pathlib
+kdir, rs = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]).read_text()
+def c_kind(t):
+    t = t.strip()
+    if t.endswith('*'): return 'ptr'
+    return {'long long': 'i64', 'int': 'i32', 'unsigned': 'u32', 'float': 'f32'}.get(t, '?' + t)
+c = {}
+for f in sorted(kdir.glob('*.cu')):
+    for name, body in re.findall(r'struct (\w+Params) \{(.*?)\};', f.read_text(), re.S):
+        fields = []
+        for line in body.split('\n'):
+            line = line.split('//')[0].strip().rstrip(';')
+            if not line: continue
+            m = re.match(r'((?:const )?[\w ]+?\s*\**)\s*(\w+(?:\s*,\s*\w+)*)$', line)
+            if not m: print(f'cannot parse {f.name} {name}: {line}'); sys.exit(1)
+            for n in m.group(2).split(','): fields.append((n.strip(), c_kind(m.group(1).replace('const ', ''))))
+        c[name] = fields
+r = {}
+for name, body in re.findall(r'pub\(crate\) struct (\w+Params) \{(.*?)\n\}', rs, re.S):
+    r[name] = [(n, {'u64': 'ptr'}.get(t, t)) for n, t in re.findall(r'pub (\w+): (\w+),', body)]
+ok = set(c) == set(r) and len(c) > 0
+if set(c) != set(r): print(f'structs differ: .cu {sorted(c)} vs params.rs {sorted(r)}')
+alias = {'typ': 'type'}
+for name in sorted(set(c) & set(r)):
+    a, b = c[name], [(alias.get(n, n), k) for n, k in r[name]]
+    if a != b:
+        ok = False
+        print(f'{name}: .cu {a}\n{" " * len(name)}  params.rs {b}')
+print(f'{len(c)} parameter structs match field by field' if ok else 'parameter structs differ')
+sys.exit(0 if ok else 1)
+PY
+then fail=1; fi
+
 TABLE=$(mktemp); LOG=$(mktemp); trap 'rm -f "$TABLE" "$LOG"' EXIT
 for arch in $ARCHS; do
   for f in "${EXPECTED[@]}"; do
