@@ -1210,6 +1210,22 @@ mod tests {
         assert_eq!(norm_vectors(3072), 4);
     }
 
+    /// The loader's names are exactly the `.entry` points of the embedded PTX.
+    #[test]
+    fn entry_points_match_the_ptx() {
+        for (module, ptx, names) in entry_names() {
+            let mut entries: Vec<&str> = ptx
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix(".visible .entry "))
+                .map(|r| r.split('(').next().unwrap_or("").trim())
+                .collect();
+            entries.sort_unstable();
+            let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+            want.sort_unstable();
+            assert_eq!(entries, want, "{module}.ptx");
+        }
+    }
+
     #[test]
     fn every_module_lists_entry_points() {
         for (m, _, names) in entry_names() {

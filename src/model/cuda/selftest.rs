@@ -2062,6 +2062,7 @@ mod tests {
             names.sort();
             names.dedup();
             assert_eq!(names.len(), n, "duplicate case names");
+            println!("{n} cases");
         }
     }
 
