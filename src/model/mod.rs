@@ -9,6 +9,10 @@
 
 pub mod batch;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[path = "cuda/reference/mod.rs"]
+pub mod cuda_reference;
 pub mod device;
 pub mod families;
 pub mod heads;
