@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod encoder;
+pub mod rope;
 
 use super::batch::PackedBatch;
 use super::heads::{Classifier, Splade};
