@@ -36,6 +36,20 @@ impl Fixture {
         }
     }
 
+    /// The fixture in a temporary copy whose config.json is `config` (another form of it).
+    fn with_config(name: &'static str, config: &str) -> Self {
+        let mut f = Self::open(name);
+        let dir = std::env::temp_dir().join(format!(
+            "spotinfer-{name}-{}-{}",
+            config.replace('.', "-"),
+            std::process::id()
+        ));
+        copy_dir(&f.dir, &dir);
+        std::fs::copy(f.dir.join(config), dir.join("config.json")).expect("config");
+        f.dir = dir;
+        f
+    }
+
     fn items(&self) -> &Vec<Value> {
         self.reference["items"].as_array().expect("items")
     }
@@ -103,6 +117,19 @@ impl Fixture {
                 .union(Want::MULTI_VECTOR)
                 .union(Want::TOKENS),
             other => panic!("unknown task {other}"),
+        }
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("temp dir");
+    for e in std::fs::read_dir(from).expect("fixture dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
         }
     }
 }
@@ -236,6 +263,21 @@ fn check_output(f: &Fixture, item: &Value, o: &Output, how: &str) {
 fn check(name: &'static str) {
     let f = Fixture::open(name);
     check_tokens(&f);
+    check_model(&f);
+}
+
+/// The item batch of a fixture (mixed lengths).
+fn batch_of(f: &Fixture) -> PackedBatch {
+    let mut batch = PackedBatch::with_capacity(f.items().len(), 1024);
+    for item in f.items() {
+        let types = item.get("token_type_ids").map(ids).unwrap_or_default();
+        batch.push(&ids(&item["input_ids"]), &types);
+    }
+    batch
+}
+
+fn check_model(f: &Fixture) {
+    let name = f.name;
     let want = f.want();
     for backend in [CpuBackend::Native, CpuBackend::Candle] {
         let m = f.load(backend);
@@ -244,11 +286,7 @@ fn check(name: &'static str) {
             "{name}: outputs {:?}",
             m.summary().available
         );
-        let mut batch = PackedBatch::with_capacity(f.items().len(), 1024);
-        for item in f.items() {
-            let types = item.get("token_type_ids").map(ids).unwrap_or_default();
-            batch.push(&ids(&item["input_ids"]), &types);
-        }
+        let batch = batch_of(f);
         let lens: Vec<usize> = batch.lens().collect();
         assert!(
             lens.iter().min() < lens.iter().max(),
@@ -258,14 +296,14 @@ fn check(name: &'static str) {
             .run(&batch, &vec![want; batch.len()], &mut || {})
             .unwrap_or_else(|e| panic!("{name} on {backend:?}: {e}"));
         for (item, o) in f.items().iter().zip(&outputs) {
-            check_output(&f, item, o, &format!("{backend:?}, batched"));
+            check_output(f, item, o, &format!("{backend:?}, batched"));
         }
         for item in f.items() {
             let mut one = PackedBatch::with_capacity(1, 256);
             let types = item.get("token_type_ids").map(ids).unwrap_or_default();
             one.push(&ids(&item["input_ids"]), &types);
             let o = m.run(&one, &[want], &mut || {}).expect("alone");
-            check_output(&f, item, &o[0], &format!("{backend:?}, alone"));
+            check_output(f, item, &o[0], &format!("{backend:?}, alone"));
         }
     }
 }
@@ -288,4 +326,80 @@ fn bert_splade() {
 #[test]
 fn bert_with_a_dense_module() {
     check("tiny-bert-dense");
+}
+
+#[test]
+fn qwen3_embedding() {
+    check("tiny-qwen3");
+}
+
+#[test]
+fn qwen2_embedding() {
+    check("tiny-qwen2");
+}
+
+#[test]
+fn mistral_sliding_window() {
+    check("tiny-mistral");
+}
+
+#[test]
+fn llama3_rope_scaling() {
+    check("tiny-llama");
+}
+
+#[test]
+fn gemma3_embedding_gemma() {
+    check("tiny-gemma3");
+}
+
+#[test]
+fn qwen3_reranker_yes_no_head() {
+    let f = Fixture::open("tiny-qwen3-reranker");
+    // The head's one logit is defined as logit(yes) - logit(no); the fixture's `logits` must be
+    // that, or the comparison below would test something else.
+    for item in f.items() {
+        let o = &item["outputs"];
+        let pair = &o["yes_no_logits"];
+        let want = pair["yes"].as_f64().expect("yes") - pair["no"].as_f64().expect("no");
+        let got = o["logits"][0].as_f64().expect("logit");
+        assert!((got - want).abs() < 1e-7, "{}: {got} vs {want}", item["id"]);
+    }
+    check("tiny-qwen3-reranker");
+}
+
+/// transformers 5 writes `rope_parameters` / `layer_types` instead of `rope_theta` /
+/// `rope_scaling` / `rope_local_base_freq`: the same model, so the same outputs, bit for bit.
+#[test]
+fn decoder_configs_load_alike_in_both_forms() {
+    for name in [
+        "tiny-qwen3",
+        "tiny-qwen2",
+        "tiny-mistral",
+        "tiny-llama",
+        "tiny-gemma3",
+        "tiny-qwen3-reranker",
+    ] {
+        let v4 = Fixture::open(name);
+        let v5 = Fixture::with_config(name, "config.transformers5.json");
+        let want = v4.want();
+        for backend in [CpuBackend::Native, CpuBackend::Candle] {
+            let batch = batch_of(&v4);
+            let wants = vec![want; batch.len()];
+            let a = v4
+                .load(backend)
+                .run(&batch, &wants, &mut || {})
+                .expect("v4");
+            let b = v5
+                .load(backend)
+                .run(&batch, &wants, &mut || {})
+                .expect("v5");
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.pooled, y.pooled, "{name} {backend:?}: pooled");
+                assert_eq!(x.tokens, y.tokens, "{name} {backend:?}: tokens");
+                assert_eq!(x.scores, y.scores, "{name} {backend:?}: scores");
+            }
+        }
+        std::fs::remove_dir_all(&v5.dir).ok();
+    }
 }

@@ -6,7 +6,13 @@
 //! its embeddings onto it.
 
 pub mod bert;
+pub mod decoder;
 pub mod encoder;
+pub mod gemma3;
+pub mod llama;
+pub mod mistral;
+pub mod qwen2;
+pub mod qwen3;
 pub mod rope;
 
 use super::batch::PackedBatch;
@@ -30,6 +36,11 @@ pub struct Facts {
 pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelError> {
     match family {
         Family::Bert => bert::facts(cfg),
+        Family::Qwen3 => qwen3::facts(cfg),
+        Family::Qwen2 => qwen2::facts(cfg),
+        Family::Mistral => mistral::facts(cfg),
+        Family::Llama => llama::facts(cfg),
+        Family::Gemma3 => gemma3::facts(cfg),
     }
 }
 
@@ -41,6 +52,11 @@ pub fn backbone<B: Backend>(
 ) -> Result<Box<dyn Backbone<B>>, ModelError> {
     match family {
         Family::Bert => bert::backbone(b, w, cfg),
+        Family::Qwen3 => qwen3::backbone(b, w, cfg),
+        Family::Qwen2 => qwen2::backbone(b, w, cfg),
+        Family::Mistral => mistral::backbone(b, w, cfg),
+        Family::Llama => llama::backbone(b, w, cfg),
+        Family::Gemma3 => gemma3::backbone(b, w, cfg),
     }
 }
 
@@ -54,6 +70,32 @@ pub fn classifier<B: Backend>(
 ) -> Result<Classifier<B>, ModelError> {
     match arch.family {
         Family::Bert => bert::classifier(b, w, cfg, labels),
+        Family::Qwen3 | Family::Qwen2 | Family::Mistral | Family::Llama | Family::Gemma3 => {
+            Err(ModelError::Unsupported(format!(
+                "{}: only the causal-LM yes/no reranker head (--task rerank)",
+                arch.name
+            )))
+        }
+    }
+}
+
+/// A causal LM as a reranker (Qwen3-Reranker): one logit, logit("yes") − logit("no") at the
+/// last token, from two rows of the LM head; `yes_no` are the tokenizer's ids of the words.
+pub fn lm_reranker<B: Backend>(
+    arch: &Architecture,
+    b: &B,
+    w: &Weights,
+    cfg: &serde_json::Value,
+    yes_no: (u32, u32),
+) -> Result<Classifier<B>, ModelError> {
+    match arch.family {
+        Family::Qwen3 | Family::Qwen2 | Family::Mistral | Family::Llama | Family::Gemma3 => {
+            decoder::yes_no(b, w, facts(arch.family, cfg)?.hidden, yes_no)
+        }
+        other => Err(ModelError::Unsupported(format!(
+            "{} is not a causal LM: no yes/no reranker head",
+            other.name()
+        ))),
     }
 }
 
@@ -67,6 +109,9 @@ pub fn splade<B: Backend>(
 ) -> Result<Splade<B>, ModelError> {
     match family {
         Family::Bert => bert::splade(b, w, cfg, skip),
+        Family::Qwen3 | Family::Qwen2 | Family::Mistral | Family::Llama | Family::Gemma3 => Err(
+            ModelError::Unsupported(format!("SPLADE on a {} checkpoint", family.name())),
+        ),
     }
 }
 
@@ -151,7 +196,6 @@ pub(crate) fn layer_norm<B: Backend>(
 }
 
 /// An RMS norm `{prefix}.weight` (`offset` 1 for Gemma's `1 + w`).
-#[allow(dead_code)] // used by the families that land next
 pub(crate) fn rms_norm<B: Backend>(
     b: &B,
     w: &Weights,
@@ -186,7 +230,6 @@ pub(crate) fn table<B: Backend>(
 }
 
 /// Reads a config field that checkpoints name differently (`hidden_size` / `n_embd` / `dim`).
-#[allow(dead_code)] // used by the families that land next
 pub(crate) fn field<T: serde::de::DeserializeOwned>(
     cfg: &serde_json::Value,
     names: &[&str],
