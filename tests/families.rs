@@ -40,6 +40,20 @@ impl Fixture {
         }
     }
 
+    /// The fixture in a temporary copy whose config.json is `config` (another form of it).
+    fn with_config(name: &'static str, config: &str) -> Self {
+        let mut f = Self::open(name);
+        let dir = std::env::temp_dir().join(format!(
+            "spotinfer-{name}-{}-{}",
+            config.replace('.', "-"),
+            std::process::id()
+        ));
+        copy_dir(&f.dir, &dir);
+        std::fs::copy(f.dir.join(config), dir.join("config.json")).expect("config");
+        f.dir = dir;
+        f
+    }
+
     fn items(&self) -> &Vec<Value> {
         self.reference["items"].as_array().expect("items")
     }
@@ -234,6 +248,29 @@ fn check_output(f: &Fixture, item: &Value, o: &Output, how: &str) {
             );
         }
     }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("temp dir");
+    for e in std::fs::read_dir(from).expect("fixture dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The item batch of a fixture (mixed lengths).
+fn batch_of(f: &Fixture) -> PackedBatch {
+    let mut batch = PackedBatch::with_capacity(f.items().len(), 1024);
+    for item in f.items() {
+        let types = item.get("token_type_ids").map(ids).unwrap_or_default();
+        batch.push(&ids(&item["input_ids"]), &types);
+    }
+    batch
 }
 
 /// All items in one batch and each alone, on both CPU backends.
@@ -436,4 +473,80 @@ fn nomic_prompts_are_read() {
 #[test]
 fn gte() {
     check("tiny-gte");
+}
+
+#[test]
+fn qwen3_embedding() {
+    check("tiny-qwen3");
+}
+
+#[test]
+fn qwen2_embedding() {
+    check("tiny-qwen2");
+}
+
+#[test]
+fn mistral_sliding_window() {
+    check("tiny-mistral");
+}
+
+#[test]
+fn llama3_rope_scaling() {
+    check("tiny-llama");
+}
+
+#[test]
+fn gemma3_embedding_gemma() {
+    check("tiny-gemma3");
+}
+
+#[test]
+fn qwen3_reranker_yes_no_head() {
+    let f = Fixture::open("tiny-qwen3-reranker");
+    // The head's one logit is defined as logit(yes) - logit(no); the fixture's `logits` must be
+    // that, or the comparison below would test something else.
+    for item in f.items() {
+        let o = &item["outputs"];
+        let pair = &o["yes_no_logits"];
+        let want = pair["yes"].as_f64().expect("yes") - pair["no"].as_f64().expect("no");
+        let got = o["logits"][0].as_f64().expect("logit");
+        assert!((got - want).abs() < 1e-7, "{}: {got} vs {want}", item["id"]);
+    }
+    check("tiny-qwen3-reranker");
+}
+
+/// transformers 5 writes `rope_parameters` / `layer_types` instead of `rope_theta` /
+/// `rope_scaling` / `rope_local_base_freq`: the same model, so the same outputs, bit for bit.
+#[test]
+fn decoder_configs_load_alike_in_both_forms() {
+    for name in [
+        "tiny-qwen3",
+        "tiny-qwen2",
+        "tiny-mistral",
+        "tiny-llama",
+        "tiny-gemma3",
+        "tiny-qwen3-reranker",
+    ] {
+        let v4 = Fixture::open(name);
+        let v5 = Fixture::with_config(name, "config.transformers5.json");
+        let want = v4.want();
+        for backend in [CpuBackend::Native, CpuBackend::Candle] {
+            let batch = batch_of(&v4);
+            let wants = vec![want; batch.len()];
+            let a = v4
+                .load(backend)
+                .run(&batch, &wants, &mut || {})
+                .expect("v4");
+            let b = v5
+                .load(backend)
+                .run(&batch, &wants, &mut || {})
+                .expect("v5");
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.pooled, y.pooled, "{name} {backend:?}: pooled");
+                assert_eq!(x.tokens, y.tokens, "{name} {backend:?}: tokens");
+                assert_eq!(x.scores, y.scores, "{name} {backend:?}: scores");
+            }
+        }
+        std::fs::remove_dir_all(&v5.dir).ok();
+    }
 }

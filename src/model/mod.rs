@@ -233,6 +233,11 @@ fn load_on<B: Backend>(
             h.m3 = bge_m3(&b, files, f.hidden)?;
             h
         }
+        Task::Rerank if arch.head == registry::Head::CausalLm => {
+            let id = |word: &str| vocab_id(&files.tokenizer, word);
+            let yes_no = (id("yes")?, id("no")?);
+            Heads::classifier(families::lm_reranker(arch, &b, &w, cfg, yes_no)?)
+        }
         Task::Classify | Task::Rerank => {
             let labels = if arch.labels.is_empty() {
                 vec!["LABEL_0".to_string()]
@@ -398,6 +403,20 @@ fn post_processor_ids(p: &serde_json::Value, ids: &mut Vec<u32>) {
             ids.push(id as u32);
         }
     }
+}
+
+/// The id of `token` in the tokenizer's vocabulary (a Qwen3-Reranker's "yes" and "no"):
+/// looked up, not encoded, as the reference code's `convert_tokens_to_ids`.
+fn vocab_id(tokenizer: &Path, token: &str) -> Result<u32, ModelError> {
+    let t = tokenizers::Tokenizer::from_file(tokenizer).map_err(|e| ModelError::Corrupt {
+        file: tokenizer.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    t.token_to_id(token).ok_or_else(|| {
+        ModelError::Unsupported(format!(
+            "the tokenizer has no `{token}` token: not a yes/no reranker"
+        ))
+    })
 }
 
 /// The tokenizer's special token ids (dropped from sparse outputs).

@@ -19,6 +19,11 @@ pub enum Family {
     ModernBert,
     NomicBert,
     Gte,
+    Qwen3,
+    Qwen2,
+    Mistral,
+    Llama,
+    Gemma3,
 }
 
 impl Family {
@@ -34,6 +39,11 @@ impl Family {
         ("nomic_bert", Family::NomicBert),
         // Alibaba's GTE v1.5 / multilingual (remote code `NewModel`).
         ("new", Family::Gte),
+        ("qwen3", Family::Qwen3),
+        ("qwen2", Family::Qwen2),
+        ("mistral", Family::Mistral),
+        ("llama", Family::Llama),
+        ("gemma3_text", Family::Gemma3),
     ];
 
     pub fn from_model_type(model_type: &str) -> Option<Family> {
@@ -61,8 +71,12 @@ impl Family {
     }
 
     /// Decoders pool their last token by default (the EOS their tokenizer appends).
+    /// (EmbeddingGemma is bidirectional and mean-pools.)
     pub fn is_decoder(self) -> bool {
-        false
+        matches!(
+            self,
+            Family::Qwen3 | Family::Qwen2 | Family::Mistral | Family::Llama
+        )
     }
 }
 
@@ -254,5 +268,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("supported: bert"), "{err}");
+    }
+
+    #[test]
+    fn decoders_embed_or_rerank_as_causal_lms() {
+        let qwen = Architecture::read(
+            &json!({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}),
+        )
+        .unwrap();
+        assert_eq!((qwen.family, qwen.head), (Family::Qwen3, Head::CausalLm));
+        assert!(qwen.family.is_decoder());
+        assert_eq!(qwen.task(None, None).unwrap(), Task::Embed);
+        assert_eq!(qwen.task(Some(Task::Rerank), None).unwrap(), Task::Rerank);
+        let gemma = Architecture::read(
+            &json!({"model_type": "gemma3_text", "architectures": ["Gemma3TextModel"]}),
+        )
+        .unwrap();
+        // Bidirectional EmbeddingGemma: mean pooling by default, not the last token.
+        assert!(!gemma.family.is_decoder());
+        assert!(gemma.task(Some(Task::Rerank), None).is_err());
+        for t in ["qwen2", "mistral", "llama"] {
+            assert!(
+                Family::from_model_type(t).is_some_and(Family::is_decoder),
+                "{t}"
+            );
+        }
     }
 }

@@ -80,6 +80,22 @@ pub fn attention(
     shape: Shape,
     bias: Option<&Bias<'_>>,
 ) {
+    attention_in_blocks(simd, qkv, ctx, offsets, shape, bias, BLOCK);
+}
+
+/// [`attention`] with `block` queries per block (a parameter so tests can show the result
+/// does not depend on it).
+#[doc(hidden)]
+pub fn attention_in_blocks(
+    simd: Simd,
+    qkv: &[f32],
+    ctx: &mut [f32],
+    offsets: &[usize],
+    shape: Shape,
+    bias: Option<&Bias<'_>>,
+    block: usize,
+) {
+    assert!(block > 0, "query block");
     assert!(
         shape.kv_heads > 0 && shape.heads.is_multiple_of(shape.kv_heads),
         "heads must be a multiple of kv_heads"
@@ -112,6 +128,7 @@ pub fn attention(
                     h,
                     shape,
                     bias,
+                    block,
                     &mut scratch,
                     ctx_ptr.get(),
                 )
@@ -134,6 +151,7 @@ unsafe fn head(
     h: usize,
     shape: Shape,
     bias: Option<&Bias<'_>>,
+    block: usize,
     scratch: &mut Vec<f32>,
     ctx: *mut f32,
 ) {
@@ -147,7 +165,7 @@ unsafe fn head(
     // SAFETY: the caller's.
     let out = unsafe { ctx.add(start * out_ld + h * d) };
     let simple = shape.mask.is_full() && bias.is_none();
-    let block = if simple && len <= WHOLE { len } else { BLOCK };
+    let block = if simple && len <= WHOLE { len } else { block };
     // The bias of every relative distance in this sequence, for this head: index rel + len - 1.
     let rel_bias: Vec<f32> = match bias {
         Some(b) => (0..2 * len - 1)
@@ -372,13 +390,17 @@ mod tests {
             let b = biased.then_some(&bias);
             let want = reference(&qkv, &offsets, shape, b);
             for simd in Simd::available() {
-                let mut ctx = vec![f32::NAN; tokens * heads * d];
-                attention(simd, &qkv, &mut ctx, &offsets, shape, b);
-                for (i, (g, w)) in ctx.iter().zip(&want).enumerate() {
-                    assert!(
-                        (f64::from(*g) - w).abs() < 2e-5,
-                        "{simd:?} {shape:?} {lens:?} bias {biased}: element {i}: {g} vs {w}"
-                    );
+                // The default block, and an odd one that splits the 16-key panels.
+                for block in [BLOCK, 7] {
+                    let mut ctx = vec![f32::NAN; tokens * heads * d];
+                    attention_in_blocks(simd, &qkv, &mut ctx, &offsets, shape, b, block);
+                    for (i, (g, w)) in ctx.iter().zip(&want).enumerate() {
+                        assert!(
+                            (f64::from(*g) - w).abs() < 2e-5,
+                            "{simd:?} {shape:?} {lens:?} bias {biased} block {block}: \
+                             element {i}: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }

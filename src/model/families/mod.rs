@@ -6,12 +6,19 @@
 //! its embeddings onto it.
 
 pub mod bert;
+pub mod decoder;
 pub mod distilbert;
 pub mod encoder;
+pub mod gemma3;
 pub mod gte;
+pub mod llama;
+pub mod mistral;
 pub mod modernbert;
 pub mod mpnet;
 pub mod nomic;
+pub mod qwen2;
+pub mod qwen3;
+pub mod rope;
 pub mod xlm_roberta;
 
 use super::batch::PackedBatch;
@@ -41,6 +48,11 @@ pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelErro
         Family::ModernBert => modernbert::facts(cfg),
         Family::NomicBert => nomic::facts(cfg),
         Family::Gte => gte::facts(cfg),
+        Family::Qwen3 => qwen3::facts(cfg),
+        Family::Qwen2 => qwen2::facts(cfg),
+        Family::Mistral => mistral::facts(cfg),
+        Family::Llama => llama::facts(cfg),
+        Family::Gemma3 => gemma3::facts(cfg),
     }
 }
 
@@ -58,6 +70,11 @@ pub fn backbone<B: Backend>(
         Family::ModernBert => modernbert::backbone(b, w, cfg),
         Family::NomicBert => nomic::backbone(b, w, cfg),
         Family::Gte => gte::backbone(b, w, cfg),
+        Family::Qwen3 => qwen3::backbone(b, w, cfg),
+        Family::Qwen2 => qwen2::backbone(b, w, cfg),
+        Family::Mistral => mistral::backbone(b, w, cfg),
+        Family::Llama => llama::backbone(b, w, cfg),
+        Family::Gemma3 => gemma3::backbone(b, w, cfg),
     }
 }
 
@@ -77,6 +94,32 @@ pub fn classifier<B: Backend>(
         Family::ModernBert => modernbert::classifier(b, w, cfg, labels),
         Family::NomicBert => nomic::classifier(b, w, cfg, labels),
         Family::Gte => gte::classifier(b, w, cfg, labels),
+        Family::Qwen3 | Family::Qwen2 | Family::Mistral | Family::Llama | Family::Gemma3 => {
+            Err(ModelError::Unsupported(format!(
+                "{}: only the causal-LM yes/no reranker head (--task rerank)",
+                arch.name
+            )))
+        }
+    }
+}
+
+/// A causal LM as a reranker (Qwen3-Reranker): one logit, logit("yes") − logit("no") at the
+/// last token, from two rows of the LM head; `yes_no` are the tokenizer's ids of the words.
+pub fn lm_reranker<B: Backend>(
+    arch: &Architecture,
+    b: &B,
+    w: &Weights,
+    cfg: &serde_json::Value,
+    yes_no: (u32, u32),
+) -> Result<Classifier<B>, ModelError> {
+    match arch.family {
+        Family::Qwen3 | Family::Qwen2 | Family::Mistral | Family::Llama | Family::Gemma3 => {
+            decoder::yes_no(b, w, facts(arch.family, cfg)?.hidden, yes_no)
+        }
+        other => Err(ModelError::Unsupported(format!(
+            "{} is not a causal LM: no yes/no reranker head",
+            other.name()
+        ))),
     }
 }
 
@@ -178,7 +221,6 @@ pub(crate) fn layer_norm<B: Backend>(
 }
 
 /// An RMS norm `{prefix}.weight` (`offset` 1 for Gemma's `1 + w`).
-#[allow(dead_code)] // used by the families that land next
 pub(crate) fn rms_norm<B: Backend>(
     b: &B,
     w: &Weights,
@@ -213,7 +255,6 @@ pub(crate) fn table<B: Backend>(
 }
 
 /// Reads a config field that checkpoints name differently (`hidden_size` / `n_embd` / `dim`).
-#[allow(dead_code)] // used by the families that land next
 pub(crate) fn field<T: serde::de::DeserializeOwned>(
     cfg: &serde_json::Value,
     names: &[&str],
