@@ -38,6 +38,14 @@ pub enum Input {
     Ids(Vec<u32>),
     /// A text pair (cross-encoders: query and passage), joined by the tokenizer's pair template.
     Pair(String, String),
+    /// A prompt around a text, each part tokenised without special tokens and joined; only
+    /// `body` is cut when the whole is too long (Qwen3-Reranker's system prompt and answer
+    /// prefix must survive truncation).
+    Prompted {
+        prefix: String,
+        body: String,
+        suffix: String,
+    },
 }
 
 /// One input ready for the device.
@@ -176,6 +184,46 @@ impl Tokenizers {
                 Ok(Encoded {
                     ids: enc.get_ids().to_vec(),
                     type_ids: enc.get_type_ids().to_vec(),
+                })
+            }
+            Input::Prompted {
+                prefix,
+                body,
+                suffix,
+            } => {
+                if body.is_empty() {
+                    return Err(TokenizeError::Empty { index });
+                }
+                let ids_of = |t: &str| -> Result<Vec<u32>, TokenizeError> {
+                    Ok(self
+                        .plain
+                        .encode_fast(t, false)
+                        .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?
+                        .get_ids()
+                        .to_vec())
+                };
+                let (head, mut middle, tail) = (ids_of(prefix)?, ids_of(body)?, ids_of(suffix)?);
+                let room = self.max_length.saturating_sub(head.len() + tail.len());
+                if middle.len() > room {
+                    if !opts.truncate || room == 0 {
+                        return Err(TokenizeError::TooLong {
+                            index,
+                            len: head.len() + middle.len() + tail.len(),
+                            max: self.max_length,
+                        });
+                    }
+                    match opts.direction {
+                        TruncationDirection::Right => middle.truncate(room),
+                        TruncationDirection::Left => {
+                            middle.drain(..middle.len() - room);
+                        }
+                    }
+                }
+                let ids: Vec<u32> = head.into_iter().chain(middle).chain(tail).collect();
+                let n = ids.len();
+                Ok(Encoded {
+                    ids,
+                    type_ids: vec![0; n],
                 })
             }
             Input::Ids(ids) => {

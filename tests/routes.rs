@@ -327,3 +327,25 @@ fn splade_serves_sparse_vectors() {
         "{info}"
     );
 }
+
+#[test]
+fn qwen3_reranker_prompt_and_yes_no_scores() {
+    let (dir, r) = fixture("tiny-qwen3-reranker");
+    let server = Server::builder(&dir).args(["--task", "rerank"]).start();
+    let info = server.get_json("/info").1;
+    assert!(info["model_type"]["reranker"].is_object(), "{info}");
+    for item in r["items"].as_array().expect("items") {
+        let default = item["instruction"] == r["prompt"]["default_instruction"];
+        let mut body = json!({"query": item["query"], "texts": [item["document"]]});
+        if !default {
+            body["instruction"] = item["instruction"].clone();
+        }
+        let (status, got) = server.post_json("/rerank", body);
+        assert_eq!(status, 200, "{got}");
+        close(
+            got[0]["score"].as_f64().expect("score"),
+            scores_of(item)[0] as f64,
+            &format!("qwen3 reranker {}", item["id"]),
+        );
+    }
+}

@@ -56,6 +56,8 @@ pub struct ModelInfo {
     pub normalize_default: bool,
     /// Classifier labels in logit order.
     pub labels: Vec<String>,
+    /// A causal LM serving as a reranker (Qwen3-Reranker): texts go through its prompt.
+    pub lm_reranker: bool,
     #[serde(skip)]
     pub available: Want,
 }
@@ -145,6 +147,7 @@ fn chars_of(inputs: &[Input]) -> usize {
         .map(|i| match i {
             Input::Text(t) => t.chars().count(),
             Input::Pair(a, b) => a.chars().count() + b.chars().count(),
+            Input::Prompted { body, .. } => body.chars().count(),
             Input::Ids(_) => 0,
         })
         .sum()
@@ -445,10 +448,14 @@ impl Inference {
 
     /// One relevance score per text, in input order: sigmoid of the reranker's logit (raw
     /// with `raw_scores`). N texts are N inputs under `--max-client-batch-size`.
+    /// `instruction` is the task a Qwen3-Reranker judges relevance for (its default when
+    /// None); other rerankers ignore it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn rerank(
         &self,
         query: &str,
         texts: Vec<String>,
+        instruction: Option<&str>,
         text: TextOptions,
         raw_scores: bool,
         priority: Priority,
@@ -471,10 +478,17 @@ impl Inference {
             return Err(ApiError::new(ErrorKind::Empty, "`query` is empty").param("query"));
         }
         let _admitted = self.admit(texts.len(), priority)?;
-        let inputs = texts
-            .into_iter()
-            .map(|t| Input::Pair(query.to_string(), t))
-            .collect();
+        let inputs = if self.info.lm_reranker {
+            texts
+                .into_iter()
+                .map(|t| qwen3_reranker_prompt(instruction, query, &t))
+                .collect()
+        } else {
+            texts
+                .into_iter()
+                .map(|t| Input::Pair(query.to_string(), t))
+                .collect()
+        };
         let (outputs, timings) = self
             .compute(inputs, self.encode_options(&text), Want::SCORES, priority)
             .await?;
@@ -576,6 +590,24 @@ impl Inference {
                     .collect::<Result<Vec<_>, _>>()
             })
             .await?)
+    }
+}
+
+/// Qwen3-Reranker's documented prompt: a system line asking for "yes" or "no", the
+/// instruction, query and document, then the assistant's empty thinking block, so the next
+/// token is the answer whose logits score the pair.
+fn qwen3_reranker_prompt(instruction: Option<&str>, query: &str, doc: &str) -> Input {
+    const PREFIX: &str = "<|im_start|>system\nJudge whether the Document meets the requirements \
+        based on the Query and the Instruct provided. Note that the answer can only be \"yes\" \
+        or \"no\".<|im_end|>\n<|im_start|>user\n";
+    const SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
+    const DEFAULT_INSTRUCTION: &str =
+        "Given a web search query, retrieve relevant passages that answer the query";
+    let instruction = instruction.unwrap_or(DEFAULT_INSTRUCTION);
+    Input::Prompted {
+        prefix: PREFIX.to_string(),
+        body: format!("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"),
+        suffix: SUFFIX.to_string(),
     }
 }
 

@@ -246,6 +246,9 @@ struct RerankBody {
     raw_scores: bool,
     #[serde(default)]
     return_text: bool,
+    /// Beyond TEI: the task a Qwen3-Reranker judges relevance for.
+    #[serde(default)]
+    instruction: Option<String>,
     #[serde(flatten)]
     text: Text,
 }
@@ -278,6 +281,7 @@ async fn rerank_value(state: &AppState, body: Value) -> Result<Response, ApiErro
         .rerank(
             &query,
             texts.clone(),
+            req.instruction.as_deref(),
             req.text.into(),
             req.raw_scores,
             Priority::Online,
@@ -371,6 +375,7 @@ pub async fn rerank_cohere(
                 .rerank(
                     &query,
                     texts.clone(),
+                    None,
                     TextOptions::default(),
                     false,
                     Priority::Online,
