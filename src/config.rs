@@ -12,6 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub const DEFAULT_MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
+/// `--max-batch-tokens` when not given (TEI's default).
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16384;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "spotinfer",
@@ -131,8 +134,11 @@ pub struct ServeArgs {
 
     /// Token budget of one device batch: padded tokens (inputs x longest input) on CUDA and the
     /// candle CPU backend, real tokens on the native CPU backend (it computes no padding).
-    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 16384)]
-    pub max_batch_tokens: usize,
+    /// Default: 16384, raised to the model's longest input when that is longer (a 32k-context
+    /// decoder) and lowered on a GPU to what its free memory holds (both logged at start).
+    /// Given explicitly, it must cover the longest input.
+    #[arg(long, env = "MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
 
     /// Most inputs in one device batch. Default: no limit other than the token budget.
     #[arg(long, env = "MAX_BATCH_REQUESTS")]
@@ -250,9 +256,9 @@ pub struct BatchArgs {
     #[arg(long)]
     pub output: PathBuf,
 
-    /// Token budget of one device batch.
-    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 16384)]
-    pub max_batch_tokens: usize,
+    /// Token budget of one device batch (default as `serve --max-batch-tokens`).
+    #[arg(long, env = "MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
 
     /// Input lines per checkpoint.
     #[arg(long, env = "BATCH_CHUNK_LINES", default_value_t = 256)]
@@ -446,7 +452,7 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 impl ServeArgs {
     /// Cross-flag checks that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_batch_tokens == 0 {
+        if self.max_batch_tokens == Some(0) {
             return Err("--max-batch-tokens must be at least 1".into());
         }
         if self.max_batch_requests == Some(0) {
@@ -524,7 +530,7 @@ mod tests {
             assert_eq!(args.hostname, "0.0.0.0");
         }
         assert_eq!(args.port, 3000);
-        assert_eq!(args.max_batch_tokens, 16384);
+        assert_eq!(args.max_batch_tokens, None);
         assert!(args.auto_truncate);
         assert!(args.validate().is_ok());
     }

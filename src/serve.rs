@@ -52,7 +52,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let lifecycle = Lifecycle::new(metrics.clone());
     let mut signals = signals::listen().context("cannot install signal handlers")?;
     let limits = BatchLimits {
-        max_batch_tokens: args.max_batch_tokens,
+        max_batch_tokens: args
+            .max_batch_tokens
+            .unwrap_or(crate::config::DEFAULT_MAX_BATCH_TOKENS),
         max_batch_requests: args.max_batch_requests.unwrap_or(usize::MAX),
         max_queue_time: args.max_queue_time,
         job_slice: Duration::from_millis(args.batch_job_slice_ms),
@@ -130,6 +132,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         model: args.model.clone(),
         served_model_name: args.served_model_name.clone(),
         limits,
+        explicit_budget: args.max_batch_tokens.is_some(),
         request_limits: RequestLimits {
             max_client_batch_size: args.max_client_batch_size,
             auto_truncate: args.auto_truncate,

@@ -87,6 +87,9 @@ struct Lanes {
 }
 
 pub struct Queue {
+    /// `limits.max_batch_tokens`, adjusted once the model is loaded (its longest input, the
+    /// memory a GPU leaves free).
+    token_budget: std::sync::atomic::AtomicUsize,
     /// Exponentially weighted seconds per batch token, as f64 bits (0 = not measured yet).
     secs_per_token: std::sync::atomic::AtomicU64,
     /// Group similar lengths (the backend pads to the longest) or take inputs first come.
@@ -100,6 +103,7 @@ pub struct Queue {
 impl Queue {
     pub fn new(limits: BatchLimits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
+            token_budget: std::sync::atomic::AtomicUsize::new(limits.max_batch_tokens),
             secs_per_token: std::sync::atomic::AtomicU64::new(0),
             length_aware: std::sync::atomic::AtomicBool::new(true),
             lanes: Mutex::new(Lanes {
@@ -114,8 +118,23 @@ impl Queue {
         })
     }
 
+    /// The limits in force (the token budget as adjusted).
     pub fn limits(&self) -> BatchLimits {
-        self.limits
+        BatchLimits {
+            max_batch_tokens: self.token_budget(),
+            ..self.limits
+        }
+    }
+
+    pub fn token_budget(&self) -> usize {
+        self.token_budget
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the token budget of a device batch (at start, before traffic).
+    pub fn set_token_budget(&self, tokens: usize) {
+        self.token_budget
+            .store(tokens.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Set by the worker from the loaded model (`ModelSummary::pads_to_longest`).
@@ -234,7 +253,7 @@ impl Queue {
             self.secs_per_token
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
-        let max = self.limits.max_batch_tokens;
+        let max = self.token_budget();
         if spt <= 0.0 {
             return MIN_JOB_TOKENS.min(max);
         }
@@ -246,7 +265,7 @@ impl Queue {
     /// `inputs x longest` and the batch groups similar lengths (`select::pick`); on a
     /// padding-free one they count as they are and inputs go first come (`select::first_come`).
     fn take(&self, lanes: &mut Lanes) -> DeviceBatch {
-        let lim = self.limits;
+        let lim = self.limits();
         let max_inputs = lim.max_batch_requests.max(1);
         let aware = self.length_aware.load(std::sync::atomic::Ordering::Relaxed);
         let job_cap = self.job_token_cap();

@@ -158,6 +158,11 @@ impl Inference {
         self.limits
     }
 
+    /// The device batch's token budget in force.
+    pub fn token_budget(&self) -> usize {
+        self.queue.token_budget()
+    }
+
     /// Online inputs take a slot of `--max-concurrent-requests` (429 beyond it); job lines
     /// do not.
     fn admit(&self, n: usize, priority: Priority) -> Result<Option<AdmissionGuard>, ApiError> {

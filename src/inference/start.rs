@@ -27,6 +27,8 @@ pub struct StartOptions {
     pub model: ModelArgs,
     pub served_model_name: Option<String>,
     pub limits: BatchLimits,
+    /// `--max-batch-tokens` was given (else the budget follows the model).
+    pub explicit_budget: bool,
     pub request_limits: RequestLimits,
     pub max_concurrent_requests: usize,
     pub tokenization_workers: usize,
@@ -146,11 +148,19 @@ pub async fn start(
         .max_seq_length
         .unwrap_or(summary.max_positions)
         .min(summary.max_positions);
-    if opts.limits.max_batch_tokens < max_input_length {
-        return Err(StartError::Config(format!(
-            "--max-batch-tokens ({}) must be at least the model's maximum input length ({max_input_length})",
-            opts.limits.max_batch_tokens
-        )));
+    if queue.token_budget() < max_input_length {
+        if opts.explicit_budget {
+            return Err(StartError::Config(format!(
+                "--max-batch-tokens ({}) must be at least the model's maximum input length \
+                 ({max_input_length}); raise it, or leave it unset",
+                queue.token_budget()
+            )));
+        }
+        tracing::info!(
+            max_batch_tokens = max_input_length,
+            "token budget raised to the model's longest input"
+        );
+        queue.set_token_budget(max_input_length);
     }
     let tokenizers = Tokenizers::from_file(&files.tokenizer, max_input_length, summary.vocab_size)?;
     let tokenizers = TokenizerPool::start(tokenizers, opts.tokenization_workers)?;

@@ -79,7 +79,9 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
 
     let metrics = Metrics::new();
     let limits = BatchLimits {
-        max_batch_tokens: args.max_batch_tokens,
+        max_batch_tokens: args
+            .max_batch_tokens
+            .unwrap_or(crate::config::DEFAULT_MAX_BATCH_TOKENS),
         max_batch_requests: usize::MAX,
         // Offline: nothing to protect from waiting, and no online lane to yield to.
         max_queue_time: Duration::from_secs(86_400),
@@ -91,6 +93,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
             model: args.model.clone(),
             served_model_name: None,
             limits,
+            explicit_budget: args.max_batch_tokens.is_some(),
             request_limits: RequestLimits {
                 // Offline lines may carry as many inputs as OpenAI allows in one request.
                 max_client_batch_size: 2048,

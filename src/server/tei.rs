@@ -656,7 +656,12 @@ pub async fn info(State(state): State<AppState>) -> Response {
         "model_sha": cfg.model.revision,
         "version": env!("CARGO_PKG_VERSION"),
         "max_concurrent_requests": cfg.max_concurrent_requests,
-        "max_batch_tokens": cfg.max_batch_tokens,
+        "max_batch_tokens": state
+            .inference
+            .get()
+            .map(|i| i.token_budget())
+            .or(cfg.max_batch_tokens)
+            .unwrap_or(crate::config::DEFAULT_MAX_BATCH_TOKENS),
         "max_batch_requests": cfg.max_batch_requests,
         "max_client_batch_size": cfg.max_client_batch_size,
         "auto_truncate": cfg.auto_truncate,
