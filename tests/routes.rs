@@ -349,3 +349,80 @@ fn qwen3_reranker_prompt_and_yes_no_scores() {
         );
     }
 }
+
+/// The OpenAI SDK gets every embedding family's vectors (normalised, as OpenAI's are), with the
+/// pooling each folder's sentence-transformers files name.
+#[test]
+fn openai_sdk_embeddings_for_every_family() {
+    for name in [
+        "tiny-xlm-roberta",
+        "tiny-distilbert",
+        "tiny-mpnet",
+        "tiny-modernbert",
+        "tiny-nomic",
+        "tiny-gte",
+        "tiny-bert-dense",
+        "tiny-qwen3",
+        "tiny-qwen2",
+        "tiny-mistral",
+        "tiny-llama",
+        "tiny-gemma3",
+        "tiny-bge-m3",
+    ] {
+        let (dir, r) = fixture(name);
+        let items = r["items"].as_array().expect("items").clone();
+        let server = Server::builder(&dir).start();
+        let texts: Vec<&str> = items
+            .iter()
+            .map(|i| i["text"].as_str().expect("text"))
+            .collect();
+        let got = client_call(&server.base, "openai_embeddings", json!({"input": texts}));
+        for (v, item) in got.as_array().expect("vectors").iter().zip(&items) {
+            let c = cosine(&as_vec(v), &as_vec(&item["outputs"]["embedding"]));
+            assert!(c >= 0.9999, "{name} {}: cosine {c}", item["id"]);
+        }
+    }
+}
+
+/// bge-m3's three outputs from one forward pass on `/embed_multi_vector`.
+#[test]
+fn bge_m3_dense_sparse_and_colbert_over_http() {
+    let (dir, r) = fixture("tiny-bge-m3");
+    let items = r["items"].as_array().expect("items").clone();
+    let server = Server::builder(&dir).start();
+    let texts: Vec<&str> = items
+        .iter()
+        .map(|i| i["text"].as_str().expect("text"))
+        .collect();
+    let (status, got) = server.post_json(
+        "/embed_multi_vector",
+        json!({"inputs": texts, "return_dense": true, "return_sparse": true}),
+    );
+    assert_eq!(status, 200, "{got}");
+    for (g, item) in got.as_array().expect("array").iter().zip(&items) {
+        let want = &item["outputs"];
+        let c = cosine(&as_vec(&g["dense"]), &as_vec(&want["embedding"]));
+        assert!(c >= 0.9999, "dense cosine {c}");
+        let rows = g["multi_vector"].as_array().expect("colbert");
+        let refs = want["colbert"].as_array().expect("ref colbert");
+        assert_eq!(rows.len(), refs.len());
+        for (a, b) in rows.iter().zip(refs) {
+            assert!(cosine(&as_vec(a), &as_vec(b)) >= 0.9999);
+        }
+        let idx = want["sparse"]["indices"].as_array().expect("indices");
+        let vals = as_vec(&want["sparse"]["values"]);
+        let sparse = g["sparse"].as_array().expect("sparse");
+        assert_eq!(sparse.len(), idx.len(), "{g}");
+        for ((p, i), v) in sparse.iter().zip(idx).zip(&vals) {
+            assert_eq!(&p["index"], i);
+            close(p["value"].as_f64().expect("value"), *v as f64, "sparse");
+        }
+    }
+    // The dense vector is also the model's /embed output.
+    let (_, dense) = server.post_json("/embed", json!({"inputs": texts[0]}));
+    let c = cosine(
+        &as_vec(&dense[0]),
+        &as_vec(&items[0]["outputs"]["embedding"]),
+    );
+    assert!(c >= 0.9999, "/embed cosine {c}");
+}

@@ -127,8 +127,7 @@ impl Queue {
     }
 
     pub fn token_budget(&self) -> usize {
-        self.token_budget
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.token_budget.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets the token budget of a device batch (at start, before traffic).

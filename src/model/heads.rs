@@ -61,8 +61,6 @@ pub struct Splade<B: Backend> {
     pub transform: Dense<B>,
     /// `[vocab, hidden]` (often the word embeddings) with the output bias.
     pub decoder: B::Linear,
-    /// Token ids never reported (the tokenizer's special tokens).
-    pub skip: Vec<u32>,
 }
 
 /// bge-m3's extra heads on every token.
@@ -241,7 +239,7 @@ impl<B: Backend> Heads<B> {
                     out[i].sparse = Some(
                         row.iter()
                             .enumerate()
-                            .filter(|(id, w)| **w > 0.0 && !s.skip.contains(&(*id as u32)))
+                            .filter(|(_, w)| **w > 0.0)
                             .map(|(id, w)| (id as u32, *w))
                             .collect(),
                     );

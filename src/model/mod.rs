@@ -247,8 +247,9 @@ fn load_on<B: Backend>(
             Heads::classifier(families::classifier(arch, &b, &w, cfg, labels)?)
         }
         Task::Sparse => {
-            let special = special_ids(&files.tokenizer);
-            let splade = families::splade(arch.family, &b, &w, cfg, special)?;
+            // sentence-transformers' SparseEncoder keeps every vocabulary entry (special
+            // tokens included): so do we.
+            let splade = families::splade(arch.family, &b, &w, cfg)?;
             // Sparse vectors only: TEI refuses /embed for a SPLADE model too.
             Heads {
                 pooling: None,
@@ -419,32 +420,6 @@ fn vocab_id(tokenizer: &Path, token: &str) -> Result<u32, ModelError> {
     })
 }
 
-/// The tokenizer's special token ids (dropped from sparse outputs).
-fn special_ids(tokenizer: &Path) -> Vec<u32> {
-    #[derive(serde::Deserialize)]
-    struct Added {
-        id: u32,
-        #[serde(default)]
-        special: bool,
-    }
-    #[derive(serde::Deserialize)]
-    struct File {
-        #[serde(default)]
-        added_tokens: Vec<Added>,
-    }
-    std::fs::read_to_string(tokenizer)
-        .ok()
-        .and_then(|t| serde_json::from_str::<File>(&t).ok())
-        .map(|f| {
-            f.added_tokens
-                .into_iter()
-                .filter(|a| a.special)
-                .map(|a| a.id)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 pub(crate) fn read(path: &Path) -> Result<String, ModelError> {
     std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))
 }
@@ -476,6 +451,5 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bge-m3");
         // `<mask>` (1000) is special too, but FlagEmbedding keeps its weight.
         assert_eq!(m3_unused_ids(&dir.join("tokenizer.json")), vec![0, 1, 2, 3]);
-        assert_eq!(special_ids(&dir.join("tokenizer.json")), vec![1000]);
     }
 }

@@ -272,7 +272,6 @@ pub fn splade<B: Backend>(
     b: &B,
     w: &Weights,
     cfg: &serde_json::Value,
-    skip: Vec<u32>,
 ) -> Result<Splade<B>, ModelError> {
     let c = BertConfig::parse(cfg)?;
     let h = c.hidden_size;
@@ -304,6 +303,5 @@ pub fn splade<B: Backend>(
     Ok(Splade {
         transform,
         decoder: b.load_linear(&[weight], bias.as_deref())?,
-        skip,
     })
 }

@@ -129,10 +129,9 @@ pub fn splade<B: Backend>(
     b: &B,
     w: &Weights,
     cfg: &serde_json::Value,
-    skip: Vec<u32>,
 ) -> Result<Splade<B>, ModelError> {
     match family {
-        Family::Bert => bert::splade(b, w, cfg, skip),
+        Family::Bert => bert::splade(b, w, cfg),
         other => Err(ModelError::Unsupported(format!(
             "--pooling splade with a {} masked-LM head (only BERT's is supported)",
             other.name()
