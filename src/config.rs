@@ -286,8 +286,9 @@ pub struct PlanArgs {
     pub replicas_per_gpu: usize,
 
     /// Token budget of one device batch (`serve --max-batch-tokens`; drives activation memory).
-    #[arg(long, default_value_t = 16384)]
-    pub max_batch_tokens: usize,
+    /// Default as serve's: 16384, or the model's longest input when that is longer.
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
 
     /// Measured per-pod throughput in requests/s of one input each (a load test of one pod),
     /// for the KEDA thresholds. Default: an estimate, the lower of the GPU's FLOP bound and the

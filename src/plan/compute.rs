@@ -123,7 +123,7 @@ fn gpu_needed(shape: &ModelShape, weights: u64, tokens: u64, dtype_bytes: u64) -
 pub fn compute(facts: &ModelFacts, opts: &PlanOptions) -> Plan {
     let shape = &facts.shape;
     let b = dtype_bytes(opts.dtype);
-    let weights = facts.weights.parameters * b;
+    let weights = facts.weights.loaded_parameters() * b;
     let buffering = BUFFERED_INPUTS * (BODY_BYTES + 16 * shape.max_positions + 4 * shape.hidden);
     let mut runtime = HOST_PROCESS_BYTES + buffering;
     let activations = shape.activation_bytes(opts.max_batch_tokens, b);

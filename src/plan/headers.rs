@@ -18,6 +18,16 @@ pub struct WeightsSummary {
     pub largest_file_bytes: u64,
     pub files: usize,
     pub stored_dtypes: Vec<String>,
+    /// Parameters stored but never loaded: a causal LM's `lm_head` (an embedder skips it, a
+    /// yes/no reranker reads two of its rows).
+    pub unloaded_parameters: u64,
+}
+
+impl WeightsSummary {
+    /// Parameters the server holds in memory.
+    pub fn loaded_parameters(&self) -> u64 {
+        self.parameters.saturating_sub(self.unloaded_parameters)
+    }
 }
 
 /// Largest header accepted (the format's own limit is 100 MB).
@@ -57,6 +67,9 @@ pub fn add_header(sum: &mut WeightsSummary, header_json: &[u8]) -> Result<(), St
             "F64" | "F32" | "F16" | "BF16" | "F8_E4M3" | "F8_E5M2"
         ) {
             sum.parameters += elements;
+            if name.starts_with("lm_head.") {
+                sum.unloaded_parameters += elements;
+            }
         }
         if !sum.stored_dtypes.iter().any(|d| d == dtype) {
             sum.stored_dtypes.push(dtype.to_string());

@@ -41,6 +41,7 @@ fn finish(args: &PlanArgs, shape: ModelShape, weights: WeightsSummary) -> ModelF
                 largest_file_bytes: parameters * 4,
                 files: 0,
                 stored_dtypes: vec!["F32 (assumed)".into()],
+                unloaded_parameters: shape.lm_head_parameters(),
             },
             "config.json estimate",
         )

@@ -40,17 +40,26 @@ pub struct PlanOptions {
 }
 
 impl PlanOptions {
-    pub fn from_args(args: &PlanArgs) -> Self {
+    /// The flags, with serve's defaults for what they leave out: float32 on the CPU; on a GPU
+    /// bfloat16 for bfloat16 checkpoints and float16 otherwise; a token budget of 16384 or the
+    /// model's longest input.
+    pub fn from_args(args: &PlanArgs, shape: &ModelShape) -> Self {
         let cpu = args.model.device == DeviceArg::Cpu;
+        let bf16 = shape.saved_dtype.as_deref() == Some("bfloat16");
         Self {
-            dtype: args.model.dtype.unwrap_or(if cpu {
-                DTypeArg::Float32
-            } else {
-                DTypeArg::Float16
+            dtype: args.model.dtype.unwrap_or(match (cpu, bf16) {
+                (true, _) => DTypeArg::Float32,
+                (false, true) => DTypeArg::Bfloat16,
+                (false, false) => DTypeArg::Float16,
             }),
             gpu: (!cpu).then_some(args.gpu),
             replicas_per_gpu: args.replicas_per_gpu.max(1) as u64,
-            max_batch_tokens: args.max_batch_tokens.max(1) as u64,
+            max_batch_tokens: args
+                .max_batch_tokens
+                .unwrap_or_else(|| {
+                    crate::config::DEFAULT_MAX_BATCH_TOKENS.max(shape.max_positions as usize)
+                })
+                .max(1) as u64,
             throughput: args.throughput,
         }
     }
@@ -74,8 +83,21 @@ pub fn dtype_name(d: DTypeArg) -> &'static str {
 /// `spotinfer plan`.
 pub async fn run(args: PlanArgs) -> anyhow::Result<()> {
     let facts = inspect(&args).await?;
-    let opts = PlanOptions::from_args(&args);
-    let plan = compute(&facts, &opts);
+    let mut opts = PlanOptions::from_args(&args, &facts.shape);
+    let mut plan = compute(&facts, &opts);
+    // Without --max-batch-tokens, serve on a GPU lowers its budget to what the memory left
+    // after the weights holds (`batching::memory_cap`): plan the same budget.
+    if args.max_batch_tokens.is_none() {
+        if let Some(fit) = plan
+            .gpu_memory
+            .as_ref()
+            .filter(|g| !g.fits)
+            .and_then(|g| g.max_batch_tokens_that_fit)
+        {
+            opts.max_batch_tokens = fit;
+            plan = compute(&facts, &opts);
+        }
+    }
     let out = match args.output {
         PlanOutput::Text => render_text(&plan),
         PlanOutput::Json => serde_json::to_string_pretty(&plan)? + "\n",
@@ -235,6 +257,7 @@ mod tests {
             largest_file_bytes: p * 4,
             files: 1,
             stored_dtypes: vec!["F32".into()],
+            unloaded_parameters: 0,
         };
         let mut opts = gpu_opts(DTypeArg::Float16);
         opts.replicas_per_gpu = 4;

@@ -60,6 +60,14 @@ pub fn render_text(p: &Plan) -> String {
         human(w.stored_bytes),
         w.stored_dtypes.join("+")
     );
+    if w.unloaded_parameters > 0 {
+        let _ = writeln!(
+            s,
+            "not loaded       lm_head, {} ({}): an embedder skips it, a yes/no reranker reads two rows",
+            w.unloaded_parameters,
+            millions(w.unloaded_parameters)
+        );
+    }
     let h = &p.host_memory;
     let _ = writeln!(
         s,

@@ -38,6 +38,8 @@ pub struct ModelShape {
     pub layers: u64,
     pub heads: u64,
     pub kv_heads: u64,
+    /// Width of one attention head (`head_dim`; Qwen3 sets it apart from hidden / heads).
+    pub head_dim: u64,
     pub intermediate: u64,
     pub vocab: u64,
     pub max_positions: u64,
@@ -46,6 +48,8 @@ pub struct ModelShape {
     pub gated_mlp: bool,
     /// A separate output projection (causal LMs without tied embeddings).
     pub lm_head: bool,
+    /// config.json's `torch_dtype` (bfloat16 checkpoints default to bfloat16 on a GPU).
+    pub saved_dtype: Option<String>,
 }
 
 fn field(cfg: &serde_json::Value, names: &[&str]) -> Option<u64> {
@@ -84,6 +88,7 @@ impl ModelShape {
             layers: need(&["num_hidden_layers", "n_layer", "num_layers", "n_layers"])?,
             heads,
             kv_heads: field(cfg, &["num_key_value_heads", "n_kv_heads"]).unwrap_or(heads),
+            head_dim: field(cfg, &["head_dim"]).unwrap_or(hidden / heads.max(1)),
             intermediate: field(cfg, &["intermediate_size", "n_inner", "ffn_dim", "d_ff"])
                 .unwrap_or(4 * hidden),
             vocab: need(&["vocab_size"])?,
@@ -95,6 +100,11 @@ impl ModelShape {
             type_vocab: field(cfg, &["type_vocab_size"]).unwrap_or(0),
             gated_mlp,
             lm_head: !tied && architectures.iter().any(|a| a.ends_with("ForCausalLM")),
+            saved_dtype: cfg
+                .get("torch_dtype")
+                .or_else(|| cfg.get("dtype"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
             model_type,
         })
     }
@@ -103,10 +113,21 @@ impl ModelShape {
     /// cross-check of the headers (BERT-style encoders and llama-style decoders).
     pub fn estimated_parameters(&self) -> u64 {
         let (h, i) = (self.hidden, self.intermediate);
-        let kv = h / self.heads.max(1) * self.kv_heads;
+        let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let per_layer = if self.gated_mlp {
-            // q, o: h x h; k, v: h x kv; gate, up, down: h x i; two RMS norms.
-            2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+            // q, o: h x q; k, v: h x kv; gate, up, down: h x i; two RMS norms; Qwen3's
+            // q/k norms over one head; Qwen2's q, k, v biases.
+            let qk_norm = if self.model_type == "qwen3" {
+                2 * self.head_dim
+            } else {
+                0
+            };
+            let qkv_bias = if self.model_type == "qwen2" {
+                q + 2 * kv
+            } else {
+                0
+            };
+            2 * h * q + 2 * h * kv + 3 * h * i + 2 * h + qk_norm + qkv_bias
         } else {
             // q, k, v, o and the two MLP matrices with biases; two layer norms.
             4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h
@@ -118,15 +139,23 @@ impl ModelShape {
         } else {
             embeddings += h; // final norm
         }
-        let lm_head = if self.lm_head { self.vocab * h } else { 0 };
-        embeddings + self.layers * per_layer + lm_head
+        embeddings + self.layers * per_layer + self.lm_head_parameters()
+    }
+
+    /// The separate output projection's parameters (stored, never loaded whole).
+    pub fn lm_head_parameters(&self) -> u64 {
+        if self.lm_head {
+            self.vocab * self.hidden
+        } else {
+            0
+        }
     }
 
     /// FLOPs of one forward pass over one input of `tokens` tokens (matmuls only).
     pub fn flops_per_input(&self, tokens: u64) -> f64 {
         let dense = self
             .estimated_parameters()
-            .saturating_sub(self.vocab * self.hidden);
+            .saturating_sub(self.vocab * self.hidden + self.lm_head_parameters());
         let attention = 4 * self.layers * tokens * tokens * self.hidden;
         2.0 * dense as f64 * tokens as f64 + attention as f64
     }
