@@ -94,6 +94,8 @@ pub struct Timings {
     pub total: Duration,
     pub tokens: usize,
     pub characters: usize,
+    /// Device time its inputs cost: each device batch's time shared by tokens.
+    pub device: Duration,
 }
 
 /// An embedding request (OpenAI `/v1/embeddings`, TEI `/embed`, job lines).
@@ -278,6 +280,7 @@ impl Inference {
             let answer = rx.await.unwrap_or(Err(InferError::WorkerStopped))?;
             timings.queue = timings.queue.max(answer.queue_time);
             timings.inference = timings.inference.max(answer.compute_time);
+            timings.device += answer.device_share;
             outputs.push(answer.output);
         }
         timings.total = started.elapsed();
