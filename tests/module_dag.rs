@@ -19,7 +19,12 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a file belongs to (`src/model/cpu/mod.rs` -> `model`).
 fn module_of(src: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(src).ok()?;
-    let first = rel.components().next()?.as_os_str().to_string_lossy().to_string();
+    let first = rel
+        .components()
+        .next()?
+        .as_os_str()
+        .to_string_lossy()
+        .to_string();
     let name = first.trim_end_matches(".rs").to_string();
     (!matches!(name.as_str(), "lib" | "main")).then_some(name)
 }
@@ -88,7 +93,9 @@ fn top_level_modules_form_a_dag() {
     files(&src, &mut all);
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in &all {
-        let Some(from) = module_of(&src, f) else { continue };
+        let Some(from) = module_of(&src, f) else {
+            continue;
+        };
         let text = std::fs::read_to_string(f).expect("read");
         let entry = graph.entry(from.clone()).or_default();
         for to in references(&text) {
@@ -125,7 +132,13 @@ fn families_are_written_on_the_seam_not_on_a_backend() {
     fam.push(seam.join("heads.rs"));
     for f in fam {
         let text = std::fs::read_to_string(&f).expect("read");
-        for backend in ["model::cpu", "model::reference", "model::cuda", "super::cpu", "super::reference"] {
+        for backend in [
+            "model::cpu",
+            "model::reference",
+            "model::cuda",
+            "super::cpu",
+            "super::reference",
+        ] {
             assert!(!text.contains(backend), "{} uses {backend}", f.display());
         }
     }
@@ -138,6 +151,12 @@ fn the_checker_finds_cycles() {
     g.entry("b".into()).or_default().insert("c".into());
     assert!(find_cycle(&g).is_none());
     g.entry("c".into()).or_default().insert("a".into());
-    assert_eq!(find_cycle(&g), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
-    assert_eq!(references("use crate::model::x; // crate::jobs"), ["jobs".to_string(), "model".to_string()].into());
+    assert_eq!(
+        find_cycle(&g),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    assert_eq!(
+        references("use crate::model::x; // crate::jobs"),
+        ["jobs".to_string(), "model".to_string()].into()
+    );
 }
