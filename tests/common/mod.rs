@@ -2,6 +2,8 @@
 //! vector comparisons.
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -338,4 +340,17 @@ pub fn blocking_client() -> reqwest::blocking::Client {
         .no_proxy()
         .build()
         .expect("client")
+}
+
+/// The value of an unlabelled series (or the first series whose name and labels start with
+/// `series`) in a /metrics text; None when absent.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
