@@ -29,6 +29,12 @@ fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// Opens (creating) the job store on a blocking thread: the state dir may be a network volume.
+async fn open_store(dir: &std::path::Path) -> anyhow::Result<crate::jobs::JobStore> {
+    let dir = dir.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || crate::jobs::JobStore::open(&dir)).await??)
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     let args = Arc::new(args);
@@ -59,7 +65,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        job_store: match crate::jobs::JobStore::open(&args.state_dir) {
+        job_store: match open_store(&args.state_dir).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(error = %e, "cannot open --state-dir: the batch API is off");
