@@ -224,10 +224,29 @@ pub struct ServeArgs {
     #[arg(long, env = "BATCH_CHUNK_LINES", default_value_t = 64)]
     pub batch_chunk_lines: usize,
 
-    /// Seconds a replica's claim on a batch job lasts without renewal (renewed every chunk).
-    /// A replica that dies silently blocks its job this long before another takes it over.
+    /// Seconds a replica's claim on a batch-job segment lasts without renewal (renewed as its
+    /// chunks commit). A replica that dies silently holds its segments this long before
+    /// another takes them over; replica clocks must agree to well within it.
     #[arg(long, env = "BATCH_LEASE_SECS", default_value_t = 30)]
     pub batch_lease_secs: u64,
+
+    /// Batch-job input lines per segment, the unit that replicas claim (each with its own
+    /// lease) so one job runs on every replica with room. Fixed per job when it is validated.
+    #[arg(long, env = "BATCH_SEGMENT_LINES", default_value_t = 4096)]
+    pub batch_segment_lines: u64,
+
+    /// Seconds between this replica's reads of the shared state dir for the fleet backlog
+    /// gauge (`inference_batch_backlog_lines`), job statuses, validation and assembly.
+    #[arg(long, env = "BATCH_BACKLOG_INTERVAL", default_value = "2", value_parser = parse_seconds)]
+    pub batch_backlog_interval: Duration,
+
+    /// Serve the Files and Batches API, probes and metrics from --state-dir without loading a
+    /// model: validates, assembles and finishes jobs and reports the fleet backlog, but runs
+    /// none of their lines (inference routes answer 503). For a small always-on pod outside
+    /// the GPU pool, so jobs can be submitted and polled, and KEDA sees their backlog, while
+    /// no GPU replica runs.
+    #[arg(long, env = "INTAKE_ONLY", default_value_t = false)]
+    pub intake_only: bool,
 
     /// Folder for batch-job files, metadata and checkpoints (a PVC in Kubernetes).
     #[arg(long, env = "STATE_DIR", default_value = "./spotinfer-state")]
@@ -475,6 +494,12 @@ impl ServeArgs {
         }
         if self.header_read_timeout.is_zero() || self.keep_alive_timeout.is_zero() {
             return Err("--header-read-timeout and --keep-alive-timeout must be above 0".into());
+        }
+        if self.batch_chunk_lines == 0 || self.batch_segment_lines == 0 {
+            return Err("--batch-chunk-lines and --batch-segment-lines must be at least 1".into());
+        }
+        if self.batch_backlog_interval.is_zero() {
+            return Err("--batch-backlog-interval must be above 0".into());
         }
         if self.cost_per_hour < 0.0 || !self.cost_per_hour.is_finite() {
             return Err("--cost-per-hour must be a non-negative number".into());

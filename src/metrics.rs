@@ -19,6 +19,10 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
+/// A tenth of a cent to a thousand dollars per job.
+const JOB_COST_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0,
+];
 const BATCH_TOKEN_BUCKETS: &[f64] = &[
     16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0,
 ];
@@ -96,6 +100,10 @@ pub struct Metrics {
     pub jobs: IntGaugeVec,
     pub job_lines_total: IntCounterVec,
     pub job_checkpoints_total: IntCounter,
+    pub job_backlog_lines: IntGauge,
+    pub job_device_seconds_total: Counter,
+    pub job_cost_dollars_total: Counter,
+    pub job_cost: Histogram,
     pub device_batch_failures: IntCounterVec,
 }
 
@@ -315,6 +323,39 @@ impl Metrics {
                 &r,
                 IntCounter::new("inference_batch_checkpoints_total", "Batch-job checkpoints written durably.").expect(e),
             ),
+            job_backlog_lines: reg(
+                &r,
+                IntGauge::new(
+                    "inference_batch_backlog_lines",
+                    "Batch-job lines not yet done over all jobs in the shared state directory: the fleet's backlog, the same on every replica (re-read every --batch-backlog-interval).",
+                )
+                .expect(e),
+            ),
+            job_device_seconds_total: reg(
+                &r,
+                Counter::new(
+                    "inference_batch_device_seconds_total",
+                    "Device seconds this replica spent on batch-job lines (each device batch shared among its inputs by tokens).",
+                )
+                .expect(e),
+            ),
+            job_cost_dollars_total: reg(
+                &r,
+                Counter::new(
+                    "inference_batch_cost_dollars_total",
+                    "Dollars of device time this replica spent on batch-job lines (device seconds x --cost-per-hour).",
+                )
+                .expect(e),
+            ),
+            job_cost: reg(
+                &r,
+                Histogram::with_opts(hist(
+                    "inference_batch_job_cost_dollars",
+                    "Cost of each finished batch job (its lines' device seconds x --cost-per-hour of the replicas that ran them), observed by the replica that finished it.",
+                    JOB_COST_BUCKETS,
+                ))
+                .expect(e),
+            ),
             device_batch_failures: reg(
                 &r,
                 IntCounterVec::new(
@@ -440,6 +481,10 @@ mod tests {
             "inference_batch_jobs{status=\"in_progress\"}",
             "inference_batch_lines_total{outcome=\"failed\"}",
             "inference_batch_checkpoints_total",
+            "inference_batch_backlog_lines",
+            "inference_batch_device_seconds_total",
+            "inference_batch_cost_dollars_total",
+            "inference_batch_job_cost_dollars_count",
             "inference_device_batch_failures_total{reason=\"out_of_memory\"}",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::batching::{BatchLimits, Queue};
 use crate::config::ServeArgs;
 use crate::inference::{self, Inference, RequestLimits, StartOptions};
-use crate::jobs::JobRunner;
+use crate::jobs::{JobRunner, RunnerConfig};
 use crate::lifecycle::{drain, signals, spot, Lifecycle};
 use crate::metrics::Metrics;
 use crate::server::{self, AppState};
@@ -29,13 +29,10 @@ fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// Names this replica in batch-job leases: the pod name (Kubernetes sets HOSTNAME to it) and
-/// the process id, so a restarted container never mistakes its predecessor's lease for its own.
-fn replica_id() -> String {
-    let host = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "local".into());
-    format!("{host}/{}", std::process::id())
+/// Opens (creating) the job store on a blocking thread: the state dir may be a network volume.
+async fn open_store(dir: &std::path::Path) -> anyhow::Result<crate::jobs::JobStore> {
+    let dir = dir.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || crate::jobs::JobStore::open(&dir)).await??)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -70,7 +67,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        job_store: match crate::jobs::JobStore::open(&args.state_dir) {
+        job_store: match open_store(&args.state_dir).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(error = %e, "cannot open --state-dir: the batch API is off");
@@ -79,6 +76,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         job_runner: Arc::new(OnceLock::new()),
     };
+
+    // Every replica (loading, intake-only or not) validates and finishes jobs and reports the
+    // fleet backlog from the shared store; segment slots start once a model is loaded.
+    if let Some(store) = &state.job_store {
+        let runner = JobRunner::new(
+            store.clone(),
+            metrics.clone(),
+            lifecycle.clone(),
+            RunnerConfig {
+                replica: crate::jobs::lease::process_name(),
+                chunk_lines: args.batch_chunk_lines,
+                lease_secs: args.batch_lease_secs,
+                segment_lines: args.batch_segment_lines,
+                refresh: args.batch_backlog_interval,
+                cost_per_hour: args.cost_per_hour,
+            },
+        );
+        tokio::spawn(runner.clone().run_coordinator());
+        let _ = state.job_runner.set(runner);
+    }
 
     // Bind before loading so probes answer at once.
     let main_listener = bind(&args.hostname, args.port).await?;
@@ -142,34 +159,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         test_batch_delay: Duration::from_millis(args.test_batch_delay_ms),
         progress: true,
     };
-    let load = inference::start(opts, queue.clone(), metrics.clone());
+    let load = async {
+        if args.intake_only {
+            tracing::info!("--intake-only: serving files and batch jobs without a model");
+            return Ok(None);
+        }
+        inference::start(opts, queue.clone(), metrics.clone())
+            .await
+            .map(Some)
+    };
     tokio::pin!(load);
     let first_signal = tokio::select! {
         loaded = &mut load => {
             match loaded {
-                Ok(inference) => {
+                Ok(None) => {
+                    lifecycle.set_ready();
+                }
+                Ok(Some(inference)) => {
                     let inference = Arc::new(inference);
                     let i = &inference.info;
                     metrics.set_build_info(&i.model_id, &i.revision, &i.dtype, &i.device);
                     let _ = worker_slot.set(inference.health.clone());
                     let _ = inference_slot.set(inference.clone());
-                    if let Some(store) = &state.job_store {
-                        let runner = JobRunner::new(
-                            store.clone(),
-                            inference,
-                            metrics.clone(),
-                            lifecycle.clone(),
-                            replica_id(),
-                            args.batch_chunk_lines,
-                            args.batch_lease_secs,
-                        );
-                        // Interrupted jobs are claimed and rolled back before Ready.
-                        let resumed = runner.recover();
+                    if let Some(runner) = state.job_runner.get() {
+                        // Interrupted jobs this replica may resume are reported before Ready.
+                        let resumed = runner.recover().await;
                         if resumed > 0 {
                             tracing::info!(resumed, "batch jobs resumed");
                         }
-                        tokio::spawn(runner.clone().run());
-                        let _ = state.job_runner.set(runner);
+                        runner.start_slots(inference);
                     }
                     lifecycle.set_ready();
                 }

@@ -381,3 +381,51 @@ fn spotinfer_batch_resumes_after_sigterm_and_sigkill() {
     check_output(&lines, &want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn spotinfer_batch_says_how_to_recover_a_deleted_output() {
+    let dir = temp_dir("cli-deleted");
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    let ckpt = PathBuf::from(format!("{}.ckpt", output.display()));
+    write_input(&input, &texts(4));
+    // What an earlier run leaves behind once someone deletes its output.
+    std::fs::write(
+        &ckpt,
+        json!({"input_offset": 300, "lines_done": 2, "output_len": 8522514, "error_len": 0,
+               "completed": 2, "failed": 0})
+        .to_string(),
+    )
+    .unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_spotinfer"))
+            .args(["batch", "--model-id", tiny_model_dir().to_str().unwrap()])
+            .args(["--input", input.to_str().unwrap()])
+            .args(["--output", output.to_str().unwrap(), "--no-progress"])
+            .output()
+            .expect("run spotinfer batch")
+    };
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("out.jsonl is missing")
+            && stderr.contains("records 8522514 bytes of results already written"),
+        "says what happened: {stderr}"
+    );
+    assert!(
+        stderr.contains("restore") && stderr.contains(&format!("delete {}", ckpt.display())),
+        "names both ways out: {stderr}"
+    );
+    assert!(!output.exists(), "no empty output is left in its place");
+    // The second way out: without the checkpoint the same command starts over and completes.
+    std::fs::remove_file(&ckpt).unwrap();
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}

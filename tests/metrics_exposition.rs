@@ -21,6 +21,7 @@ const FIRST_SCRAPE: &[&str] = &[
     "inference_requests_inflight ",
     "inference_queue_depth ",
     "inference_batch_queue_depth ",
+    "inference_batch_backlog_lines ",
     "inference_queue_time_seconds_count ",
     "inference_compute_time_seconds_count ",
     "inference_batch_size_count ",

@@ -43,6 +43,8 @@ pub struct Answer {
     pub queue_time: Duration,
     /// Its device batch's compute time.
     pub compute_time: Duration,
+    /// Its share of that time, by its tokens: what it cost the device (job cost accounting).
+    pub device_share: Duration,
 }
 
 pub type Reply = oneshot::Sender<Result<Answer, InferError>>;

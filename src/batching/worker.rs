@@ -229,10 +229,12 @@ impl Worker<'_> {
             }
             let queue_time = started.saturating_duration_since(entry.enqueued);
             m.queue_time.observe(queue_time.as_secs_f64());
+            let share = entry.encoded.ids.len() as f64 / tokens.max(1) as f64;
             let _ = entry.reply.send(r.map(|output| Answer {
                 output,
                 queue_time,
                 compute_time: elapsed,
+                device_share: elapsed.mul_f64(share),
             }));
         }
         if preemptible {

@@ -96,6 +96,8 @@ pub struct Timings {
     pub total: Duration,
     pub tokens: usize,
     pub characters: usize,
+    /// Device time its inputs cost: each device batch's time shared by tokens.
+    pub device: Duration,
 }
 
 /// An embedding request (OpenAI `/v1/embeddings`, TEI `/embed`, job lines).
@@ -291,6 +293,7 @@ impl Inference {
             let answer = rx.await.unwrap_or(Err(InferError::WorkerStopped))?;
             queue += answer.queue_time;
             inference += answer.compute_time;
+            timings.device += answer.device_share;
             outputs.push(answer.output);
         }
         timings.queue = queue / n;

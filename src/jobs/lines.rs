@@ -1,10 +1,12 @@
-//! One chunk of OpenAI batch input lines through the inference API at job priority, as output
-//! lines.
+//! Job lines: parsing OpenAI batch input lines, running a chunk of them through the inference
+//! API at job priority, and rendering their output lines.
 //!
 //! Input: `{"custom_id", "method":"POST", "url":"/v1/embeddings", "body":{...}}`.
 //! Output: `{"id", "custom_id", "response":{"status_code","request_id","body"}, "error"}`.
 //! A malformed line or a rejected request is a failed line (error file), never a failed job.
 //! A line cut short by shutdown is `Interrupted`: its chunk is not committed and runs again.
+
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -12,7 +14,6 @@ use serde_json::{json, Value};
 use crate::inference::error::{ApiError, ErrorKind};
 use crate::inference::openai::Embeddings;
 use crate::inference::Inference;
-use crate::lifecycle::work::WorkGuard;
 use crate::priority::Priority;
 
 /// A raw input line and where it ends in the input file.
@@ -43,19 +44,25 @@ struct InputLine {
 pub const ENDPOINTS: &[&str] = &["/v1/embeddings", "/embeddings"];
 
 /// Processes lines concurrently (all their inputs enter the queue together) and returns one
-/// outcome per line, in order.
+/// outcome per line, in order, with the device time their inputs took.
 pub async fn process(
     inference: &Inference,
     batch_id: &str,
     lines: Vec<RawLine>,
-) -> Vec<LineOutcome> {
+) -> (Vec<LineOutcome>, Duration) {
     let futures = lines
         .into_iter()
         .map(|line| process_one(inference, batch_id, line));
-    futures::future::join_all(futures).await
+    let done = futures::future::join_all(futures).await;
+    let device = done.iter().map(|(_, d)| *d).sum();
+    (done.into_iter().map(|(o, _)| o).collect(), device)
 }
 
-async fn process_one(inference: &Inference, batch_id: &str, line: RawLine) -> LineOutcome {
+async fn process_one(
+    inference: &Inference,
+    batch_id: &str,
+    line: RawLine,
+) -> (LineOutcome, Duration) {
     let id = format!(
         "batch_req_{}_{}",
         batch_id.trim_start_matches("batch_"),
@@ -67,11 +74,9 @@ async fn process_one(inference: &Inference, batch_id: &str, line: RawLine) -> Li
         line.line_no
     );
     let fail = |custom_id: Value, code: &str, message: String| {
-        LineOutcome::Failed(
-            json!({"id": id, "custom_id": custom_id, "response": null,
-                   "error": {"code": code, "message": message}})
-            .to_string(),
-        )
+        let line = json!({"id": id, "custom_id": custom_id, "response": null,
+                          "error": {"code": code, "message": message}});
+        (LineOutcome::Failed(line.to_string()), Duration::ZERO)
     };
     let parsed: InputLine = match serde_json::from_str(&line.text) {
         Ok(p) => p,
@@ -114,21 +119,27 @@ async fn process_one(inference: &Inference, batch_id: &str, line: RawLine) -> Li
         Err(e) => Err(e),
     };
     match result {
-        Ok((body, _)) => LineOutcome::Succeeded(
-            json!({"id": id, "custom_id": custom_id,
-                   "response": {"status_code": 200, "request_id": request_id, "body": body},
-                   "error": null})
-            .to_string(),
+        Ok((body, timings)) => (
+            LineOutcome::Succeeded(
+                json!({"id": id, "custom_id": custom_id,
+                       "response": {"status_code": 200, "request_id": request_id, "body": body},
+                       "error": null})
+                .to_string(),
+            ),
+            timings.device,
         ),
-        Err(e) if is_interruption(&e) => LineOutcome::Interrupted,
+        Err(e) if is_interruption(&e) => (LineOutcome::Interrupted, Duration::ZERO),
         Err(e) => {
             let status = e.status().as_u16();
             let body = error_body(e);
-            LineOutcome::Failed(
-                json!({"id": id, "custom_id": custom_id,
-                       "response": {"status_code": status, "request_id": request_id, "body": body},
-                       "error": null})
-                .to_string(),
+            (
+                LineOutcome::Failed(
+                    json!({"id": id, "custom_id": custom_id,
+                           "response": {"status_code": status, "request_id": request_id, "body": body},
+                           "error": null})
+                    .to_string(),
+                ),
+                Duration::ZERO,
             )
         }
     }
@@ -143,11 +154,13 @@ fn error_body(e: ApiError) -> Value {
     e.openai_body()
 }
 
-/// Reads up to `max` non-empty lines starting at byte `offset`; returns them (numbered from
-/// `first_line_no`) and the offset just past the last one read.
+/// Reads up to `max` non-empty lines starting at byte `offset` and ending before `end` (a
+/// line boundary); returns them (numbered from `first_line_no`) and the offset just past the
+/// last one read.
 pub fn read_chunk(
     path: &std::path::Path,
     offset: u64,
+    end: u64,
     first_line_no: u64,
     max: usize,
 ) -> std::io::Result<(Vec<RawLine>, u64)> {
@@ -157,7 +170,7 @@ pub fn read_chunk(
     let mut out = Vec::new();
     let mut pos = offset;
     let mut buf = Vec::new();
-    while out.len() < max {
+    while out.len() < max && pos < end {
         buf.clear();
         let n = f.read_until(b'\n', &mut buf)?;
         if n == 0 {
@@ -173,123 +186,4 @@ pub fn read_chunk(
         });
     }
     Ok((out, pos))
-}
-
-/// How a run over an input file ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DriveEnd {
-    /// Every line is done.
-    Done,
-    /// Asked to stop; everything committed so far is checkpointed.
-    Stopped,
-    /// Shutdown cut a chunk short; it will run again.
-    Interrupted,
-    /// The lease moved to another replica: nothing more is written here.
-    LeaseLost,
-}
-
-/// Per-commit callbacks for the two drivers (the server's runner and `spotinfer batch`).
-pub trait DriveHooks {
-    /// Checked before each new chunk.
-    fn should_stop(&mut self) -> bool;
-    /// Checked before each commit (the server renews its lease here).
-    fn may_commit(&mut self) -> bool {
-        true
-    }
-    /// After each durable commit.
-    fn committed(&mut self, checkpoint: &super::store::Checkpoint, succeeded: u64, failed: u64);
-    /// A guard held while a chunk is in flight (the server's drain waits for it).
-    fn hold(&mut self) -> Option<WorkGuard> {
-        None
-    }
-}
-
-/// Runs the input file from the checkpoint to the end, `DEPTH` chunks in flight so the device
-/// never idles between chunks and the queue holds enough lines to group similar lengths into
-/// full batches, committing chunks in order.
-pub async fn drive(
-    inference: &Inference,
-    batch_id: &str,
-    input: &std::path::Path,
-    out: &mut super::store::CheckpointedOutput,
-    chunk_lines: usize,
-    hooks: &mut (dyn DriveHooks + Send),
-) -> Result<DriveEnd, super::store::StoreError> {
-    use futures::stream::{FuturesOrdered, StreamExt};
-    // 4 x 256 lines: about four 16k-token batches queued at the corpus's mean length.
-    const DEPTH: usize = 4;
-    let mut read_offset = out.checkpoint.input_offset;
-    let mut read_line_no = out.checkpoint.lines_done;
-    let mut eof = false;
-    let mut stopping = false;
-    let mut in_flight = FuturesOrdered::new();
-    loop {
-        while !eof && !stopping && in_flight.len() < DEPTH {
-            if hooks.should_stop() {
-                stopping = true;
-                break;
-            }
-            let (chunk, next) = read_chunk(input, read_offset, read_line_no, chunk_lines.max(1))
-                .map_err(super::store::io_err(input))?;
-            if chunk.is_empty() {
-                eof = true;
-                break;
-            }
-            let n = chunk.len() as u64;
-            read_offset = next;
-            read_line_no += n;
-            let guard = hooks.hold();
-            in_flight.push_back(async move {
-                let outcomes = process(inference, batch_id, chunk).await;
-                drop(guard);
-                (outcomes, next, n)
-            });
-        }
-        let Some((outcomes, next, n)) = in_flight.next().await else {
-            return Ok(if stopping {
-                DriveEnd::Stopped
-            } else {
-                DriveEnd::Done
-            });
-        };
-        if outcomes.contains(&LineOutcome::Interrupted) {
-            return Ok(DriveEnd::Interrupted);
-        }
-        if !hooks.may_commit() {
-            return Ok(DriveEnd::LeaseLost);
-        }
-        let mut ok_lines = String::new();
-        let mut err_lines = String::new();
-        let (mut ok, mut failed) = (0u64, 0u64);
-        for o in outcomes {
-            match o {
-                LineOutcome::Succeeded(l) => {
-                    ok += 1;
-                    ok_lines.push_str(&l);
-                    ok_lines.push('\n');
-                }
-                LineOutcome::Failed(l) => {
-                    failed += 1;
-                    // Without an error file, failed lines stay in input order in the output.
-                    let target = if out.errors.is_some() {
-                        &mut err_lines
-                    } else {
-                        &mut ok_lines
-                    };
-                    target.push_str(&l);
-                    target.push('\n');
-                }
-                LineOutcome::Interrupted => {}
-            }
-        }
-        let c = out.commit(
-            ok_lines.as_bytes(),
-            err_lines.as_bytes(),
-            next,
-            n,
-            ok,
-            failed,
-        )?;
-        hooks.committed(&c, ok, failed);
-    }
 }

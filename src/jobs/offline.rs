@@ -1,7 +1,7 @@
-//! `spotinfer batch`: the same inference API and checkpointing without a server. Reads OpenAI batch
-//! lines, writes one output line per input line (results and errors in input order), and keeps
-//! `<output>.ckpt` beside the output so running the same command again after SIGTERM or SIGKILL
-//! resumes where the last checkpoint left off.
+//! `spotinfer batch`: the same inference API and chunk driver without a server, the whole input
+//! as one range. Reads OpenAI batch lines, writes one output line per input line (results and
+//! errors in input order), and keeps `<output>.ckpt` beside the output so running the same
+//! command again after SIGTERM or SIGKILL resumes where the last checkpoint left off.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::lines::{self, DriveEnd, DriveHooks};
-use super::store::{Checkpoint, CheckpointedOutput};
+use super::drive::{self, ChunkResult, DriveEnd, DriveHooks, Position};
+use super::durable::CheckpointedOutput;
 use crate::batching::{BatchLimits, Queue};
 use crate::config::BatchArgs;
 use crate::inference::{self, RequestLimits, StartOptions};
@@ -36,10 +36,10 @@ impl DriveHooks for Hooks {
         self.stop.load(Ordering::Acquire)
     }
 
-    fn committed(&mut self, c: &Checkpoint, _succeeded: u64, _failed: u64) {
-        self.bar.set_position(c.lines_done);
+    fn committed(&mut self, at: &Position, _chunk: &ChunkResult) {
+        self.bar.set_position(at.line_no);
         self.bar
-            .set_message(format!("{} ok, {} failed", c.completed, c.failed));
+            .set_message(format!("{} ok, {} failed", at.completed, at.failed));
     }
 }
 
@@ -51,11 +51,16 @@ pub fn checkpoint_path(output: &std::path::Path) -> PathBuf {
 
 pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let total = super::count_lines(&args.input)
+    let input = args.input.clone();
+    let total = tokio::task::spawn_blocking(move || super::count_lines(&input))
+        .await?
         .with_context(|| format!("reading {}", args.input.display()))?;
     let ckpt = checkpoint_path(&args.output);
-    let mut out = CheckpointedOutput::open_or_resume(args.output.clone(), None, ckpt.clone())
-        .with_context(|| format!("opening {} and {}", args.output.display(), ckpt.display()))?;
+    let output = args.output.clone();
+    // Its errors say what to do themselves (restore the output, or delete the checkpoint).
+    let out =
+        tokio::task::spawn_blocking(move || CheckpointedOutput::open_or_resume(output, None, ckpt))
+            .await??;
     let done_before = out.checkpoint.lines_done;
     if done_before >= total {
         tracing::info!(lines = total, output = %args.output.display(), "already complete");
@@ -126,23 +131,23 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
         stop,
         bar: bar.clone(),
     };
-    let end = lines::drive(
+    let (end, c) = drive::drive(
         &inference,
         "batch_offline",
         &args.input,
-        &mut out,
+        u64::MAX,
+        Box::new(out),
         args.chunk_lines,
         &mut hooks,
     )
     .await?;
     bar.finish_and_clear();
-    let c = out.checkpoint;
     let secs = started.elapsed().as_secs_f64();
-    let rate = (c.lines_done - done_before) as f64 / secs.max(1e-9);
+    let rate = (c.line_no - done_before) as f64 / secs.max(1e-9);
     match end {
         DriveEnd::Done => {
             tracing::info!(
-                lines = c.lines_done,
+                lines = c.line_no,
                 completed = c.completed,
                 failed = c.failed,
                 seconds = format!("{secs:.1}"),
@@ -154,7 +159,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
         }
         _ => {
             tracing::info!(
-                line = c.lines_done,
+                line = c.line_no,
                 total,
                 "checkpointed; run the same command again to resume"
             );

@@ -1,353 +1,328 @@
-//! The server's job runner: claims active batches by lease, validates, runs them chunk by chunk
-//! through the queue at batch priority, finalises them; on SIGTERM stops taking new chunks,
-//! commits the ones in flight and releases its leases so another replica resumes at once.
+//! The server's job runner. Every replica runs the coordinator loop (validation, assembly, the
+//! fleet gauges; see `coordinator.rs`); a replica with a model also runs `SLOTS` segment slots,
+//! each claiming one segment at a time by lease and running it chunk by chunk through the
+//! queue at job priority. On SIGTERM the slots stop taking chunks, commit the ones in flight
+//! and release their leases so another replica resumes those segments at once.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::{watch, Notify};
 
-use super::lines::{self, DriveEnd, DriveHooks};
-use super::store::{unix_now, Checkpoint, CheckpointedOutput, Lease, StoreError};
-use super::{count_lines, refresh_metrics, BatchObject, BatchStatus, JobStore};
+use super::coordinator::Coordinator;
+use super::drive::{self, ChunkResult, DriveEnd, DriveHooks, Position};
+use super::durable::StoreError;
+use super::schedule::{self, LocalRunning, Picked};
+use super::segment::{RunLease, SegmentWriter};
+use super::store::JobStore;
+use super::types::{BatchStatus, META_COST};
 use crate::inference::Inference;
 use crate::lifecycle::drain::OfflineWork;
 use crate::lifecycle::work::WorkGuard;
 use crate::lifecycle::{Lifecycle, State};
 use crate::metrics::Metrics;
 
-/// `host/pid` of a lease holder that ran on this host and is gone. A restarted container
-/// usually gets the same pid (1) and so the same holder name, which `acquire` already treats
-/// as its own; this covers processes outside containers.
-fn holder_is_dead(lease: &Lease, me: &str) -> bool {
-    let (Some((host, pid)), Some((my_host, _))) =
-        (lease.holder.rsplit_once('/'), me.rsplit_once('/'))
-    else {
-        return false;
-    };
-    let Ok(pid) = pid.parse::<i32>() else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks that the process exists.
-    host == my_host
-        && pid > 0
-        && unsafe { libc::kill(pid, 0) } != 0
-        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+/// Segments one replica runs at once: two, so one's last chunks overlap the next one's first
+/// and the device never waits at a segment boundary.
+const SLOTS: usize = 2;
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// This replica's lease holder name (`pod/pid`).
+    pub replica: String,
+    pub chunk_lines: usize,
+    pub lease_secs: u64,
+    pub segment_lines: u64,
+    /// Coordinator tick: how fresh the fleet gauges are.
+    pub refresh: Duration,
+    pub cost_per_hour: f64,
 }
 
 pub struct JobRunner {
     pub store: JobStore,
-    inference: Arc<Inference>,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
-    replica: String,
-    chunk_lines: usize,
-    lease_secs: u64,
-    wake: Notify,
+    cfg: RunnerConfig,
+    inference: OnceLock<Arc<Inference>>,
+    wake_slots: Notify,
+    wake_coordinator: Notify,
     stop: watch::Sender<bool>,
-    running: watch::Sender<bool>,
-    paused: AtomicUsize,
+    /// Slots running a segment now.
+    running: watch::Sender<usize>,
+    local: LocalRunning,
+    /// Jobs whose segments were checkpointed for shutdown.
+    paused: Mutex<HashSet<String>>,
+    /// Jobs seen cancelling at the last tick.
+    cancelled: Mutex<HashSet<String>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 impl JobRunner {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: JobStore,
-        inference: Arc<Inference>,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
-        replica: String,
-        chunk_lines: usize,
-        lease_secs: u64,
+        cfg: RunnerConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
-            inference,
             metrics,
             lifecycle,
-            replica,
-            chunk_lines,
-            lease_secs,
-            wake: Notify::new(),
+            cfg,
+            inference: OnceLock::new(),
+            wake_slots: Notify::new(),
+            wake_coordinator: Notify::new(),
             stop: watch::channel(false).0,
-            running: watch::channel(false).0,
-            paused: AtomicUsize::new(0),
+            running: watch::channel(0).0,
+            local: Mutex::default(),
+            paused: Mutex::default(),
+            cancelled: Mutex::default(),
         })
     }
 
-    /// A new batch was created: look for work now rather than at the next poll.
+    /// A job was created or cancelled here: act now rather than at the next tick.
     pub fn notify(&self) {
-        self.wake.notify_one();
+        self.wake_coordinator.notify_one();
+        self.wake_slots.notify_waiters();
     }
 
-    /// Before Ready: claim every interrupted batch that no live replica holds and roll its
-    /// outputs back to the checkpoint. Returns how many were resumed.
-    pub fn recover(&self) -> usize {
-        let Ok(batches) = self.store.list_batches() else {
-            return 0;
-        };
-        let mut resumed = 0;
-        for b in batches
-            .iter()
-            .filter(|b| b.status == BatchStatus::InProgress)
-        {
-            if !self.claim(&b.id) {
-                continue;
-            }
-            match self.open_outputs(&b.id) {
-                Ok(out) => {
-                    tracing::info!(
-                        batch = %b.id,
-                        line = out.checkpoint.lines_done,
-                        total = b.request_counts.total,
-                        "resuming batch job from its checkpoint"
-                    );
-                    resumed += 1;
+    fn stopping(&self) -> bool {
+        *self.stop.borrow() || self.lifecycle.state() >= State::Draining
+    }
+
+    /// Before Ready: reports the jobs whose interrupted segments this replica may resume (no
+    /// live replica holds them). Returns how many jobs.
+    pub async fn recover(self: &Arc<Self>) -> usize {
+        let me = self.clone();
+        let found = blocking(move || {
+            let mut jobs = Vec::new();
+            for b in me.store.list_stored()? {
+                if b.status != BatchStatus::InProgress {
+                    continue;
                 }
-                Err(e) => tracing::error!(batch = %b.id, error = %e, "cannot resume batch job"),
+                let Some(plan) = me.store.plan(&b.id)? else {
+                    continue;
+                };
+                let mut lines = 0;
+                for seg in &plan.segments {
+                    let p = me.store.segment_progress(&b.id, *seg)?;
+                    let free = me
+                        .store
+                        .segment_dir(&b.id, *seg)
+                        .lease()
+                        .read()
+                        .is_none_or(|l| !l.blocks(&me.cfg.replica));
+                    if free && p.lines_done > 0 && !p.is_done(seg) {
+                        lines += p.lines_done;
+                    }
+                }
+                if lines > 0 {
+                    jobs.push((b.id, lines, plan.total));
+                }
+            }
+            Ok(jobs)
+        })
+        .await
+        .unwrap_or_default();
+        for (batch, line, total) in &found {
+            tracing::info!(%batch, line, total, "resuming batch job from its checkpoint");
+        }
+        found.len()
+    }
+
+    /// The coordinator loop, on every replica; ends once stopped.
+    pub async fn run_coordinator(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        while !*stop.borrow() {
+            let me = self.clone();
+            let tick = blocking(move || {
+                Coordinator {
+                    store: &me.store,
+                    me: &me.cfg.replica,
+                    lease_secs: me.cfg.lease_secs,
+                    segment_lines: me.cfg.segment_lines,
+                    metrics: &me.metrics,
+                }
+                .tick()
+            })
+            .await;
+            match tick {
+                Ok(t) => {
+                    *locked(&self.cancelled) = t.cancelled;
+                    for b in &t.finished {
+                        let cost = b
+                            .metadata
+                            .as_ref()
+                            .and_then(|m| m.get(META_COST))
+                            .and_then(|c| c.parse::<f64>().ok())
+                            .unwrap_or(0.0);
+                        self.metrics.job_cost.observe(cost);
+                    }
+                    if t.validated > 0 {
+                        self.wake_slots.notify_waiters();
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "reading the batch job state failed"),
+            }
+            tokio::select! {
+                _ = self.wake_coordinator.notified() => {}
+                _ = tokio::time::sleep(self.cfg.refresh) => {}
+                _ = stop.changed() => {}
             }
         }
-        refresh_metrics(&self.store, &self.metrics);
-        resumed
     }
 
-    fn open_outputs(&self, id: &str) -> Result<CheckpointedOutput, StoreError> {
-        let dir = self.store.batch_dir(id);
-        CheckpointedOutput::open_or_resume(
-            dir.join("output.jsonl"),
-            Some(dir.join("errors.jsonl")),
-            dir.join("checkpoint.json"),
-        )
+    /// Starts the segment slots once the model is loaded.
+    pub fn start_slots(self: &Arc<Self>, inference: Arc<Inference>) {
+        let _ = self.inference.set(inference);
+        for _ in 0..SLOTS {
+            tokio::spawn(self.clone().slot());
+        }
     }
 
-    /// The runner loop; ends once stopped (SIGTERM).
-    pub async fn run(self: Arc<Self>) {
+    async fn slot(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         let mut state = self.lifecycle.subscribe();
-        loop {
-            if *stop.borrow() || self.lifecycle.state() >= State::Draining {
-                break;
-            }
-            match self.claim_next() {
-                Some(b) => {
-                    self.running.send_replace(true);
-                    if let Err(e) = self.run_batch(b).await {
-                        tracing::error!(error = %e, "batch job step failed; retrying later");
+        while !self.stopping() {
+            let me = self.clone();
+            let picked = blocking(move || {
+                schedule::pick(&me.store, &me.cfg.replica, me.cfg.lease_secs, &me.local)
+            })
+            .await;
+            match picked {
+                Ok(Some(work)) => {
+                    self.running.send_modify(|n| *n += 1);
+                    let key = (work.batch_id.clone(), work.seg.index);
+                    if let Err(e) = self.run_segment(&work).await {
+                        tracing::error!(batch = %work.batch_id, segment = work.seg.index, error = %e, "batch job segment failed; retrying later");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
-                    self.running.send_replace(false);
+                    schedule::lock(&self.local).remove(&key);
+                    self.running.send_modify(|n| *n -= 1);
                 }
-                None => {
+                Ok(None) => {
                     tokio::select! {
-                        _ = self.wake.notified() => {}
+                        _ = self.wake_slots.notified() => {}
                         // Other replicas' jobs and expired leases show up without a wake-up.
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = tokio::time::sleep(self.cfg.refresh) => {}
                         _ = stop.changed() => {}
                         _ = state.changed() => {}
                     }
                 }
-            }
-        }
-        self.running.send_replace(false);
-        tracing::info!("batch job runner stopped");
-    }
-
-    /// The oldest active batch whose lease we can take.
-    fn claim_next(&self) -> Option<BatchObject> {
-        let mut batches = self.store.list_batches().ok()?;
-        batches.reverse();
-        batches
-            .into_iter()
-            .find(|b| b.status.is_active() && self.claim(&b.id))
-    }
-
-    /// Takes (or renews) the lease on a batch.
-    fn claim(&self, id: &str) -> bool {
-        let me = &self.replica;
-        matches!(
-            self.store
-                .lease(id)
-                .acquire_or_steal(me, self.lease_secs, |l| holder_is_dead(l, me)),
-            Ok(true)
-        )
-    }
-
-    async fn run_batch(&self, mut b: BatchObject) -> Result<(), StoreError> {
-        let lease = self.store.lease(&b.id);
-        if b.status == BatchStatus::Validating {
-            match self
-                .store
-                .file_path(&b.input_file_id)
-                .and_then(|p| count_lines(&p))
-            {
-                Ok(total) => {
-                    b.request_counts.total = total;
-                    b.status = BatchStatus::InProgress;
-                    b.in_progress_at = Some(unix_now());
-                }
                 Err(e) => {
-                    b.status = BatchStatus::Failed;
-                    b.failed_at = Some(unix_now());
-                    b.errors = Some(json!({"object": "list", "data": [
-                        {"code": "invalid_input_file", "message": e.to_string(), "param": "input_file_id", "line": null}
-                    ]}));
+                    tracing::error!(error = %e, "looking for batch job work failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            self.store.save_batch(&b)?;
-            refresh_metrics(&self.store, &self.metrics);
         }
-        let end = if matches!(b.status, BatchStatus::InProgress | BatchStatus::Cancelling) {
-            let input = self.store.file_path(&b.input_file_id)?;
-            let mut out = self.open_outputs(&b.id)?;
-            let mut hooks = RunnerHooks {
-                runner: self,
-                batch_id: &b.id,
-                stop: self.stop.subscribe(),
-                last_refresh: Instant::now(),
-                cancelled: false,
-            };
-            let end = lines::drive(
-                &self.inference,
-                &b.id,
-                &input,
-                &mut out,
-                self.chunk_lines,
-                &mut hooks,
-            )
-            .await?;
-            if hooks.cancelled {
-                Some(Finish::Cancelled(out.checkpoint))
-            } else {
-                match end {
-                    DriveEnd::Done => Some(Finish::Completed(out.checkpoint)),
-                    DriveEnd::Stopped | DriveEnd::Interrupted => {
-                        tracing::info!(
-                            batch = %b.id,
-                            line = out.checkpoint.lines_done,
-                            "batch job checkpointed; it resumes here after restart"
-                        );
-                        self.paused.fetch_add(1, Ordering::AcqRel);
-                        None
-                    }
-                    DriveEnd::LeaseLost => {
-                        tracing::warn!(batch = %b.id, "lease lost to another replica; stopping here");
-                        return Ok(());
-                    }
-                }
-            }
-        } else {
-            None
-        };
-        if let Some(finish) = end {
-            self.finish(&b.id, finish)?;
-        }
-        lease.release(&self.replica)?;
-        refresh_metrics(&self.store, &self.metrics);
-        Ok(())
     }
 
-    fn finish(&self, id: &str, finish: Finish) -> Result<(), StoreError> {
-        let mut b = self.store.batch(id)?;
-        let (status, c) = match finish {
-            Finish::Completed(c) => (BatchStatus::Completed, c),
-            Finish::Cancelled(c) => (BatchStatus::Cancelled, c),
+    async fn run_segment(&self, work: &Picked) -> Result<(), StoreError> {
+        let Some(inference) = self.inference.get() else {
+            return Ok(());
         };
-        b.status = BatchStatus::Finalizing;
-        b.finalizing_at = Some(unix_now());
-        self.store.save_batch(&b)?;
-        let dir = self.store.batch_dir(id);
-        if c.output_len > 0 || c.completed > 0 {
-            b.output_file_id = Some(
-                self.store
-                    .register_file(
-                        &dir.join("output.jsonl"),
-                        &format!("{id}_output.jsonl"),
-                        "batch_output",
-                    )?
-                    .id,
-            );
+        let dir = self.store.segment_dir(&work.batch_id, work.seg);
+        let lease = RunLease {
+            holder: self.cfg.replica.clone(),
+            ttl_secs: self.cfg.lease_secs,
+        };
+        let cost = self.cfg.cost_per_hour;
+        let writer = blocking({
+            let dir = dir.clone();
+            move || SegmentWriter::open(dir, Some(lease), cost)
+        })
+        .await?;
+        let resumed_at = writer.progress().lines_done;
+        if resumed_at > 0 {
+            tracing::info!(batch = %work.batch_id, segment = work.seg.index, line = work.seg.first_line + resumed_at, "resuming a segment from its checkpoint");
         }
-        if c.error_len > 0 {
-            b.error_file_id = Some(
-                self.store
-                    .register_file(
-                        &dir.join("errors.jsonl"),
-                        &format!("{id}_errors.jsonl"),
-                        "batch_output",
-                    )?
-                    .id,
-            );
+        let mut hooks = SlotHooks {
+            runner: self,
+            batch_id: &work.batch_id,
+            cancelled: false,
+        };
+        let (end, at) = drive::drive(
+            inference,
+            &work.batch_id,
+            &work.input,
+            work.seg.end,
+            Box::new(writer),
+            self.cfg.chunk_lines,
+            &mut hooks,
+        )
+        .await?;
+        match end {
+            DriveEnd::Done => {
+                // Maybe the last segment: assemble now rather than at the next tick.
+                self.wake_coordinator.notify_one();
+            }
+            DriveEnd::Stopped | DriveEnd::Interrupted if !hooks.cancelled => {
+                tracing::info!(
+                    batch = %work.batch_id,
+                    segment = work.seg.index,
+                    line = at.line_no,
+                    "batch job checkpointed; it resumes here after restart"
+                );
+                locked(&self.paused).insert(work.batch_id.clone());
+            }
+            DriveEnd::Stopped | DriveEnd::Interrupted => {
+                self.wake_coordinator.notify_one();
+            }
+            DriveEnd::LeaseLost => {
+                tracing::warn!(batch = %work.batch_id, segment = work.seg.index, "segment lease lost to another replica; stopping here");
+                return Ok(());
+            }
         }
-        b.request_counts.completed = c.completed;
-        b.request_counts.failed = c.failed;
-        b.status = status;
-        match status {
-            BatchStatus::Cancelled => b.cancelled_at = Some(unix_now()),
-            _ => b.completed_at = Some(unix_now()),
-        }
-        self.store.save_batch(&b)?;
-        tracing::info!(batch = %id, status = status.as_str(), completed = c.completed, failed = c.failed, "batch job finished");
-        Ok(())
+        let me = self.cfg.replica.clone();
+        blocking(move || dir.lease().release(&me)).await
     }
 }
 
-enum Finish {
-    Completed(Checkpoint),
-    Cancelled(Checkpoint),
-}
-
-struct RunnerHooks<'a> {
+struct SlotHooks<'a> {
     runner: &'a JobRunner,
     batch_id: &'a str,
-    stop: watch::Receiver<bool>,
-    last_refresh: Instant,
     cancelled: bool,
 }
 
-impl DriveHooks for RunnerHooks<'_> {
+impl DriveHooks for SlotHooks<'_> {
     fn hold(&mut self) -> Option<WorkGuard> {
         Some(self.runner.lifecycle.accept())
     }
 
     fn should_stop(&mut self) -> bool {
-        if *self.stop.borrow() || self.runner.lifecycle.state() >= State::Draining {
-            return true;
-        }
-        if self
-            .runner
-            .store
-            .batch(self.batch_id)
-            .is_ok_and(|b| b.status == BatchStatus::Cancelling)
-        {
+        if locked(&self.runner.cancelled).contains(self.batch_id) {
             self.cancelled = true;
             return true;
         }
-        false
+        self.runner.stopping()
     }
 
-    fn may_commit(&mut self) -> bool {
-        // Renewing proves we still hold it; if another replica took over after our lease
-        // expired, its output is the one that counts.
-        self.runner.claim(self.batch_id)
-    }
-
-    fn committed(&mut self, _c: &Checkpoint, succeeded: u64, failed: u64) {
+    fn committed(&mut self, _at: &Position, c: &ChunkResult) {
         let m = &self.runner.metrics;
         m.job_checkpoints_total.inc();
         m.job_lines_total
             .with_label_values(&["succeeded"])
-            .inc_by(succeeded);
+            .inc_by(c.completed);
         m.job_lines_total
             .with_label_values(&["failed"])
-            .inc_by(failed);
-        if self.last_refresh.elapsed() > Duration::from_secs(1) {
-            refresh_metrics(&self.runner.store, m);
-            self.last_refresh = Instant::now();
-        }
+            .inc_by(c.failed);
+        m.job_device_seconds_total.inc_by(c.device_seconds);
+        m.job_cost_dollars_total
+            .inc_by(c.device_seconds * self.runner.cfg.cost_per_hour / 3600.0);
     }
 }
 
@@ -355,11 +330,12 @@ impl OfflineWork for JobRunner {
     fn checkpoint(&self, hurry: bool) -> Pin<Box<dyn Future<Output = usize> + Send + '_>> {
         Box::pin(async move {
             self.stop.send_replace(true);
-            self.wake.notify_one();
+            self.wake_slots.notify_waiters();
+            self.wake_coordinator.notify_one();
             let mut running = self.running.subscribe();
             let limit = Duration::from_secs(if hurry { 2 } else { 10 });
-            let _ = tokio::time::timeout(limit, running.wait_for(|r| !*r)).await;
-            let n = self.paused.load(Ordering::Acquire);
+            let _ = tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await;
+            let n = locked(&self.paused).len();
             tracing::info!(jobs = n, "batch jobs checkpointed for shutdown");
             n
         })

@@ -1,8 +1,8 @@
 //! OpenAI Files and Batches routes over the job store, in OpenAI's shapes so the official SDKs
-//! work unchanged.
+//! work unchanged. Store calls do blocking file I/O (fsyncs, directory scans): each runs on a
+//! blocking thread, never on an async worker.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -12,15 +12,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 
 use super::errors::{ApiError, ErrorKind, Flavor};
 use super::request::parse_json;
 use super::AppState;
-use crate::jobs::store::StoreError;
-use crate::jobs::{JobError, JobStore};
+use crate::jobs::{JobError, JobStore, StoreError};
 
-fn store(state: &AppState) -> Result<&JobStore, ApiError> {
-    state.job_store.as_ref().ok_or_else(|| {
+fn store(state: &AppState) -> Result<JobStore, ApiError> {
+    state.job_store.clone().ok_or_else(|| {
         ApiError::new(
             ErrorKind::Unavailable,
             "the batch API is unavailable: the state directory could not be opened",
@@ -49,6 +49,18 @@ impl From<JobError> for ApiError {
     }
 }
 
+/// Runs a store call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            ErrorKind::Backend,
+            format!("state directory task failed: {e}"),
+        )
+    })?
+}
+
 fn respond<T: IntoResponse>(r: Result<T, ApiError>) -> Response {
     match r {
         Ok(v) => v.into_response(),
@@ -56,87 +68,109 @@ fn respond<T: IntoResponse>(r: Result<T, ApiError>) -> Response {
     }
 }
 
+fn cannot_store(e: std::io::Error) -> ApiError {
+    ApiError::new(ErrorKind::Backend, format!("cannot store the upload: {e}"))
+}
+
 /// `POST /v1/files`: multipart with `purpose` and `file`, streamed to disk.
 pub async fn upload(
     State(state): State<AppState>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
+    let store = match store(&state) {
+        Ok(s) => s,
+        Err(e) => return respond::<Json<Value>>(Err(e)),
+    };
+    let tmp = store.upload_temp();
+    let result = receive(store, &tmp, multipart).await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    respond(result.map(Json))
+}
+
+async fn receive(
+    store: JobStore,
+    tmp: &std::path::Path,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<crate::jobs::FileObject, ApiError> {
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::new(
+            ErrorKind::BadRequest,
+            format!("expected multipart/form-data: {e}"),
+        )
+    })?;
+    let mut purpose = None;
+    let mut uploaded = None;
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::new(ErrorKind::BadRequest, format!("reading the upload: {e}"))
+    };
+    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        match field.name() {
+            Some("purpose") => purpose = Some(field.text().await.map_err(bad)?),
+            Some("file") => {
+                let filename = field.file_name().unwrap_or("upload.jsonl").to_string();
+                // tokio::fs writes on blocking threads; the fsync comes with add_file.
+                let mut f = tokio::fs::File::create(tmp).await.map_err(cannot_store)?;
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    f.write_all(&chunk).await.map_err(cannot_store)?;
+                }
+                f.flush().await.map_err(cannot_store)?;
+                uploaded = Some(filename);
+            }
+            _ => {}
+        }
+    }
+    let filename = uploaded.ok_or_else(|| {
+        ApiError::new(ErrorKind::BadRequest, "the `file` field is required").param("file")
+    })?;
+    let purpose = purpose.ok_or_else(|| {
+        ApiError::new(ErrorKind::BadRequest, "the `purpose` field is required").param("purpose")
+    })?;
+    if purpose != "batch" {
+        return Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "purpose must be `batch` (this server runs embedding batches), got `{purpose}`"
+            ),
+        )
+        .param("purpose"));
+    }
+    let tmp = tmp.to_path_buf();
+    blocking(move || Ok(store.add_file(&tmp, &filename, &purpose)?)).await
+}
+
+pub async fn list_files(State(state): State<AppState>) -> Response {
     respond(
         async {
             let store = store(&state)?;
-            let mut multipart = multipart.map_err(|e| {
-                ApiError::new(ErrorKind::BadRequest, format!("expected multipart/form-data: {e}"))
-            })?;
-            let mut purpose = None;
-            let mut uploaded = None;
-            let tmp = state
-                .cfg
-                .state_dir
-                .join("files")
-                .join(format!(".upload-{}", rand::random::<u64>()));
-            let bad = |e: axum::extract::multipart::MultipartError| {
-                ApiError::new(ErrorKind::BadRequest, format!("reading the upload: {e}"))
-            };
-            while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
-                match field.name() {
-                    Some("purpose") => purpose = Some(field.text().await.map_err(bad)?),
-                    Some("file") => {
-                        let filename = field.file_name().unwrap_or("upload.jsonl").to_string();
-                        let mut f = std::fs::File::create(&tmp).map_err(|e| {
-                            ApiError::new(ErrorKind::Backend, format!("cannot store the upload: {e}"))
-                        })?;
-                        while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                            f.write_all(&chunk).map_err(|e| {
-                                ApiError::new(ErrorKind::Backend, format!("cannot store the upload: {e}"))
-                            })?;
-                        }
-                        uploaded = Some(filename);
-                    }
-                    _ => {}
-                }
-            }
-            let result = (|| {
-                let filename = uploaded
-                    .clone()
-                    .ok_or_else(|| ApiError::new(ErrorKind::BadRequest, "the `file` field is required").param("file"))?;
-                let purpose = purpose
-                    .clone()
-                    .ok_or_else(|| ApiError::new(ErrorKind::BadRequest, "the `purpose` field is required").param("purpose"))?;
-                if purpose != "batch" {
-                    return Err(ApiError::new(
-                        ErrorKind::BadRequest,
-                        format!("purpose must be `batch` (this server runs embedding batches), got `{purpose}`"),
-                    )
-                    .param("purpose"));
-                }
-                Ok(store.add_file(&tmp, &filename, &purpose)?)
-            })();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            Ok(Json(result?))
+            let files = blocking(move || Ok(store.list_files()?)).await?;
+            Ok(Json(
+                json!({"object": "list", "data": files, "has_more": false}),
+            ))
         }
         .await,
     )
 }
 
-pub async fn list_files(State(state): State<AppState>) -> Response {
-    respond((|| {
-        let files = store(&state)?.list_files()?;
-        Ok(Json(
-            json!({"object": "list", "data": files, "has_more": false}),
-        ))
-    })())
-}
-
 pub async fn get_file(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    respond((|| Ok(Json(store(&state)?.file(&id)?)))())
+    respond(
+        async {
+            let store = store(&state)?;
+            Ok(Json(blocking(move || Ok(store.file(&id)?)).await?))
+        }
+        .await,
+    )
 }
 
 pub async fn file_content(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     respond(
         async {
-            let path = store(&state)?.file_path(&id)?;
+            let store = store(&state)?;
+            let path = {
+                let id = id.clone();
+                blocking(move || Ok(store.file_path(&id)?)).await?
+            };
             let file = tokio::fs::File::open(&path)
                 .await
                 .map_err(|e| ApiError::new(ErrorKind::NotFound, format!("file {id}: {e}")))?;
@@ -151,10 +185,15 @@ pub async fn file_content(State(state): State<AppState>, Path(id): Path<String>)
 }
 
 pub async fn delete_file(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    respond((|| {
-        store(&state)?.delete_file(&id)?;
-        Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
-    })())
+    respond(
+        async {
+            let store = store(&state)?;
+            let deleted = id.clone();
+            blocking(move || Ok(store.delete_file(&deleted)?)).await?;
+            Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
+        }
+        .await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -171,21 +210,27 @@ pub async fn create_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond((|| {
-        let req: CreateBatch = parse_json(&headers, body)?;
-        let store = store(&state)?;
-        let batch = store.create_batch(
-            &req.input_file_id,
-            &req.endpoint,
-            &req.completion_window,
-            req.metadata,
-        )?;
-        if let Some(runner) = state.job_runner.get() {
-            runner.notify();
+    respond(
+        async {
+            let req: CreateBatch = parse_json(&headers, body)?;
+            let store = store(&state)?;
+            let batch = blocking(move || {
+                Ok(store.create_batch(
+                    &req.input_file_id,
+                    &req.endpoint,
+                    &req.completion_window,
+                    req.metadata,
+                )?)
+            })
+            .await?;
+            if let Some(runner) = state.job_runner.get() {
+                runner.notify();
+            }
+            tracing::info!(batch = %batch.id, input = %batch.input_file_id, "batch created");
+            Ok(Json(batch))
         }
-        tracing::info!(batch = %batch.id, input = %batch.input_file_id, "batch created");
-        Ok(Json(batch))
-    })())
+        .await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -195,41 +240,52 @@ pub struct ListQuery {
 }
 
 pub async fn list_batches(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
-    respond((|| {
-        let all = store(&state)?.list_batches()?;
-        let start = match &q.after {
-            Some(after) => all
-                .iter()
-                .position(|b| &b.id == after)
-                .map_or(all.len(), |i| i + 1),
-            None => 0,
-        };
-        let limit = q.limit.unwrap_or(20).clamp(1, 100);
-        let page: Vec<_> = all.iter().skip(start).take(limit).cloned().collect();
-        let has_more = start + page.len() < all.len();
-        Ok(Json(json!({
-            "object": "list",
-            "data": page,
-            "first_id": page.first().map(|b| b.id.clone()),
-            "last_id": page.last().map(|b| b.id.clone()),
-            "has_more": has_more,
-        })))
-    })())
+    respond(
+        async {
+            let store = store(&state)?;
+            let all = blocking(move || Ok(store.list_batches()?)).await?;
+            let start = match &q.after {
+                Some(after) => all
+                    .iter()
+                    .position(|b| &b.id == after)
+                    .map_or(all.len(), |i| i + 1),
+                None => 0,
+            };
+            let limit = q.limit.unwrap_or(20).clamp(1, 100);
+            let page: Vec<_> = all.iter().skip(start).take(limit).cloned().collect();
+            let has_more = start + page.len() < all.len();
+            Ok(Json(json!({
+                "object": "list",
+                "data": page,
+                "first_id": page.first().map(|b| b.id.clone()),
+                "last_id": page.last().map(|b| b.id.clone()),
+                "has_more": has_more,
+            })))
+        }
+        .await,
+    )
 }
 
 pub async fn get_batch(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    respond((|| Ok(Json(store(&state)?.batch(&id)?)))())
+    respond(
+        async {
+            let store = store(&state)?;
+            Ok(Json(blocking(move || Ok(store.batch(&id)?)).await?))
+        }
+        .await,
+    )
 }
 
 pub async fn cancel_batch(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     respond(
-        (|| {
-            let b = store(&state)?.cancel(&id)?;
+        async {
+            let store = store(&state)?;
+            let b = blocking(move || Ok(store.cancel(&id)?)).await?;
             if let Some(runner) = state.job_runner.get() {
                 runner.notify();
             }
-            Ok::<Value, ApiError>(json!(b))
-        })()
-        .map(Json),
+            Ok(Json(b))
+        }
+        .await,
     )
 }

@@ -35,7 +35,7 @@ pub struct AppState {
     pub started_unix: u64,
     /// Files and jobs (None if the state dir could not be opened).
     pub job_store: Option<JobStore>,
-    /// Set once the model is loaded and interrupted jobs are resumed.
+    /// Set at start when the state dir opened (its segment slots start with the model).
     pub job_runner: Arc<OnceLock<Arc<JobRunner>>>,
 }
 
@@ -43,10 +43,12 @@ impl AppState {
     /// The inference API, or 503 while the model loads.
     pub fn inference(&self) -> Result<Arc<Inference>, ApiError> {
         self.inference.get().cloned().ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::Unavailable,
-                "the model is still loading; retry shortly",
-            )
+            let why = if self.cfg.intake_only {
+                "this replica runs no model (--intake-only): it serves files and batch jobs only"
+            } else {
+                "the model is still loading; retry shortly"
+            };
+            ApiError::new(ErrorKind::Unavailable, why)
         })
     }
 }

@@ -46,6 +46,7 @@ mod tests {
             total: Duration::from_millis(12),
             tokens: 42,
             characters: 100,
+            device: Duration::from_millis(7),
         };
         let h = headers(&t, "cuda:0");
         assert_eq!(h["x-compute-type"], "gpu");

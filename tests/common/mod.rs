@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hub_mirror;
+pub mod prometheus;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -402,4 +403,17 @@ pub fn fixture(name: &str) -> (PathBuf, serde_json::Value) {
     let dir = repo_root().join("tests/fixtures").join(name);
     let r = read_json(&dir.join("reference.json"));
     (dir, r)
+}
+
+/// The value of an unlabelled series (or the first series whose name and labels start with
+/// `series`) in a /metrics text; None when absent.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

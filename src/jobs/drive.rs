@@ -1,0 +1,204 @@
+//! Runs one range of an input file (a job's segment, or a whole `spotinfer batch` input) chunk
+//! by chunk through the inference API, committing each chunk's lines to a [`Sink`] in order.
+//! All file I/O runs on blocking threads, never on an async worker.
+
+use std::path::{Path, PathBuf};
+
+use futures::stream::{FuturesOrdered, StreamExt};
+
+use super::durable::{io_err, StoreError};
+use super::lines::{self, LineOutcome};
+use crate::inference::Inference;
+use crate::lifecycle::work::WorkGuard;
+
+/// Where a run stands: the next input byte and line, and the totals so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Position {
+    pub input_offset: u64,
+    /// Number (from 0, over the whole input) of the line at `input_offset`.
+    pub line_no: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub device_seconds: f64,
+}
+
+/// One chunk's results, ready to commit.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkResult {
+    pub output: Vec<u8>,
+    pub errors: Vec<u8>,
+    pub next_offset: u64,
+    pub lines: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub device_seconds: f64,
+}
+
+pub enum Commit {
+    Done(Position),
+    /// Another replica holds the work now: nothing was written.
+    LeaseLost,
+}
+
+/// Durable, ordered destination of a run's results.
+pub trait Sink: Send + 'static {
+    fn position(&self) -> Position;
+    /// Failed lines go to their own file (else into the output, in input order).
+    fn separate_errors(&self) -> bool;
+    /// Writes the chunk durably (blocking I/O: called on a blocking thread).
+    fn commit(&mut self, chunk: &ChunkResult) -> Result<Commit, StoreError>;
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriveEnd {
+    /// Every line is done.
+    Done,
+    /// Asked to stop; everything committed so far is checkpointed.
+    Stopped,
+    /// Shutdown cut a chunk short; it will run again.
+    Interrupted,
+    /// The work moved to another replica: nothing more is written here.
+    LeaseLost,
+}
+
+/// Per-chunk callbacks for the two drivers (the server's runner and `spotinfer batch`). They
+/// run on the async thread: memory only, no I/O.
+pub trait DriveHooks {
+    /// Checked before each new chunk.
+    fn should_stop(&mut self) -> bool;
+    /// After each durable commit.
+    fn committed(&mut self, at: &Position, chunk: &ChunkResult);
+    /// A guard held while a chunk is in flight (the server's drain waits for it).
+    fn hold(&mut self) -> Option<WorkGuard> {
+        None
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))
+}
+
+/// Runs `input` from the sink's position to `end` (a line boundary; `u64::MAX` for the end of
+/// the file), `DEPTH` chunks in flight so the device never idles between chunks and the queue
+/// holds enough lines to group similar lengths into full batches, committing chunks in order.
+/// Returns how it ended and where it stands.
+#[allow(clippy::too_many_arguments)]
+pub async fn drive(
+    inference: &Inference,
+    batch_id: &str,
+    input: &Path,
+    end: u64,
+    sink: Box<dyn Sink>,
+    chunk_lines: usize,
+    hooks: &mut (dyn DriveHooks + Send),
+) -> Result<(DriveEnd, Position), StoreError> {
+    // 4 x 256 lines: about four 16k-token batches queued at the corpus's mean length.
+    const DEPTH: usize = 4;
+    let mut sink = Some(sink);
+    let mut at = sink.as_ref().map(|s| s.position()).unwrap_or_default();
+    let separate_errors = sink.as_ref().is_some_and(|s| s.separate_errors());
+    let mut read_offset = at.input_offset;
+    let mut read_line_no = at.line_no;
+    let mut eof = false;
+    let mut stopping = false;
+    let mut in_flight = FuturesOrdered::new();
+    let input: PathBuf = input.to_path_buf();
+    loop {
+        while !eof && !stopping && in_flight.len() < DEPTH {
+            if hooks.should_stop() {
+                stopping = true;
+                break;
+            }
+            let path = input.clone();
+            let (offset, line_no, max) = (read_offset, read_line_no, chunk_lines.max(1));
+            let (chunk, next) =
+                blocking(move || lines::read_chunk(&path, offset, end, line_no, max))
+                    .await?
+                    .map_err(io_err(&input))?;
+            if chunk.is_empty() {
+                eof = true;
+                break;
+            }
+            let n = chunk.len() as u64;
+            read_offset = next;
+            read_line_no += n;
+            let guard = hooks.hold();
+            in_flight.push_back(async move {
+                let (outcomes, device) = lines::process(inference, batch_id, chunk).await;
+                drop(guard);
+                (outcomes, device, next, n)
+            });
+        }
+        let Some((outcomes, device, next, n)) = in_flight.next().await else {
+            let end = if stopping {
+                DriveEnd::Stopped
+            } else {
+                DriveEnd::Done
+            };
+            return Ok((end, at));
+        };
+        if outcomes.contains(&LineOutcome::Interrupted) {
+            return Ok((DriveEnd::Interrupted, at));
+        }
+        let chunk = render(outcomes, separate_errors, next, n, device.as_secs_f64());
+        let Some(mut s) = sink.take() else {
+            return Ok((DriveEnd::Stopped, at));
+        };
+        let (s, result, chunk) = blocking(move || {
+            let r = s.commit(&chunk);
+            (s, r, chunk)
+        })
+        .await?;
+        sink = Some(s);
+        match result? {
+            Commit::Done(p) => {
+                at = p;
+                hooks.committed(&at, &chunk);
+            }
+            Commit::LeaseLost => return Ok((DriveEnd::LeaseLost, at)),
+        }
+    }
+}
+
+/// One chunk's outcomes as output and error bytes.
+fn render(
+    outcomes: Vec<LineOutcome>,
+    separate_errors: bool,
+    next_offset: u64,
+    lines: u64,
+    device_seconds: f64,
+) -> ChunkResult {
+    let mut c = ChunkResult {
+        next_offset,
+        lines,
+        device_seconds,
+        ..ChunkResult::default()
+    };
+    for o in outcomes {
+        let (target, text) = match o {
+            LineOutcome::Succeeded(l) => {
+                c.completed += 1;
+                (&mut c.output, l)
+            }
+            LineOutcome::Failed(l) => {
+                c.failed += 1;
+                // Without an error file, failed lines stay in input order in the output.
+                let t = if separate_errors {
+                    &mut c.errors
+                } else {
+                    &mut c.output
+                };
+                (t, l)
+            }
+            LineOutcome::Interrupted => continue,
+        };
+        target.extend_from_slice(text.as_bytes());
+        target.push(b'\n');
+    }
+    c
+}
