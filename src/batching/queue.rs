@@ -94,6 +94,8 @@ pub struct Queue {
     lanes: Mutex<Lanes>,
     ready: Condvar,
     limits: BatchLimits,
+    /// `limits.max_batch_tokens`, or less once the worker capped it to the GPU's memory.
+    max_batch_tokens: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -109,13 +111,26 @@ impl Queue {
                 computing: false,
             }),
             ready: Condvar::new(),
+            max_batch_tokens: std::sync::atomic::AtomicUsize::new(limits.max_batch_tokens),
             limits,
             metrics,
         })
     }
 
+    /// The limits in force (the token budget after any memory cap).
     pub fn limits(&self) -> BatchLimits {
-        self.limits
+        BatchLimits {
+            max_batch_tokens: self
+                .max_batch_tokens
+                .load(std::sync::atomic::Ordering::Relaxed),
+            ..self.limits
+        }
+    }
+
+    /// Lowers the token budget (never raises it): the worker's cap to what fits the GPU.
+    pub fn cap_max_batch_tokens(&self, tokens: usize) {
+        self.max_batch_tokens
+            .fetch_min(tokens.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Set by the worker from the loaded model (`ModelSummary::pads_to_longest`).
@@ -234,7 +249,7 @@ impl Queue {
             self.secs_per_token
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
-        let max = self.limits.max_batch_tokens;
+        let max = self.limits().max_batch_tokens;
         if spt <= 0.0 {
             return MIN_JOB_TOKENS.min(max);
         }
@@ -246,7 +261,7 @@ impl Queue {
     /// `inputs x longest` and the batch groups similar lengths (`select::pick`); on a
     /// padding-free one they count as they are and inputs go first come (`select::first_come`).
     fn take(&self, lanes: &mut Lanes) -> DeviceBatch {
-        let lim = self.limits;
+        let lim = self.limits();
         let max_inputs = lim.max_batch_requests.max(1);
         let aware = self.length_aware.load(std::sync::atomic::Ordering::Relaxed);
         let job_cap = self.job_token_cap();

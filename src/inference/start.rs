@@ -10,14 +10,16 @@ use super::admission::Admission;
 use super::{Inference, ModelInfo, RequestLimits};
 use crate::batching::{worker, BatchLimits, Queue, WorkerConfig, WorkerHealth};
 use crate::config::{
-    CpuBackendArg, CpuKernelArg, DTypeArg, DeviceArg, ModelArgs, PoolingArg, TaskArg,
+    CpuBackendArg, CpuKernelArg, DTypeArg, DeviceArg, FusedGeluArg, GpuBackendArg, ModelArgs,
+    PoolingArg, TaskArg,
 };
 use crate::metrics::Metrics;
 use crate::model::cpu::simd::Simd;
+use crate::model::cuda_host::steps::GeluMode;
 use crate::model::device::{self, DeviceChoice};
 use crate::model::{
-    self, CpuBackend, LoadOptions, ModelError, Pooling, ResolveOptions, SentenceTransformerConfig,
-    Task,
+    self, CpuBackend, GpuBackend, LoadOptions, ModelError, Pooling, ResolveOptions,
+    SentenceTransformerConfig, Task,
 };
 use crate::tokenize::{TokenizeError, TokenizerPool, Tokenizers};
 
@@ -97,6 +99,13 @@ pub async fn start(
     metrics: Arc<Metrics>,
 ) -> Result<Inference, StartError> {
     let args = &opts.model;
+    if args.gpu_backend == GpuBackendArg::Fused && !cfg!(feature = "cuda") {
+        return Err(StartError::Config(
+            "--gpu-backend fused needs a binary built with the `cuda` feature (the CUDA image, \
+             or scripts/cuda-build.sh); this one runs on the CPU only"
+                .into(),
+        ));
+    }
     let files = model::resolve(&ResolveOptions {
         model_id: args.model_id.clone(),
         revision: args.revision.clone(),
@@ -117,6 +126,14 @@ pub async fn start(
         cpu_backend: match args.cpu_backend {
             CpuBackendArg::Native => CpuBackend::Native,
             CpuBackendArg::Candle => CpuBackend::Candle,
+        },
+        gpu_backend: match args.gpu_backend {
+            GpuBackendArg::Reference => GpuBackend::Reference,
+            GpuBackendArg::Fused => GpuBackend::Fused,
+        },
+        fused_gelu: match args.fused_gelu {
+            FusedGeluArg::Exact => GeluMode::Exact,
+            FusedGeluArg::Tanh => GeluMode::Tanh,
         },
         pooling: args.pooling.map(pooling),
         task: task(args.task),
@@ -202,6 +219,7 @@ pub async fn start(
         backend = summary.backend,
         max_input_length,
         hidden_size = summary.hidden_size,
+        max_batch_tokens = loaded.max_batch_tokens,
         "model loaded and warmed up"
     );
     Ok(Inference {

@@ -318,7 +318,8 @@ fn continue_if_attention(
     }
 }
 
-fn log_choice(choice: &KernelChoice, seconds: f64) {
+/// Logs what [`verified_kernels_with`] decided (`verified_kernels` does it itself).
+pub fn log_choice(choice: &KernelChoice, seconds: f64) {
     let mut picks: Vec<String> = choice
         .attention
         .iter()
