@@ -4,6 +4,9 @@
 //! TEI Deployment's args carry over. The one deliberate difference: the bind address is read from
 //! `SPOTINFER_HOSTNAME`, not `HOSTNAME`, because Kubernetes sets `HOSTNAME` to the pod name and
 //! TEI then silently binds to whatever that resolves to.
+//!
+//! One file on purpose (~600 lines): every flag's doc is its `--help` text, and users read the
+//! flags of a subcommand together; split, the shared `ModelArgs` would be read in three places.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +45,47 @@ pub enum Command {
     /// Size a Kubernetes deployment from the model: memory, GPU memory, time-slicing fit,
     /// ephemeral storage and KEDA thresholds (reads config.json and safetensors headers only).
     Plan(Box<PlanArgs>),
+    /// On a GPU: check the fused CUDA kernels against their CPU references, then whole models
+    /// on the fused backend against the reference backend (float16 and bfloat16, mixed
+    /// lengths). Exits non-zero on any failure, or when the binary has no CUDA support.
+    Selftest(Box<SelftestArgs>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SelftestArgs {
+    /// The GPU to test.
+    #[arg(long, default_value = "cuda:0")]
+    pub device: DeviceArg,
+
+    /// Only the kernels' start-up subset (what the fused backend checks at every load).
+    #[arg(long, default_value_t = false)]
+    pub quick: bool,
+
+    /// Only kernel cases whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+
+    /// Skip the whole-model check.
+    #[arg(long, default_value_t = false)]
+    pub no_models: bool,
+
+    /// Also check these models (Hub ids or local folders, e.g. all-MiniLM-L6-v2), beside the
+    /// synthetic ones made from the test fixtures. Repeatable.
+    #[arg(long = "model-id")]
+    pub model_ids: Vec<String>,
+
+    /// Folder of the test fixtures (`tiny-*`) the synthetic models are made from; missing
+    /// fixtures are skipped.
+    #[arg(long, default_value = "tests/fixtures")]
+    pub fixtures: PathBuf,
+
+    /// Hub cache folder (for `--model-id`).
+    #[arg(long, env = "HUGGINGFACE_HUB_CACHE")]
+    pub huggingface_hub_cache: Option<PathBuf>,
+
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// Where the model comes from and how it runs: shared by every subcommand that loads one.
@@ -96,6 +140,21 @@ pub struct ModelArgs {
     /// fast path) or `candle` (the reference; also used for float16/bfloat16 on the CPU).
     #[arg(long, env = "CPU_BACKEND", value_enum, default_value = "native")]
     pub cpu_backend: CpuBackendArg,
+
+    /// Implementation of the layers on a CUDA GPU: `reference` (candle's CUDA ops) or `fused`
+    /// (spotinfer's own kernels and cuBLASLt: packed tokens, varlen attention, fused
+    /// epilogues, no allocation per batch; its kernels are checked against CPU references at
+    /// start-up). `fused` falls back to `reference`, logging why, on a GPU older than sm_80, at
+    /// float32, for a head dim without a verified kernel or a model it cannot run. Needs a
+    /// binary built with the `cuda` feature.
+    #[arg(long, env = "GPU_BACKEND", value_enum, default_value = "reference")]
+    pub gpu_backend: GpuBackendArg,
+
+    /// erf-GELU ("gelu") layers on the fused backend: `exact` (bias epilogue, then an erf
+    /// kernel) or `tanh` (cuBLASLt's GELU epilogue, the tanh approximation TEI uses: one pass
+    /// less, slightly different vectors).
+    #[arg(long, env = "FUSED_GELU", value_enum, default_value = "exact")]
+    pub fused_gelu: FusedGeluArg,
 
     /// Highest CPU instruction set the native backend may use: `auto` (the best this CPU has:
     /// AMX tiles, else AVX-512, else AVX2+FMA), `amx`, `avx512`, `avx2` or `generic` (the gemm
@@ -377,6 +436,18 @@ pub enum DTypeArg {
 pub enum CpuBackendArg {
     Native,
     Candle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GpuBackendArg {
+    Reference,
+    Fused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FusedGeluArg {
+    Exact,
+    Tanh,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

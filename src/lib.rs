@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod priority;
+pub mod selftest;
 pub mod serve;
 pub mod server;
 pub mod telemetry;

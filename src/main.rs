@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Command::Batch(a) => a.model.json_output,
         Command::Bench(_) => false,
         Command::Plan(a) => a.model.json_output,
+        Command::Selftest(_) => false,
     };
     init_logging(json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -72,6 +73,7 @@ fn main() -> ExitCode {
             Command::Plan(args) => spotinfer::plan::run(*args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::Selftest(args) => spotinfer::selftest::run(*args).await,
         }
     });
     match result {

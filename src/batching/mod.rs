@@ -1,6 +1,7 @@
 //! The queue (token budget, request limit, priorities, deadlines) and the device worker that
 //! drains it.
 
+pub mod memory_cap;
 pub mod queue;
 pub mod select;
 pub mod worker;

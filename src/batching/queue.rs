@@ -138,6 +138,12 @@ impl Queue {
             .store(tokens.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Lowers the token budget (never raises it): the worker's cap to what fits the GPU.
+    pub fn cap_max_batch_tokens(&self, tokens: usize) {
+        self.token_budget
+            .fetch_min(tokens.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Set by the worker from the loaded model (`ModelSummary::pads_to_longest`).
     pub fn set_length_aware(&self, on: bool) {
         self.length_aware

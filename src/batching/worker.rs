@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::memory_cap::{self, MemoryCap};
 use super::queue::{Answer, DeviceBatch, Entry, InferError, Queue};
 use crate::metrics::Metrics;
 use crate::model::{Model, ModelError, ModelSummary, Output, PackedBatch, Want};
@@ -24,6 +25,10 @@ use crate::model::{Model, ModelError, ModelSummary, Output, PackedBatch, Want};
 pub struct LoadedSummary {
     pub model: ModelSummary,
     pub load_time: Duration,
+    /// The queue's token budget after the memory cap.
+    pub max_batch_tokens: usize,
+    /// The GPU memory check (None on the CPU).
+    pub memory: Option<MemoryCap>,
 }
 
 /// Shared view of the worker for probes and metrics.
@@ -67,6 +72,20 @@ pub struct WorkerConfig {
     pub warmup_lengths: Vec<usize>,
     /// Testing only: sleep after each batch.
     pub test_batch_delay: Duration,
+    /// The longest input sentence-transformers allows (`max_seq_length`), when it says.
+    pub max_seq_length: Option<usize>,
+    /// `--max-batch-tokens` was left unset: raise the budget to the longest input before the
+    /// memory cap lowers it to what the GPU holds.
+    pub raise_to_longest: bool,
+}
+
+impl WorkerConfig {
+    /// The longest input the model takes: the checkpoint's positions, or less.
+    pub fn longest_input(&self, max_positions: usize) -> usize {
+        self.max_seq_length
+            .unwrap_or(max_positions)
+            .min(max_positions)
+    }
 }
 
 type Loader = Box<dyn FnOnce() -> Result<Box<dyn Model>, ModelError> + Send>;
@@ -108,9 +127,20 @@ pub fn spawn(
                 let _ = tx.send(Err(e));
                 return;
             }
+            let longest = cfg.longest_input(model.summary().max_positions);
+            if cfg.raise_to_longest && queue.token_budget() < longest {
+                tracing::info!(
+                    max_batch_tokens = longest,
+                    "token budget raised to the model's longest input"
+                );
+                queue.set_token_budget(longest);
+            }
+            let memory = memory_cap::apply(model.as_ref(), &queue, longest);
             let summary = LoadedSummary {
                 model: model.summary().clone(),
                 load_time: started.elapsed(),
+                max_batch_tokens: queue.limits().max_batch_tokens,
+                memory,
             };
             if tx.send(Ok(summary)).is_err() {
                 return;
@@ -173,10 +203,12 @@ struct Worker<'a> {
     cfg: &'a WorkerConfig,
 }
 
-/// Whether an error is the device running out of memory (worth retrying smaller).
-fn is_out_of_memory(e: &ModelError) -> bool {
+/// Whether an error is the device running out of memory (worth retrying smaller): the CUDA
+/// driver's `CUDA_ERROR_OUT_OF_MEMORY` (through candle or the fused backend) and cuBLAS /
+/// cuBLASLt's `CUBLAS_STATUS_ALLOC_FAILED`.
+pub(crate) fn is_out_of_memory(e: &ModelError) -> bool {
     let m = e.to_string().to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("out_of_memory")
+    m.contains("out of memory") || m.contains("out_of_memory") || m.contains("alloc_failed")
 }
 
 impl Worker<'_> {
@@ -312,6 +344,22 @@ mod tests {
     use crate::model::{Pooling, Task};
 
     #[test]
+    fn cuda_out_of_memory_errors_are_recognised() {
+        for text in [
+            // cudarc's DriverError through the fused backend / candle.
+            "CUDA driver: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "allocating an activation buffer: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            // cuBLASLt through the fused backend's GEMM.
+            "cuBLASLt: CublasError(CUBLAS_STATUS_ALLOC_FAILED)",
+        ] {
+            assert!(is_out_of_memory(&ModelError::Device(text.into())), "{text}");
+        }
+        assert!(!is_out_of_memory(&ModelError::Device(
+            "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access\")".into()
+        )));
+    }
+
+    #[test]
     fn liveness_fails_when_the_worker_exits_or_wedges() {
         let h = WorkerHealth::default();
         assert!(h.is_healthy(Duration::from_secs(60)));
@@ -352,6 +400,8 @@ mod tests {
             WorkerConfig {
                 warmup_lengths: vec![],
                 test_batch_delay: Duration::ZERO,
+                max_seq_length: None,
+                raise_to_longest: false,
             },
         );
         let err = rx.blocking_recv().expect("a load result").unwrap_err();
@@ -425,6 +475,8 @@ mod tests {
             WorkerConfig {
                 warmup_lengths: vec![],
                 test_batch_delay: Duration::ZERO,
+                max_seq_length: None,
+                raise_to_longest: false,
             },
         );
         rx.blocking_recv().expect("loaded").expect("no load error");

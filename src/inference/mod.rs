@@ -5,6 +5,10 @@
 //!
 //! Callers speak their own dialect on top (`openai.rs` renders OpenAI's shapes for the HTTP
 //! route and for job output lines alike); nothing here knows HTTP beyond status codes.
+//!
+//! Over 500 lines on purpose: one method per operation (embed, sparse, multi-vector, predict,
+//! rerank, similarity, tokenize, decode) sharing one submit-and-collect path; the helpers they
+//! share live in `inputs.rs`, `admission.rs` and `openai.rs` already.
 
 pub mod admission;
 pub mod error;

@@ -10,14 +10,16 @@ use super::admission::Admission;
 use super::{Inference, ModelInfo, RequestLimits};
 use crate::batching::{worker, BatchLimits, Queue, WorkerConfig, WorkerHealth};
 use crate::config::{
-    CpuBackendArg, CpuKernelArg, DTypeArg, DeviceArg, ModelArgs, PoolingArg, TaskArg,
+    CpuBackendArg, CpuKernelArg, DTypeArg, DeviceArg, FusedGeluArg, GpuBackendArg, ModelArgs,
+    PoolingArg, TaskArg,
 };
 use crate::metrics::Metrics;
 use crate::model::cpu::simd::Simd;
+use crate::model::cuda_host::steps::GeluMode;
 use crate::model::device::{self, DeviceChoice};
 use crate::model::{
-    self, CpuBackend, LoadOptions, ModelError, Pooling, ResolveOptions, SentenceTransformerConfig,
-    Task,
+    self, CpuBackend, GpuBackend, LoadOptions, ModelError, Pooling, ResolveOptions,
+    SentenceTransformerConfig, Task,
 };
 use crate::tokenize::{TokenizeError, TokenizerPool, Tokenizers};
 
@@ -99,6 +101,13 @@ pub async fn start(
     metrics: Arc<Metrics>,
 ) -> Result<Inference, StartError> {
     let args = &opts.model;
+    if args.gpu_backend == GpuBackendArg::Fused && !cfg!(feature = "cuda") {
+        return Err(StartError::Config(
+            "--gpu-backend fused needs a binary built with the `cuda` feature (the CUDA image, \
+             or scripts/cuda-build.sh); this one runs on the CPU only"
+                .into(),
+        ));
+    }
     let files = model::resolve(&ResolveOptions {
         model_id: args.model_id.clone(),
         revision: args.revision.clone(),
@@ -120,6 +129,14 @@ pub async fn start(
             CpuBackendArg::Native => CpuBackend::Native,
             CpuBackendArg::Candle => CpuBackend::Candle,
         },
+        gpu_backend: match args.gpu_backend {
+            GpuBackendArg::Reference => GpuBackend::Reference,
+            GpuBackendArg::Fused => GpuBackend::Fused,
+        },
+        fused_gelu: match args.fused_gelu {
+            FusedGeluArg::Exact => GeluMode::Exact,
+            FusedGeluArg::Tanh => GeluMode::Tanh,
+        },
         pooling: args.pooling.map(pooling),
         task: task(args.task),
     };
@@ -138,6 +155,8 @@ pub async fn start(
         WorkerConfig {
             warmup_lengths: vec![8, opts.limits.max_batch_tokens.min(512)],
             test_batch_delay: opts.test_batch_delay,
+            max_seq_length: st.max_seq_length,
+            raise_to_longest: !opts.explicit_budget,
         },
     );
     let loaded = loaded
@@ -148,19 +167,13 @@ pub async fn start(
         .max_seq_length
         .unwrap_or(summary.max_positions)
         .min(summary.max_positions);
-    if queue.token_budget() < max_input_length {
-        if opts.explicit_budget {
-            return Err(StartError::Config(format!(
-                "--max-batch-tokens ({}) must be at least the model's maximum input length \
-                 ({max_input_length}); raise it, or leave it unset",
-                queue.token_budget()
-            )));
-        }
-        tracing::info!(
-            max_batch_tokens = max_input_length,
-            "token budget raised to the model's longest input"
-        );
-        queue.set_token_budget(max_input_length);
+    // Unset, the worker raised the budget to the longest input; given, it must cover it.
+    if queue.token_budget() < max_input_length && opts.explicit_budget {
+        return Err(StartError::Config(format!(
+            "--max-batch-tokens ({}) must be at least the model's maximum input length \
+             ({max_input_length}); raise it, or leave it unset",
+            queue.token_budget()
+        )));
     }
     let tokenizers = Tokenizers::from_file(&files.tokenizer, max_input_length, summary.vocab_size)?;
     let tokenizers = TokenizerPool::start(tokenizers, opts.tokenization_workers)?;
@@ -213,6 +226,7 @@ pub async fn start(
         backend = summary.backend,
         max_input_length,
         hidden_size = summary.hidden_size,
+        max_batch_tokens = loaded.max_batch_tokens,
         "model loaded and warmed up"
     );
     Ok(Inference {

@@ -4,6 +4,19 @@ use candle_core::{DType, Device};
 
 use super::ModelError;
 
+/// A GPU's memory as the token budget sees it (after the model is loaded and warmed up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    /// Device memory the backend already holds for activations and reuses (the fused
+    /// backend's buffer pool): available to the budget too.
+    pub reusable_bytes: u64,
+    /// Activation bytes per batch token as the backend measured them; `None`: the model
+    /// estimates them from its shape.
+    pub bytes_per_token: Option<u64>,
+}
+
 /// Where to run: `Auto` is the first CUDA device when this binary was built with `cuda` and
 /// one answers, otherwise the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

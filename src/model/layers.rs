@@ -13,6 +13,7 @@
 //! positions) is the backend's [`Backend::Plan`], made once per forward pass.
 
 use super::batch::PackedBatch;
+use super::device::DeviceMemory;
 use super::weights::HostTensor;
 use super::{ModelError, Pooling};
 
@@ -397,6 +398,16 @@ pub trait Backend: Send + Sync + 'static {
     fn rows(&self, x: &Self::Act, start: usize, end: usize) -> Result<Self::Act, ModelError>;
     /// F32 on the host, row-major; with the width.
     fn to_host(&self, x: &Self::Act) -> Result<(Vec<f32>, usize), ModelError>;
+
+    /// A GPU backend's memory, for the token-budget cap after the warm-up; `None` on the CPU.
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        None
+    }
+    /// Sizes the activation buffers for batches of up to `tokens` tokens (called once the
+    /// budget is known; a no-op for backends that allocate per op).
+    fn reserve_tokens(&self, _tokens: usize) -> Result<(), ModelError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

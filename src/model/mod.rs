@@ -6,11 +6,16 @@
 //! layers. [`load`] reads config.json, picks family and task (`registry.rs`), loads the
 //! backbone and heads (`heads.rs`) on the chosen backend, and returns a [`Model`]: the one
 //! object the device worker calls.
+//!
+//! Over 500 lines on purpose: this is the `Model` trait and the one `load` that wires every
+//! family, head and backend together; the parts live in the submodules.
 
 pub mod batch;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[path = "cuda/host/mod.rs"]
+pub mod cuda_host;
 #[path = "cuda/reference/mod.rs"]
 pub mod cuda_reference;
 pub mod device;
@@ -36,6 +41,7 @@ pub use registry::{Architecture, Family, Task};
 pub use resolve::{resolve, ModelFiles, ResolveOptions};
 pub use st_config::SentenceTransformerConfig;
 
+pub use device::DeviceMemory;
 use families::Backbone;
 use heads::{BgeM3, Dense, Heads};
 use layers::Backend;
@@ -107,6 +113,14 @@ pub trait Model: Send {
         at_yield: &mut dyn FnMut(),
     ) -> Result<Vec<Output>, ModelError>;
     fn summary(&self) -> &ModelSummary;
+    /// The GPU's memory and the activation bytes per batch token (None on the CPU).
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        None
+    }
+    /// Sizes activation buffers for batches of up to `tokens` tokens (after the warm-up).
+    fn reserve_tokens(&self, _tokens: usize) -> Result<(), ModelError> {
+        Ok(())
+    }
 }
 
 /// Which implementation runs the layers on the CPU.
@@ -120,12 +134,28 @@ pub enum CpuBackend {
     Candle,
 }
 
+/// Which implementation runs the layers on a CUDA GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuBackend {
+    /// candle's CUDA ops (`reference/`): the default until the fused backend is verified on GPUs.
+    #[default]
+    Reference,
+    /// spotinfer's own kernels and cuBLASLt (`cuda/fused/`); falls back to the reference
+    /// backend (logging why) where its start-up self-check, the GPU, the dtype or the model
+    /// does not allow it.
+    Fused,
+}
+
 /// How to load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: DType,
     pub cpu_backend: CpuBackend,
+    pub gpu_backend: GpuBackend,
+    /// erf-GELU on the fused backend: exact, or cuBLASLt's tanh epilogue.
+    pub fused_gelu: cuda_host::steps::GeluMode,
     /// `--pooling`: overrides the sentence-transformers config.
     pub pooling: Option<Pooling>,
     /// `--task`: where a checkpoint can do several things.
@@ -138,6 +168,8 @@ impl LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             cpu_backend: CpuBackend::Native,
+            gpu_backend: GpuBackend::Reference,
+            fused_gelu: cuda_host::steps::GeluMode::Exact,
             pooling: None,
             task: None,
         }
@@ -149,6 +181,8 @@ struct Loaded<B: Backend> {
     backbone: Box<dyn Backbone<B>>,
     heads: Heads<B>,
     summary: ModelSummary,
+    /// For the activation estimate of backends that do not measure theirs.
+    shape: cuda_host::memory::Shape,
 }
 
 impl<B: Backend> Model for Loaded<B> {
@@ -178,6 +212,34 @@ impl<B: Backend> Model for Loaded<B> {
     fn summary(&self) -> &ModelSummary {
         &self.summary
     }
+
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        let mut m = self.backend.device_memory()?;
+        if m.bytes_per_token.is_none() {
+            m.bytes_per_token = Some(cuda_host::memory::reference_bytes_per_token(&self.shape));
+        }
+        Some(m)
+    }
+
+    fn reserve_tokens(&self, tokens: usize) -> Result<(), ModelError> {
+        self.backend.reserve_tokens(tokens)
+    }
+}
+
+/// The first of `keys` in config.json that is a number.
+fn config_usize(cfg: &serde_json::Value, keys: &[&str]) -> Option<usize> {
+    keys.iter()
+        .find_map(|k| cfg.get(*k).and_then(serde_json::Value::as_u64))
+        .map(|v| v as usize)
+}
+
+const HEAD_KEYS: [&str; 3] = ["num_attention_heads", "n_head", "n_heads"];
+
+/// The attention head dim from config.json (explicit, or hidden / heads).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn head_dim(cfg: &serde_json::Value, hidden: usize) -> Option<usize> {
+    config_usize(cfg, &["head_dim"])
+        .or_else(|| config_usize(cfg, &HEAD_KEYS).and_then(|h| hidden.checked_div(h)))
 }
 
 /// Reads config.json, picks family, task and backend, and loads weights and heads.
@@ -191,6 +253,11 @@ pub fn load(
     let arch = Architecture::read(&cfg)?;
     let pooling = opts.pooling.or(st.pooling);
     let task = arch.task(opts.task, pooling)?;
+    if opts.device.is_cuda() && opts.gpu_backend == GpuBackend::Fused {
+        if let Some(m) = load_fused(&arch, task, &cfg, files, st, pooling, opts) {
+            return Ok(m);
+        }
+    }
     let native =
         opts.device.is_cpu() && opts.dtype == DType::F32 && opts.cpu_backend == CpuBackend::Native;
     if native {
@@ -206,6 +273,88 @@ pub fn load(
             pooling,
         )
     }
+}
+
+/// The model on the fused CUDA backend, or `None` (logged) when it refuses: the caller loads
+/// the reference backend instead. A two-sequence forward pass right after loading catches a
+/// model the fused kernels cannot run (an unsupported layer, a non-finite output).
+#[cfg(feature = "cuda")]
+fn load_fused(
+    arch: &Architecture,
+    task: Task,
+    cfg: &serde_json::Value,
+    files: &ModelFiles,
+    st: &SentenceTransformerConfig,
+    pooling: Option<Pooling>,
+    opts: &LoadOptions,
+) -> Option<Box<dyn Model>> {
+    use cuda::fused::{open, FusedOptions, Opened};
+    let hidden = families::facts(arch.family, cfg).ok()?.hidden;
+    let fused = FusedOptions {
+        gelu: opts.fused_gelu,
+    };
+    let opened = match open(&opts.device, opts.dtype, head_dim(cfg, hidden), fused) {
+        Ok(o) => o,
+        Err(reason) => {
+            tracing::warn!(%reason, "--gpu-backend fused refused: using the reference backend");
+            return None;
+        }
+    };
+    let loaded = match opened {
+        Opened::F16(b) => load_on(b, arch, task, cfg, files, st, pooling),
+        Opened::BF16(b) => load_on(b, arch, task, cfg, files, st, pooling),
+    };
+    match loaded.and_then(|m| probe(m.as_ref()).map(|()| m)) {
+        Ok(m) => {
+            tracing::info!(
+                gelu = opts.fused_gelu.name(),
+                "model on the fused CUDA backend"
+            );
+            Some(m)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the fused backend cannot run this model: using the reference backend");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn load_fused(
+    _: &Architecture,
+    _: Task,
+    _: &serde_json::Value,
+    _: &ModelFiles,
+    _: &SentenceTransformerConfig,
+    _: Option<Pooling>,
+    _: &LoadOptions,
+) -> Option<Box<dyn Model>> {
+    tracing::warn!("--gpu-backend fused needs the `cuda` feature: using the reference backend");
+    None
+}
+
+/// Runs two short sequences through what the model always serves; refuses non-finite output.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn probe(m: &dyn Model) -> Result<(), ModelError> {
+    let s = m.summary();
+    let want = if s.available.pooled {
+        Want::POOLED
+    } else if s.available.scores {
+        Want::SCORES
+    } else {
+        Want::SPARSE
+    };
+    let longest = s.max_positions.clamp(1, 5);
+    let mut batch = PackedBatch::with_capacity(2, 8);
+    batch.push(&vec![0; longest.min(3)], &[]);
+    batch.push(&vec![0; longest], &[]);
+    let out = m.run(&batch, &[want, want], &mut || {})?;
+    if out.iter().any(Output::has_non_finite) {
+        return Err(ModelError::Device(
+            "the probe batch gave non-finite outputs".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn load_on<B: Backend>(
@@ -288,11 +437,28 @@ fn load_on<B: Backend>(
             .unwrap_or_default(),
         available: heads.available(),
     };
+    let shape = cuda_host::memory::Shape {
+        hidden: f.hidden,
+        intermediate: config_usize(
+            cfg,
+            &[
+                "intermediate_size",
+                "n_inner",
+                "hidden_dim",
+                "dim_feedforward",
+            ],
+        )
+        .unwrap_or(4 * f.hidden),
+        heads: config_usize(cfg, &HEAD_KEYS).unwrap_or((f.hidden / 64).max(1)),
+        max_len: f.max_positions,
+        dtype_bytes: element_bytes,
+    };
     Ok(Box::new(Loaded {
         backend: b,
         backbone,
         heads,
         summary,
+        shape,
     }))
 }
 

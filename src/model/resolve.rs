@@ -149,7 +149,8 @@ pub async fn resolve(opts: &ResolveOptions) -> Result<ModelFiles, ModelError> {
     })
 }
 
-fn resolve_local(dir: &Path) -> Result<ModelFiles, ModelError> {
+/// The files of a local model folder (what [`resolve`] does for a path).
+pub fn resolve_local(dir: &Path) -> Result<ModelFiles, ModelError> {
     let required = |name: &str| -> Result<PathBuf, ModelError> {
         let p = dir.join(name);
         if p.is_file() {

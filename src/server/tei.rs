@@ -3,6 +3,9 @@
 //! `/invocations`, which dispatch on the model's task as TEI does (and, beyond TEI, on a
 //! `sentence_similarity` body for an embedding model). Beyond TEI: `/embed_multi_vector`
 //! (bge-m3's ColBERT vectors, and its dense and sparse outputs from the same forward pass).
+//!
+//! Over 500 lines on purpose: one handler per TEI route with TEI's request shapes beside it, so
+//! a route and its body are read together; the logic they call is in `inference/`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;

@@ -5,6 +5,9 @@
 //! and launches on the stream of the candle device the kernels were loaded for. Buffers are
 //! cudarc views (`CudaSlice::as_view()`, `.slice(a..b)`); the read/write guards cudarc hands
 //! out are held until the launch is queued, so cudarc's event tracking stays correct when on.
+//!
+//! Over 500 lines on purpose: one checked launch wrapper per `.cu` kernel, each a parameter
+//! struct and its bounds checks; splitting by kernel would repeat the shared checks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -156,15 +159,18 @@ impl SeqLayout {
         })
     }
 
-    /// From offsets the caller uploaded itself.
+    /// From offsets the caller uploaded itself (into a buffer at least as long: the kernels
+    /// read `n_seqs + 1` offsets, `n_seqs` from the host copy; the fused backend passes a
+    /// pooled buffer).
     ///
     /// # Safety
-    /// `dev` must hold exactly the values of `host` (the kernels trust the device copy for
-    /// their bounds; the wrappers check buffer sizes against the host copy).
+    /// The first `host.len()` elements of `dev` must hold exactly the values of `host` (the
+    /// kernels trust the device copy for their bounds; the wrappers check buffer sizes against
+    /// the host copy).
     pub unsafe fn from_parts(host: Vec<u32>, dev: CudaSlice<u32>) -> Result<Self> {
         let (n_seqs, total, max_len) =
             check_cu_seqlens(&host).map_err(|m| invalid("SeqLayout", m))?;
-        if dev.len() != host.len() {
+        if dev.len() < host.len() {
             return Err(invalid(
                 "SeqLayout",
                 format!("device copy has {} offsets, host {}", dev.len(), host.len()),
@@ -190,6 +196,10 @@ impl SeqLayout {
     }
     pub fn host(&self) -> &[u32] {
         &self.host
+    }
+    /// The host offsets and the device buffer (to reuse it).
+    pub fn into_parts(self) -> (Vec<u32>, CudaSlice<u32>) {
+        (self.host, self.dev)
     }
     pub fn device(&self) -> &CudaSlice<u32> {
         &self.dev

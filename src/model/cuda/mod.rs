@@ -7,6 +7,9 @@
 //!   gather + LayerNorm, GLU, bias + activation, segmented pooling and the non-finite scan on
 //!   raw cudarc buffers, checking every size before launching.
 //! - [`blas::Gemm`]: `y = x W^T (+ bias)` through cuBLASLt with cached algorithms.
+//! - [`fused::Fused`]: the layer seam (`model::layers::Backend`) on these kernels; opened by
+//!   `model::load` with `--gpu-backend fused`, which falls back to the reference backend when
+//!   [`fused::open`] refuses.
 //! - [`selftest::selftest`] (full, ~tens of seconds) and [`selftest::verified_kernels`]
 //!   (sub-second, at model load): every kernel against the CPU references in
 //!   [`crate::model::cuda_reference`]; a kernel that disagrees is never used.
@@ -14,7 +17,9 @@
 //! Contracts, launch geometry and measured register use: docs/CUDA-KERNELS.md.
 
 pub mod blas;
+pub mod fused;
 pub mod kernels;
+pub mod model_check;
 mod params;
 pub mod selftest;
 

@@ -11,6 +11,9 @@
 //! Every output buffer is surrounded by guard elements and pre-filled with NaN: an element the
 //! kernel fails to write, or a write outside the output, fails the case. Inputs sit between NaN
 //! guards too, so a read past an input's end poisons the result instead of passing silently.
+//!
+//! Over 500 lines on purpose: the case matrix and each kernel's check against its CPU
+//! reference (one function per kernel); it runs only on a GPU and every case reports alone.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -318,7 +321,8 @@ fn continue_if_attention(
     }
 }
 
-fn log_choice(choice: &KernelChoice, seconds: f64) {
+/// Logs what [`verified_kernels_with`] decided (`verified_kernels` does it itself).
+pub fn log_choice(choice: &KernelChoice, seconds: f64) {
     let mut picks: Vec<String> = choice
         .attention
         .iter()

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use self::attention::AttentionPlan;
 use super::batch::PackedBatch;
+use super::device::DeviceMemory;
 use super::layers::{
     Activation, Attention, Backend, Buckets, Epilogue, Gate, NormKind, Post, Rope,
 };
@@ -287,6 +288,15 @@ impl Backend for Reference {
         w: &RefLinear,
         epi: Epilogue<'_, Self>,
     ) -> Result<Tensor, ModelError> {
+        // Pooled rows are F32 (`pool`); heads after the pooling (Dense modules, classifiers)
+        // run in the model dtype, like the fused backend.
+        let cast;
+        let x = if x.dtype() == self.dtype {
+            x
+        } else {
+            cast = x.to_dtype(self.dtype)?;
+            &cast
+        };
         let mut y = x.matmul(&w.weight.t()?)?;
         if let Some(b) = &w.bias {
             y = y.broadcast_add(b)?;
@@ -391,6 +401,22 @@ impl Backend for Reference {
         })
     }
 
+    /// Free memory of a CUDA device; the activation cost per token is estimated by the model
+    /// from its shape (candle allocates per op).
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(cd) = &self.device {
+            let (free, total) = cd.cuda_stream().context().mem_get_info().ok()?;
+            return Some(DeviceMemory {
+                free_bytes: free as u64,
+                total_bytes: total as u64,
+                reusable_bytes: 0,
+                bytes_per_token: None,
+            });
+        }
+        None
+    }
+
     fn rows(&self, x: &Tensor, start: usize, end: usize) -> Result<Tensor, ModelError> {
         Ok(x.narrow(0, start, end.saturating_sub(start))?)
     }
@@ -404,6 +430,30 @@ impl Backend for Reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A head after the pooling (here a Dense module) at float16: the pooled rows are F32 and
+    /// the weights F16 (candle refuses mixed matmuls, which failed every reranker, classifier
+    /// and Dense model at F16 on the GPU).
+    #[test]
+    fn heads_after_pooling_run_at_float16() {
+        use crate::model::{self, LoadOptions, SentenceTransformerConfig, Want};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny-bert-dense");
+        let files = model::resolve::resolve_local(&dir).unwrap();
+        let st = SentenceTransformerConfig::read(&files).unwrap();
+        let opts = LoadOptions {
+            dtype: DType::F16,
+            cpu_backend: crate::model::CpuBackend::Candle,
+            ..LoadOptions::cpu()
+        };
+        let m = model::load(&files, &st, &opts).unwrap();
+        let mut b = PackedBatch::with_capacity(1, 3);
+        b.push(&[1, 2, 3], &[]);
+        let out = m.run(&b, &[Want::POOLED], &mut || {}).unwrap();
+        let v = out[0].pooled.as_ref().unwrap();
+        assert_eq!(v.len(), 16);
+        assert!(v.iter().all(|x| x.is_finite()));
+    }
 
     #[test]
     fn rotation_matches_the_rotate_half_formula() {
