@@ -437,8 +437,8 @@ mod tests {
     #[test]
     fn heads_after_pooling_run_at_float16() {
         use crate::model::{self, LoadOptions, SentenceTransformerConfig, Want};
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/tiny-bert-dense");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert-dense");
         let files = model::resolve::resolve_local(&dir).unwrap();
         let st = SentenceTransformerConfig::read(&files).unwrap();
         let opts = LoadOptions {
