@@ -12,11 +12,11 @@
 //!              |
 //!         batching/   queue (token budget, priorities, deadlines) -> device worker
 //!              |
-//!         model/      families x backends: families/ on layers.rs, run by cpu/ or reference/
+//!         model/      families x backends: families/ on layers.rs, run by cpu/, reference/ or cuda/
 //! ```
 //!
 //! Who may import whom (checked by `tests/module_dag.rs`: the folders form a DAG):
-//! `main`, `serve`, `bench` -> anything; `server` -> `inference`, `jobs`, `lifecycle`,
+//! `main`, `serve`, `bench`, `selftest` -> anything; `server` -> `inference`, `jobs`, `lifecycle`,
 //! `metrics`; `jobs` -> `inference`, `lifecycle`, `metrics`; `inference` -> `batching`,
 //! `tokenize`, `model`, `metrics`, `config`; `batching` -> `model`, `tokenize`, `priority`,
 //! `metrics`; `tokenize` -> `priority`; `lifecycle` -> `batching` (the drain closes the queue),
@@ -30,15 +30,15 @@
 pub mod batching;
 pub mod bench;
 pub mod config;
-pub mod inference;
+pub(crate) mod inference;
 pub mod jobs;
-pub mod lifecycle;
+pub(crate) mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod priority;
 pub mod selftest;
 pub mod serve;
-pub mod server;
-pub mod telemetry;
+pub(crate) mod server;
+pub(crate) mod telemetry;
 pub mod tokenize;

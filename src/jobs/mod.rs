@@ -26,18 +26,18 @@
 //! `schedule` (which segment next), `coordinator` (validation, assembly, fleet gauges),
 //! `assemble`, `runner` (the server's loops) and `offline` (`spotinfer batch`).
 
-pub mod assemble;
-pub mod coordinator;
-pub mod drive;
-pub mod durable;
-pub mod lease;
-pub mod lines;
+pub(crate) mod assemble;
+pub(crate) mod coordinator;
+pub(crate) mod drive;
+pub(crate) mod durable;
+pub(crate) mod lease;
+pub(crate) mod lines;
 pub mod offline;
-pub mod runner;
-pub mod schedule;
-pub mod segment;
-pub mod store;
-pub mod types;
+pub(crate) mod runner;
+pub(crate) mod schedule;
+pub(crate) mod segment;
+pub(crate) mod store;
+pub(crate) mod types;
 
 pub use durable::StoreError;
 pub use runner::{JobRunner, RunnerConfig};
