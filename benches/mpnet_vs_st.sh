@@ -84,12 +84,14 @@ record() {
 
 log "== offline, $ROUNDS alternating rounds over $TEXTS texts"
 for ((r = 1; r <= ROUNDS; r++)); do
-  rm -f "$SCRATCH/out.jsonl"
+  # A fresh output each round: the same output again would resume from its checkpoint.
+  out="$SCRATCH/out-$r.jsonl"
   t0="$(now)"
   /usr/bin/time -f '%U %S' -o "$SCRATCH/batch.time" "$BIN" batch --no-progress --model-id "$MODEL" --input "$SCRATCH/job.jsonl" \
-    --output "$SCRATCH/out.jsonl" 2>"$SCRATCH/batch.log"
+    --output "$out" 2>"$SCRATCH/batch-$r.log"
   t1="$(now)"
-  lines="$(wc -l <"$SCRATCH/out.jsonl")"
+  lines="$(wc -l <"$out")"
+  rm -f "$out"
   record "$("$PY" -c "import json,sys; s=$t1-$t0; print(json.dumps({'kind':'offline','who':'spotinfer','round':$r,'at':'$(date -u +%H:%M:%SZ)','texts':$TEXTS,'output_lines':$lines,'seconds':s,'cpu_seconds':sum(map(float,open('$SCRATCH/batch.time').read().split()[-2:])),'sentences_per_s':$TEXTS/s}))")"
   st="$("$PY" benches/st_baseline.py "$MODEL" "$SCRATCH/corpus.jsonl" 2>/dev/null | tail -n1)"
   record "$("$PY" -c "import json,sys; d=json.loads(sys.argv[1]); d.update(kind='offline',who='sentence-transformers',round=$r,at='$(date -u +%H:%M:%SZ)'); print(json.dumps(d))" "$st")"
