@@ -4,12 +4,12 @@
 #      (rescaled to head dims the kernels have) on the fused backend against the reference
 #      backend, float16 and bfloat16;
 #   2. reference vectors: all-MiniLM-L6-v2 through `spotinfer batch` on both backends, float16 and
-#      bfloat16, against tests/fixtures/minilm_reference.json (min cosine >= 0.999); the tiny
-#      decoder fixtures and tiny-qwen3-reranker served on the GPU against their committed
-#      transformers references (float32 on the reference backend: cosine >= 0.9999 / |d score|
-#      <= 1e-4 as on the CPU; float16 and bfloat16 on both backends: cosine >= 0.999 / |d score|
-#      <= 1e-2; the fused backend refuses float32 and head dims without a kernel, so /info's
-#      backend says which one really ran);
+#      bfloat16, against tests/fixtures/minilm_reference.json; the tiny decoder fixtures and
+#      tiny-qwen3-reranker served on the GPU against their committed transformers references.
+#      Bounds: float32 (reference backend) cosine >= 0.9999 / |d score| <= 1e-4 as on the CPU;
+#      float16 cosine >= 0.999; bfloat16 cosine >= 0.98 (8 mantissa bits: MiniLM reached 0.9858
+#      on the CPU's reference backend); |d score| <= 1e-2 in both. The fused backend refuses
+#      float32 and head dims without a kernel, so each step records the backend that ran;
 #   3. speed beside the peer, same corpus, same run: offline `spotinfer batch` fused vs reference
 #      and sentence-transformers encode() (tests/gpu/peer_st.py) for MiniLM and the BERT-large
 #      shape in float16 and a Qwen3-0.6B shape (tests/gpu/make_qwen3_shape.py) in bfloat16, with
@@ -170,7 +170,7 @@ if wanted reference; then
       name=minilm-ref-$backend-$dtype
       time_for "$name" 15 || continue
       run_batch "$name-run" "$MINILM" "$dtype" "$backend" "$WORK/ref.jsonl" "$WORK/ref-out.jsonl" 120 > /dev/null
-      "${H[@]}" minilm-check tests/fixtures/minilm_reference.json "$WORK/ref-out.jsonl" \
+      "${H[@]}" minilm-check tests/fixtures/minilm_reference.json "$WORK/ref-out.jsonl" "$dtype" \
         > "$LOGS/$name.json" 2>> "$LOGS/$name-run.log"
       "${H[@]}" annotate "$LOGS/$name.json" "$LOGS/$name-run.json"   # the backend that ran
       step "$name" 0 "$LOGS/$name.json" "$LOGS/$name-run.log"
@@ -227,7 +227,9 @@ speed_model() { # MODEL_NAME DIR DTYPE MAXLEN PEER_BATCH_SIZES
     fa=$WORK/out-$m-$x.jsonl fb=$WORK/out-$m-$y.jsonl
     [ "$y" = peer ] && fb=$WORK/peer-$m.json
     [ -s "$fa" ] && [ -s "$fb" ] || continue
-    "${H[@]}" compare "$fa" "$fb" > "$LOGS/cos-$m-$x-vs-$y.json" 2> "$LOGS/cos-$m-$x-vs-$y.log"
+    # loose bounds (random-weight deep models in half precision; the figures are what to read)
+    "${H[@]}" compare "$fa" "$fb" "$([ "$dtype" = bfloat16 ] && echo 0.98 || echo 0.99)" \
+      > "$LOGS/cos-$m-$x-vs-$y.json" 2> "$LOGS/cos-$m-$x-vs-$y.log"
     step "cos-$m-$x-vs-$y" $? "$LOGS/cos-$m-$x-vs-$y.json" "$LOGS/cos-$m-$x-vs-$y.log"
   done
   rm -f "$WORK/out-$m-"*.jsonl "$WORK/peer-$m.json"

@@ -6,7 +6,7 @@ object (or the table) on stdout.
   step SUMMARY NAME RC RESULT [LOG]     record one step's JSON result, pass/fail and figures
   skip SUMMARY NAME REASON              record a step left out (time budget, missing input)
   minilm-lines REF OUT                  minilm_reference.json items as `spotinfer batch` lines
-  minilm-check REF BATCH_OUT            min cosine of spotinfer's vectors against the reference
+  minilm-check REF BATCH_OUT [DTYPE]    min cosine of spotinfer's vectors against the reference
   fixture-check URL FIXTURE_DIR DTYPE   a served tiny fixture against its reference.json
   batch-stats OUT_JSONL LOG T0 T1       ok lines, seconds, model load and backend of one batch run
   compare A_JSONL B_JSONL|PEER_JSON [MIN]  cosines between two runs' vectors (pass: min >= MIN)
@@ -25,7 +25,10 @@ import urllib.request
 
 # Bounds: the references are float64 (transformers) / float32 (sentence-transformers); float32 on
 # the GPU must match as tightly as on the CPU (tests/families.rs), float16/bfloat16 more loosely.
-COSINE_MIN = {"float32": 0.9999, "float16": 0.999, "bfloat16": 0.999}
+# bfloat16 keeps 8 mantissa bits: on the CPU (candle, reference backend) all-MiniLM-L6-v2 reached
+# min cosine 0.9858 and the tiny decoders' per-token vectors 0.9934 in bfloat16 (0.99998 and
+# 0.99996 in float16), so bfloat16 gets 0.98; compare the fused rows with the reference rows.
+COSINE_MIN = {"float32": 0.9999, "float16": 0.999, "bfloat16": 0.98}
 SCORE_MAX_ABS = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 1e-2}
 
 
@@ -91,7 +94,7 @@ FIGURES = [("figure_hint", "{}"), ("worst_fused_f16", "worst fused f16 cos {}"),
            ("sentences_per_s_after_load", "{} sent/s after load"),
            ("best_sentences_per_s", "{} sent/s best"), ("real_process_mib", "real {} MiB"),
            ("plan_needed_mib", "plan {} MiB"), ("real_over_plan", "real/plan {}"),
-           ("backend", "backend {}"), ("fused_fallback", "fell back: {}")]
+           ("parameters", "{} parameters"), ("backend", "backend {}"), ("fused_fallback", "fell back: {}")]
 
 
 def cmd_step(path, name, rc, result_file, log=""):
@@ -100,7 +103,10 @@ def cmd_step(path, name, rc, result_file, log=""):
     try:
         with open(result_file) as f:
             text = f.read().strip()
-        res = json.loads(text.splitlines()[-1]) if text else {}
+        try:
+            res = json.loads(text)
+        except json.JSONDecodeError:  # output before the JSON: take its last line
+            res = json.loads(text.splitlines()[-1]) if text else {}
         if not isinstance(res, dict):
             res = {"result": res}
     except (FileNotFoundError, json.JSONDecodeError, IndexError) as e:
@@ -118,7 +124,8 @@ def cmd_step(path, name, rc, result_file, log=""):
                 res["log_tail"] = f.read()[-1500:]
         except FileNotFoundError:
             pass
-    figs = [fmt_tpl.format(fmt(res[k])) for k, fmt_tpl in FIGURES if res.get(k) is not None]
+    figs = [tpl.format(fmt(res[k], 1 if "sentences" in k and isinstance(res[k], float) else None))
+            for k, tpl in FIGURES if res.get(k) is not None]
     if rc:
         figs.append(f"exit {rc}" + (" (timeout)" if rc in (124, 137) else ""))
     if res.get("error"):
@@ -164,16 +171,17 @@ def vectors_of(path):
     return got
 
 
-def cmd_minilm_check(ref, out):
+def cmd_minilm_check(ref, out, dtype="float16"):
     want = {i["id"]: i["mean"] for i in load_json(ref)["items"]}
     try:
         got = vectors_of(out)
     except FileNotFoundError:
         got = {}
     cos = [cosine(got[k], w) if got.get(k) else float("nan") for k, w in want.items() if k in got]
-    worst = fmin(cos)
+    worst, bound = fmin(cos), COSINE_MIN[dtype]
     print(json.dumps({"items": len(cos), "expected": len(want), "min_cosine": worst,
-                      "bound": 0.999, "pass": len(cos) == len(want) and ge(worst, 0.999)}))
+                      "dtype": dtype, "bound": bound,
+                      "pass": len(cos) == len(want) and ge(worst, bound)}))
 
 
 def http(url, body=None, timeout=60):
