@@ -1,6 +1,8 @@
+# shellcheck shell=bash
 # Shared setup of the GPU scripts (sourced after `set -uo pipefail`): repository root as the
 # working directory, the carried binary unpacked into a temporary folder, and the corpus helper.
-# Inputs: $CARRY (default .carry) with spotinfer.xz and minilm-f16/; $OUT (default ./gpu-out).
+# Inputs: $CARRY (default .carry) with spotinfer.xz and minilm-f16/ (its model.safetensors may be
+# model.safetensors.xz); $OUT (default ./gpu-out).
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 CARRY=${CARRY:-.carry}
 FINAL=${OUT:-$PWD/gpu-out}
@@ -9,6 +11,10 @@ WORK=$(mktemp -d)
 PY=${PY:-python3}
 BIN=$WORK/spotinfer
 xz -dc "$CARRY/spotinfer.xz" > "$BIN" && chmod +x "$BIN"
+# Weights that travel xz-compressed (tests/gpu/prepare.sh: minilm-f16) are unpacked once, in place.
+for z in "$CARRY"/*/model.safetensors.xz; do
+  if [ -f "$z" ] && [ ! -s "${z%.xz}" ]; then xz -dc "$z" > "${z%.xz}.tmp" && mv "${z%.xz}.tmp" "${z%.xz}"; fi
+done
 export CUDA_CACHE_PATH=$WORK/cuda-cache   # the PTX JIT cache: the first start fills it
 
 # corpus_jobs N CORPUS_JSONL JOBS_JSONL: the generated corpus of N texts, and the same texts as
