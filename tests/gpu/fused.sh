@@ -16,18 +16,21 @@
 #      the cosines between the three's vectors of the same texts;
 #   4. memory: `spotinfer plan`'s GPU memory prediction for the Qwen3 shape against the serving
 #      process's real GPU memory (nvidia-smi) after a load run, fused and reference;
+#   4b. HTTP: MiniLM and BERT-large on both backends at concurrency 1 / 32 / 256 (`spotinfer
+#      bench`); then `--max-batch-tokens 4000000` on the fused backend under load: the process
+#      must survive (memory cap, split-and-retry) and keep answering;
 #   5. $OUT/summary.json (every step: pass/fail, figures; versions, GPU, date, commit) and a table.
 #
 #   CARRY=.carry bash tests/gpu/fused.sh        # inputs: tests/gpu/prepare.sh (CPU machine)
 #
 # Every step runs under `timeout`, a failed step is recorded and the next one runs; the whole
-# script stops starting optional work after DEADLINE_S (default 450) seconds so the summary is
+# script stops starting optional work after DEADLINE_S (default 500) seconds so the summary is
 # always written. summary.json is rewritten after every step (a kill leaves what was done).
 # Outputs in $OUT (the device tool returns at most 8 files): summary.json, summary.txt,
 # selftest.json, logs.tar.gz (every log and per-step JSON).
 # Knobs: DEVICE (cuda:0), LINES (8192 corpus texts), BUDGET (16384 --max-batch-tokens),
 # DEADLINE_S, FIXTURE_RUNS, QWEN_LAYERS (28), SKIP (space-separated step groups to leave out: selftest reference
-# fixtures speed memory), PEER_DEVICE (cuda). DEVICE=cpu PEER_DEVICE=cpu gives a CPU dry run.
+# fixtures speed memory http oom), PEER_DEVICE (cuda). DEVICE=cpu PEER_DEVICE=cpu gives a CPU dry run.
 set -uo pipefail
 T_START=$SECONDS
 . "$(dirname "$0")/common.sh"
@@ -35,7 +38,7 @@ DEVICE=${DEVICE:-cuda:0}
 PEER_DEVICE=${PEER_DEVICE:-cuda}
 LINES=${LINES:-8192}
 BUDGET=${BUDGET:-16384}
-DEADLINE_S=${DEADLINE_S:-450}
+DEADLINE_S=${DEADLINE_S:-500}
 SKIP=" ${SKIP:-} "
 LOGS=$WORK/logs
 mkdir -p "$LOGS"
@@ -250,7 +253,6 @@ if wanted speed; then
       echo '{"error": "make_bert_large.py failed"}' > "$LOGS/bert-large-make.json"
       step bert-large-make "$rc" "$LOGS/bert-large-make.json" "$LOGS/bert-large-make.log"
     fi
-    rm -rf "$WORK/bert-large"
   fi
 fi
 if { wanted speed || wanted memory; } && time_for qwen3-make 40; then
@@ -291,8 +293,57 @@ if wanted memory && [ -f "$QWEN/config.json" ]; then
   done
 fi
 
+# --- 4b. HTTP beside the peer, and an absurd token budget ------------------------------------
+# HTTP: MiniLM and the BERT-large shape in float16 on both backends, concurrency 1 (short-query
+# p50), 32 and 256 (best), bounded by count and time. OOM: the BERT-large shape on the fused
+# backend with --max-batch-tokens 4,000,000: the memory cap must lower it, batches that still
+# run out of memory split and retry, and the process must survive and keep answering.
+http_model() { # NAME DIR
+  local m=$1 dir=$2 b name log
+  for b in fused reference; do
+    name=http-$m-$b
+    time_for "$name" 45 || continue
+    log=$LOGS/$name.log
+    if start_server "$log" "$dir" float16 "$b" --max-batch-tokens "$BUDGET"; then
+      timeout -k 5 90 "$BIN" bench --url "$URL" --concurrency 1,32,256 --corpus-size 4096 \
+        --requests 4096 --max-time "${HTTP_SECONDS:-5}" --server-pid "$SERVER_PID" \
+        --json "$LOGS/$name-bench.json" > "$LOGS/$name-bench.txt" 2>&1
+      rc=$?
+      "${H[@]}" http-summary "$LOGS/$name-bench.json" "$log" > "$LOGS/$name.json" 2>> "$log"
+      stop_server
+      step "$name" "$rc" "$LOGS/$name.json" "$log"
+    else
+      echo '{"error": "server did not start"}' > "$LOGS/$name.json"
+      step "$name" 1 "$LOGS/$name.json" "$log"
+    fi
+  done
+}
+if wanted http; then
+  http_model minilm "$MINILM"
+  [ -d "$WORK/bert-large" ] && http_model bert-large "$WORK/bert-large"
+  pack
+fi
+if wanted oom && [ -d "$WORK/bert-large" ] && time_for oom 40; then
+  log=$LOGS/oom.log
+  if start_server "$log" "$WORK/bert-large" float16 fused --max-batch-tokens 4000000; then
+    timeout -k 5 60 "$BIN" bench --url "$URL" --concurrency 256 --corpus-size 4096 \
+      --requests 4096 --max-time 8 --json "$LOGS/oom-bench.json" > "$LOGS/oom-bench.txt" 2>&1
+    alive=false
+    kill -0 "$SERVER_PID" 2>/dev/null && curl -sf "$URL/health" > /dev/null && alive=true
+    "${H[@]}" oom-summary "$LOGS/oom-bench.json" "$log" "$alive" > "$LOGS/oom.json" 2>> "$log"
+    rc=$?
+    stop_server
+    step oom "$rc" "$LOGS/oom.json" "$log"
+  else
+    echo '{"error": "server did not start with --max-batch-tokens 4000000"}' > "$LOGS/oom.json"
+    step oom 1 "$LOGS/oom.json" "$log"
+  fi
+  pack
+fi
+
 # --- 5. summary -------------------------------------------------------------------------------
 record elapsed_s "$(elapsed)"
+"${H[@]}" issue-keys "$S" > /dev/null 2>> "$LOGS/summary.log"   # the keys issue 17 names
 "${H[@]}" table "$S" | tee "$FINAL/summary.txt"
 cp "$S" "$LOGS/summary.json" 2>/dev/null
 pack

@@ -94,7 +94,10 @@ FIGURES = [("figure_hint", "{}"), ("worst_fused_f16", "worst fused f16 cos {}"),
            ("sentences_per_s_after_load", "{} sent/s after load"),
            ("best_sentences_per_s", "{} sent/s best"), ("real_process_mib", "real {} MiB"),
            ("plan_needed_mib", "plan {} MiB"), ("real_over_plan", "real/plan {}"),
-           ("parameters", "{} parameters"), ("backend", "backend {}"), ("fused_fallback", "fell back: {}")]
+           ("parameters", "{} parameters"), ("backend", "backend {}"), ("fused_fallback", "fell back: {}"),
+           ("http_best_sentences_per_s", "HTTP best {} sent/s"), ("http_best_concurrency", "at c={}"),
+           ("p50_c1_ms", "p50 c=1 {} ms"), ("oom_survived", "survived {}"),
+           ("capped_tokens", "budget capped to {}"), ("answered", "{} answered")]
 
 
 def cmd_step(path, name, rc, result_file, log=""):
@@ -478,13 +481,107 @@ def cmd_table(path):
           + (f"; failed: {', '.join(d['failed'])}" if d["failed"] else ""))
 
 
+def try_json(path):
+    try:
+        return load_json(path)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def field(e, key):
+    return (e.get("fields") or {}).get(key, e.get(key))
+
+
+def best_level(report):
+    levels = [lv for lv in (report or {}).get("levels", []) if lv.get("sentences_per_s")]
+    return max(levels, key=lambda lv: lv["sentences_per_s"]) if levels else None
+
+
+def cmd_http_summary(bench_json, log):
+    """One HTTP step: best level, p50 at concurrency 1, lost requests, the backend that ran."""
+    rep = try_json(bench_json) or {}
+    levels = rep.get("levels", [])
+    best = best_level(rep)
+    c1 = next((lv for lv in levels if lv.get("concurrency") == 1), None)
+    lost = sum(lv.get("lost", 0) for lv in levels)
+    facts = server_facts(log_events(log))
+    print(json.dumps({
+        "http_best_sentences_per_s": best and round(best["sentences_per_s"], 1),
+        "http_best_concurrency": best and best["concurrency"],
+        "p50_c1_ms": c1 and round(c1["p50_ms"], 3),
+        "lost": lost, "corpus_mean_tokens": rep.get("corpus_mean_tokens"),
+        "backend": facts.get("backend"), "fused_fallback": facts.get("fused_fallback"),
+        "levels": [{k: lv.get(k) for k in ("concurrency", "requests", "errors", "lost",
+                                            "sentences_per_s", "p50_ms", "p99_ms")}
+                   for lv in levels],
+        "pass": best is not None and lost == 0}))
+
+
+def cmd_oom_summary(bench_json, log, alive):
+    """The absurd-budget step: the process survived, answered, and what the cap did."""
+    rep = try_json(bench_json) or {}
+    lv = (rep.get("levels") or [{}])[0]
+    events = log_events(log)
+    cap = event(events, "token budget checked against the GPU's free memory") or {}
+    splits = sum(1 for e in events if "split" in str(field(e, "message")).lower())
+    ok = (lv.get("requests") or 0) - (lv.get("errors") or 0)
+    print(json.dumps({
+        "oom_survived": alive == "true", "answered": ok, "lost": lv.get("lost"),
+        "configured_tokens": num(field(cap, "configured")),
+        "capped_tokens": num(field(cap, "capped")),
+        "free_mib": num(field(cap, "free_mib")), "split_events": splits,
+        "pass": alive == "true" and ok > 0 and not lv.get("lost")}))
+
+
+def cmd_issue_keys(path):
+    """Adds the keys issue 17 names to summary.json, derived from the steps (null: not run)."""
+    d = read_summary(path)
+    st = d.get("steps", {})
+
+    def g(name, key):
+        return (st.get(name) or {}).get(key)
+
+    gpu = str(d.get("gpu") or "").split(",")
+    speed = speed_rows(st)
+    large_tokens = g("http-bert-large-fused", "corpus_mean_tokens")
+    large_offline = (speed.get("bert-large") or {}).get("fused")
+    d["issue17"] = {
+        "card": gpu[0].strip() if gpu else None,
+        "driver": gpu[1].strip() if len(gpu) > 1 else None,
+        "commit": d.get("commit") or d.get("tree_commit"),
+        "selftest_pass": g("selftest", "pass"),
+        "minilm": {
+            "ref_min_cos_f16": g("minilm-ref-fused-float16", "min_cosine"),
+            "ref_min_cos_bf16": g("minilm-ref-fused-bfloat16", "min_cosine"),
+            "st_best": (speed.get("minilm") or {}).get("peer"),
+            "offline": (speed.get("minilm") or {}).get("fused"),
+            "http_best": g("http-minilm-fused", "http_best_sentences_per_s"),
+            "p50_c1_ms": g("http-minilm-fused", "p50_c1_ms"),
+        },
+        "bert_large": {
+            "st_best": (speed.get("bert-large") or {}).get("peer"),
+            "offline": large_offline,
+            "http_best": g("http-bert-large-fused", "http_best_sentences_per_s"),
+            # 2 x 335 M FLOP per token (matrix products; attention left out), at the HTTP
+            # corpus's mean tokens per text: an estimate, named as one.
+            "tflops": round(large_offline * large_tokens * 2 * 335e6 / 1e12, 1)
+            if large_offline and large_tokens else None,
+        },
+        "oom_survived": g("oom", "oom_survived"),
+    }
+    write_json(path, d)
+    print(json.dumps(d["issue17"]))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"record": cmd_record, "step": cmd_step, "skip": cmd_skip, "minilm-lines": cmd_minilm_lines,
           "minilm-check": cmd_minilm_check, "fixture-check": cmd_fixture_check,
           "batch-stats": cmd_batch_stats, "compare": cmd_compare,
           "server-log": cmd_server_log, "selftest-summary": cmd_selftest_summary,
-          "annotate": cmd_annotate, "memory": cmd_memory, "table": cmd_table}[cmd]
+          "annotate": cmd_annotate, "memory": cmd_memory, "table": cmd_table,
+          "http-summary": cmd_http_summary, "oom-summary": cmd_oom_summary,
+          "issue-keys": cmd_issue_keys}[cmd]
     fn(*args)
 
 

@@ -132,7 +132,7 @@ fi
 cat <<EOF
 
 Run on the GPU machine (device tool), one call, ~8 minutes on an H200:
-  run(carry=["$CARRY"], command="CARRY=$CARRY bash tests/gpu/fused.sh", timeout_s=560)
+  run(carry=["$CARRY"], command="CARRY=$CARRY bash tests/gpu/fused.sh", timeout_s=590)
 Results come back as summary.json, summary.txt, selftest.json, logs.tar.gz; copy them to
 docs/gpu-results/<date>-<card>/ (see docs/CUDA.md, "GPU verification").
 EOF
