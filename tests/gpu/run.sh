@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# The one prepared check of the fused backend (selftest, reference vectors, speed beside the peer,
+# HTTP, the absurd budget, summary.json) is tests/gpu/fused.sh (after tests/gpu/prepare.sh); this
+# script stays as the lifecycle check (FP16 use, NVML gauges, SIGTERM under load) of either backend.
 # GPU verification, run on a machine with an NVIDIA GPU (the lent H100/H200), in one command:
 #   1. serve all-MiniLM-L6-v2 in FP16 and check held-out reference vectors (cosine >= 0.999);
 #   2. check that F16 is really used (weights' memory ~ half of F32) and that NVML gauges appear;
