@@ -6,13 +6,13 @@
 
 use serde::Deserialize;
 
-use super::encoder::{Encoder, EncoderLayer};
+use super::encoder::{Encoder, EncoderLayer, LayerNames};
 use super::{layer_norm, linear, table, Backbone, Facts};
 use crate::model::batch::PackedBatch;
 use crate::model::heads::{Classifier, Dense, Splade};
 use crate::model::layers::{Activation, Backend};
 use crate::model::weights::Weights;
-use crate::model::{ModelError, Pooling};
+use crate::model::ModelError;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
@@ -168,32 +168,32 @@ impl<B: Backend> Backbone<B> for BertLike<B> {
     }
 }
 
+const LAYER: LayerNames = LayerNames {
+    qkv: [
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+    ],
+    attn_out: "attention.output.dense",
+    attn_norm: "attention.output.LayerNorm",
+    mlp_in: "intermediate.dense",
+    mlp_out: "output.dense",
+    mlp_norm: "output.LayerNorm",
+};
+
 /// The encoder layers `encoder.layer.{i}.*` as BERT names them.
 pub fn encoder<B: Backend>(b: &B, w: &Weights, c: &BertConfig) -> Result<Encoder<B>, ModelError> {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for l in 0..c.num_hidden_layers {
         let p = format!("encoder.layer.{l}");
-        layers.push(EncoderLayer {
-            qkv: linear(
-                b,
-                w,
-                &["query", "key", "value"].map(|n| format!("{p}.attention.self.{n}")),
-                h,
-                h,
-            )?,
-            attn_out: linear(b, w, &[format!("{p}.attention.output.dense")], h, h)?,
-            attn_norm: layer_norm(
-                b,
-                w,
-                &format!("{p}.attention.output.LayerNorm"),
-                h,
-                c.layer_norm_eps,
-            )?,
-            mlp_in: linear(b, w, &[format!("{p}.intermediate.dense")], h, i)?,
-            mlp_out: linear(b, w, &[format!("{p}.output.dense")], i, h)?,
-            mlp_norm: layer_norm(b, w, &format!("{p}.output.LayerNorm"), h, c.layer_norm_eps)?,
-        });
+        layers.push(EncoderLayer::load(
+            b,
+            w,
+            &p,
+            &LAYER,
+            (h, i, c.layer_norm_eps),
+        )?);
     }
     Ok(Encoder {
         layers,
@@ -249,21 +249,15 @@ pub fn classifier<B: Backend>(
     labels: Vec<String>,
 ) -> Result<Classifier<B>, ModelError> {
     let c = BertConfig::parse(cfg)?;
-    let h = c.hidden_size;
-    Ok(Classifier {
-        pooling: Pooling::Cls,
-        steps: vec![
-            Dense::new(
-                linear(b, w, &["pooler.dense".into()], h, h)?,
-                Activation::Tanh,
-            ),
-            Dense::new(
-                linear(b, w, &["classifier".into()], h, labels.len())?,
-                Activation::None,
-            ),
-        ],
+    super::first_token_head(
+        b,
+        w,
+        "pooler.dense",
+        Activation::Tanh,
+        "classifier",
+        c.hidden_size,
         labels,
-    })
+    )
 }
 
 /// `BertForMaskedLM`'s head for SPLADE: `cls.predictions.transform` then the decoder, tied to

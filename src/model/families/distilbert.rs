@@ -6,12 +6,12 @@
 use serde::Deserialize;
 
 use super::bert::{BertConfig, BertLike, Embeddings};
-use super::encoder::{Encoder, EncoderLayer};
-use super::{layer_norm, linear, Backbone, Facts};
-use crate::model::heads::{Classifier, Dense};
+use super::encoder::{Encoder, EncoderLayer, LayerNames};
+use super::{Backbone, Facts};
+use crate::model::heads::Classifier;
 use crate::model::layers::{Activation, Backend};
 use crate::model::weights::Weights;
-use crate::model::{ModelError, Pooling};
+use crate::model::ModelError;
 
 /// DistilBERT's LayerNorms are built with this eps, whatever the config says.
 const EPS: f64 = 1e-12;
@@ -75,25 +75,21 @@ pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
     })
 }
 
+const LAYER: LayerNames = LayerNames {
+    qkv: ["attention.q_lin", "attention.k_lin", "attention.v_lin"],
+    attn_out: "attention.out_lin",
+    attn_norm: "sa_layer_norm",
+    mlp_in: "ffn.lin1",
+    mlp_out: "ffn.lin2",
+    mlp_norm: "output_layer_norm",
+};
+
 fn encoder<B: Backend>(b: &B, w: &Weights, c: &DistilBertConfig) -> Result<Encoder<B>, ModelError> {
     let (h, i) = (c.dim, c.hidden_dim);
     let mut layers = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
         let p = format!("transformer.layer.{l}");
-        layers.push(EncoderLayer {
-            qkv: linear(
-                b,
-                w,
-                &["q_lin", "k_lin", "v_lin"].map(|n| format!("{p}.attention.{n}")),
-                h,
-                h,
-            )?,
-            attn_out: linear(b, w, &[format!("{p}.attention.out_lin")], h, h)?,
-            attn_norm: layer_norm(b, w, &format!("{p}.sa_layer_norm"), h, EPS)?,
-            mlp_in: linear(b, w, &[format!("{p}.ffn.lin1")], h, i)?,
-            mlp_out: linear(b, w, &[format!("{p}.ffn.lin2")], i, h)?,
-            mlp_norm: layer_norm(b, w, &format!("{p}.output_layer_norm"), h, EPS)?,
-        });
+        layers.push(EncoderLayer::load(b, w, &p, &LAYER, (h, i, EPS))?);
     }
     Ok(Encoder {
         layers,
@@ -132,19 +128,13 @@ pub fn classifier<B: Backend>(
     labels: Vec<String>,
 ) -> Result<Classifier<B>, ModelError> {
     let c = DistilBertConfig::parse(cfg)?;
-    let h = c.dim;
-    Ok(Classifier {
-        pooling: Pooling::Cls,
-        steps: vec![
-            Dense::new(
-                linear(b, w, &["pre_classifier".into()], h, h)?,
-                Activation::Relu,
-            ),
-            Dense::new(
-                linear(b, w, &["classifier".into()], h, labels.len())?,
-                Activation::None,
-            ),
-        ],
+    super::first_token_head(
+        b,
+        w,
+        "pre_classifier",
+        Activation::Relu,
+        "classifier",
+        c.dim,
         labels,
-    })
+    )
 }

@@ -19,6 +19,40 @@ pub struct EncoderLayer<B: Backend> {
     pub mlp_norm: B::Norm,
 }
 
+/// Where a post-norm layer's weights sit under its layer prefix: the checkpoint names are all
+/// that BERT, DistilBERT and MPNet layers differ in.
+pub struct LayerNames {
+    /// Query, key and value, stacked into one product.
+    pub qkv: [&'static str; 3],
+    pub attn_out: &'static str,
+    pub attn_norm: &'static str,
+    pub mlp_in: &'static str,
+    pub mlp_out: &'static str,
+    pub mlp_norm: &'static str,
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    /// The layer at `prefix` (`encoder.layer.3`), named as `names` says.
+    pub fn load(
+        b: &B,
+        w: &super::Weights,
+        prefix: &str,
+        names: &LayerNames,
+        (hidden, intermediate, eps): (usize, usize, f64),
+    ) -> Result<Self, ModelError> {
+        use super::{layer_norm, linear};
+        let at = |n: &str| format!("{prefix}.{n}");
+        Ok(Self {
+            qkv: linear(b, w, &names.qkv.map(at), hidden, hidden)?,
+            attn_out: linear(b, w, &[at(names.attn_out)], hidden, hidden)?,
+            attn_norm: layer_norm(b, w, &at(names.attn_norm), hidden, eps)?,
+            mlp_in: linear(b, w, &[at(names.mlp_in)], hidden, intermediate)?,
+            mlp_out: linear(b, w, &[at(names.mlp_out)], intermediate, hidden)?,
+            mlp_norm: layer_norm(b, w, &at(names.mlp_norm), hidden, eps)?,
+        })
+    }
+}
+
 pub struct Encoder<B: Backend> {
     pub layers: Vec<EncoderLayer<B>>,
     pub heads: usize,

@@ -193,6 +193,32 @@ pub(crate) fn linear<B: Backend>(
     Ok(l)
 }
 
+/// The usual sequence-classification head: the first token → `dense` (hidden → hidden) →
+/// `activation` → `out` (hidden → one logit per label). BERT (`pooler.dense`, tanh), DistilBERT
+/// (`pre_classifier`, ReLU), RoBERTa and MPNet (`classifier.dense`, tanh) differ only in names.
+pub(crate) fn first_token_head<B: Backend>(
+    b: &B,
+    w: &Weights,
+    dense: &str,
+    activation: super::layers::Activation,
+    out: &str,
+    hidden: usize,
+    labels: Vec<String>,
+) -> Result<Classifier<B>, ModelError> {
+    use super::heads::Dense;
+    Ok(Classifier {
+        pooling: super::Pooling::Cls,
+        steps: vec![
+            Dense::new(linear(b, w, &[dense.into()], hidden, hidden)?, activation),
+            Dense::new(
+                linear(b, w, &[out.into()], hidden, labels.len())?,
+                super::layers::Activation::None,
+            ),
+        ],
+        labels,
+    })
+}
+
 /// A layer norm at `prefix` (`weight`/`bias`, or old checkpoints' `gamma`/`beta`; the bias may
 /// be absent).
 pub(crate) fn layer_norm<B: Backend>(

@@ -4,8 +4,8 @@
 //! token types; Q/K/V/O are `attention.attn.{q,k,v,o}`.
 
 use super::bert::{BertConfig, BertLike, Embeddings};
-use super::encoder::{Encoder, EncoderLayer};
-use super::{field, layer_norm, linear, tensor, Backbone, Facts};
+use super::encoder::{Encoder, EncoderLayer, LayerNames};
+use super::{field, tensor, Backbone, Facts};
 use crate::model::heads::Classifier;
 use crate::model::layers::{Activation, Backend, Buckets};
 use crate::model::weights::Weights;
@@ -46,6 +46,15 @@ pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
     })
 }
 
+const LAYER: LayerNames = LayerNames {
+    qkv: ["attention.attn.q", "attention.attn.k", "attention.attn.v"],
+    attn_out: "attention.attn.o",
+    attn_norm: "attention.LayerNorm",
+    mlp_in: "intermediate.dense",
+    mlp_out: "output.dense",
+    mlp_norm: "output.LayerNorm",
+};
+
 fn encoder<B: Backend>(
     b: &B,
     w: &Weights,
@@ -56,20 +65,7 @@ fn encoder<B: Backend>(
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for l in 0..c.num_hidden_layers {
         let p = format!("encoder.layer.{l}");
-        layers.push(EncoderLayer {
-            qkv: linear(
-                b,
-                w,
-                &["q", "k", "v"].map(|n| format!("{p}.attention.attn.{n}")),
-                h,
-                h,
-            )?,
-            attn_out: linear(b, w, &[format!("{p}.attention.attn.o")], h, h)?,
-            attn_norm: layer_norm(b, w, &format!("{p}.attention.LayerNorm"), h, eps)?,
-            mlp_in: linear(b, w, &[format!("{p}.intermediate.dense")], h, i)?,
-            mlp_out: linear(b, w, &[format!("{p}.output.dense")], i, h)?,
-            mlp_norm: layer_norm(b, w, &format!("{p}.output.LayerNorm"), h, eps)?,
-        });
+        layers.push(EncoderLayer::load(b, w, &p, &LAYER, (h, i, eps))?);
     }
     let name = "encoder.relative_attention_bias.weight";
     let table = tensor(w, name, &[buckets, c.num_attention_heads])?;

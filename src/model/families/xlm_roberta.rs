@@ -4,11 +4,11 @@
 //! `classifier.out_proj` on the first token (no pooler).
 
 use super::bert::{self, BertConfig, BertLike, Embeddings};
-use super::{linear, Backbone, Facts};
-use crate::model::heads::{Classifier, Dense};
+use super::{Backbone, Facts};
+use crate::model::heads::Classifier;
 use crate::model::layers::{Activation, Backend};
 use crate::model::weights::Weights;
-use crate::model::{ModelError, Pooling};
+use crate::model::ModelError;
 
 /// RoBERTa's `padding_idx` (1 in every released checkpoint).
 fn pad_id(c: &BertConfig) -> u32 {
@@ -76,20 +76,15 @@ pub fn classification_head<B: Backend>(
     hidden: usize,
     labels: Vec<String>,
 ) -> Result<Classifier<B>, ModelError> {
-    Ok(Classifier {
-        pooling: Pooling::Cls,
-        steps: vec![
-            Dense::new(
-                linear(b, w, &["classifier.dense".into()], hidden, hidden)?,
-                Activation::Tanh,
-            ),
-            Dense::new(
-                linear(b, w, &["classifier.out_proj".into()], hidden, labels.len())?,
-                Activation::None,
-            ),
-        ],
+    super::first_token_head(
+        b,
+        w,
+        "classifier.dense",
+        Activation::Tanh,
+        "classifier.out_proj",
+        hidden,
         labels,
-    })
+    )
 }
 
 pub fn classifier<B: Backend>(
