@@ -123,6 +123,26 @@ fn benches(c: &mut Criterion) {
             })
         },
     );
+    // The same product in FP16 (`--dtype float16`) where the CPU has AVX512-FP16, and the
+    // shapes of all-mpnet-base-v2's FFN in both precisions.
+    for (m_rows, k, n) in [(512, 384, 1536), (1152, 768, 3072), (1152, 3072, 768)] {
+        let a: Vec<f32> = (0..m_rows * k).map(|i| (i % 13) as f32 * 0.01).collect();
+        let plain: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
+        let mut out = vec![0f32; m_rows * n];
+        let bias = vec![0.01f32; n];
+        group.throughput(criterion::Throughput::Elements((2 * m_rows * k * n) as u64));
+        for (name, w) in [
+            ("f32", PackedWeights::new(plain.clone(), k, n)),
+            ("f16", PackedWeights::new_half(plain.clone(), k, n)),
+        ] {
+            if name == "f16" && !spotinfer::model::cpu::half::available() {
+                continue;
+            }
+            group.bench_function(format!("linear {name} {m_rows} x {k} x {n} + bias"), |b| {
+                b.iter(|| matmul::linear(&mut out, &a, m_rows, &w, Epilogue::bias(&bias)))
+            });
+        }
+    }
     group.finish();
 
     let st = model::SentenceTransformerConfig::read(&files).expect("st config");

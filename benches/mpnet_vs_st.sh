@@ -17,6 +17,8 @@
 #   TEXTS=1024           offline corpus texts (the deterministic corpus of `spotinfer bench`)
 #   REQUESTS=512         HTTP requests per level and run;  MAX_TIME=120  seconds per level
 #   CONCURRENCY=32       HTTP concurrency (comma list allowed)
+#   DTYPE=float32        ours: float32, or float16 (FP16 dense layers on AVX512-FP16 CPUs);
+#                        the peer always runs float32, its fastest on a CPU
 #   SKIP_BUILD=1         use target/release/spotinfer as it is;  KEEP_SCRATCH=1 keeps the logs
 # stdout: a markdown summary; the JSON of every run goes to OUT_JSON. Logs on stderr.
 set -euo pipefail
@@ -29,6 +31,7 @@ TEXTS="${TEXTS:-1024}"
 REQUESTS="${REQUESTS:-512}"
 MAX_TIME="${MAX_TIME:-120}"
 CONCURRENCY="${CONCURRENCY:-32}"
+DTYPE="${DTYPE:-float32}"
 log() { echo "mpnet_vs_st: $*" >&2; }
 
 MODEL="$(bash scripts/fetch-mpnet.sh | tail -n1)"
@@ -87,12 +90,26 @@ for ((r = 1; r <= ROUNDS; r++)); do
   # A fresh output each round: the same output again would resume from its checkpoint.
   out="$SCRATCH/out-$r.jsonl"
   t0="$(now)"
-  /usr/bin/time -f '%U %S' -o "$SCRATCH/batch.time" "$BIN" batch --no-progress --model-id "$MODEL" --input "$SCRATCH/job.jsonl" \
+  /usr/bin/time -f '%U %S' -o "$SCRATCH/batch.time" "$BIN" batch --no-progress --model-id "$MODEL" --dtype "$DTYPE" --input "$SCRATCH/job.jsonl" \
     --output "$out" 2>"$SCRATCH/batch-$r.log"
   t1="$(now)"
   lines="$(wc -l <"$out")"
   rm -f "$out"
-  record "$("$PY" -c "import json,sys; s=$t1-$t0; print(json.dumps({'kind':'offline','who':'spotinfer','round':$r,'at':'$(date -u +%H:%M:%SZ)','texts':$TEXTS,'output_lines':$lines,'seconds':s,'cpu_seconds':sum(map(float,open('$SCRATCH/batch.time').read().split()[-2:])),'sentences_per_s':$TEXTS/s}))")"
+  # Also from "model loaded and warmed up" to "batch complete" in its log: timed as the peer
+  # is (its model load is outside its clock).
+  after_load="$("$PY" -c "
+import re, sys
+from datetime import datetime
+t = {}
+for line in open(sys.argv[1]):
+    m = re.match(r'(\S+)Z\s', line)
+    for key in ('model loaded and warmed up', 'batch complete'):
+        if m and key in line:
+            t[key] = datetime.fromisoformat(m.group(1))
+a, b = t.get('model loaded and warmed up'), t.get('batch complete')
+print((b - a).total_seconds() if a and b else 'None')
+" "$SCRATCH/batch-$r.log")"
+  record "$("$PY" -c "import json,sys; s=$t1-$t0; a=$after_load; print(json.dumps({'kind':'offline','who':'spotinfer','round':$r,'at':'$(date -u +%H:%M:%SZ)','texts':$TEXTS,'output_lines':$lines,'seconds':s,'cpu_seconds':sum(map(float,open('$SCRATCH/batch.time').read().split()[-2:])),'sentences_per_s':$TEXTS/s,'seconds_after_load':a,'sentences_per_s_after_load':$TEXTS/a if a else None}))")"
   st="$("$PY" benches/st_baseline.py "$MODEL" "$SCRATCH/corpus.jsonl" 2>/dev/null | tail -n1)"
   record "$("$PY" -c "import json,sys; d=json.loads(sys.argv[1]); d.update(kind='offline',who='sentence-transformers',round=$r,at='$(date -u +%H:%M:%SZ)'); print(json.dumps(d))" "$st")"
 done
@@ -100,7 +117,7 @@ done
 log "== HTTP, concurrency $CONCURRENCY, $ROUNDS alternating rounds of $REQUESTS requests"
 OURS_PORT="$(free_port)"
 "$BIN" serve --hostname 127.0.0.1 --port "$OURS_PORT" --prometheus-port 0 --model-id "$MODEL" \
-  --state-dir "$SCRATCH/state" >/dev/null 2>"$SCRATCH/serve.log" &
+  --dtype "$DTYPE" --state-dir "$SCRATCH/state" >/dev/null 2>"$SCRATCH/serve.log" &
 OURS_PID=$!
 PIDS+=("$OURS_PID")
 wait_ready "http://127.0.0.1:$OURS_PORT" "$OURS_PID" 120
@@ -120,18 +137,18 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 mkdir -p "$(dirname "$OUT_JSON")"
-"$PY" - "$RUNS" "$OUT_JSON" "$START" "$COMMIT" "$MODEL" "$TEXTS" "$REQUESTS" "$CONCURRENCY" <<'EOF'
+"$PY" - "$RUNS" "$OUT_JSON" "$START" "$COMMIT" "$MODEL" "$TEXTS" "$REQUESTS" "$CONCURRENCY" "$DTYPE" <<'EOF'
 import json, platform, re, subprocess, sys
-runs_path, out_path, start, commit, model, texts, requests, conc = sys.argv[1:]
+runs_path, out_path, start, commit, model, texts, requests, conc, dtype = sys.argv[1:]
 runs = [json.loads(l) for l in open(runs_path)]
 cpu = open("/proc/cpuinfo").read()
 name = re.search(r"model name\s*:\s*(.*)", cpu).group(1).strip()
 flags = set(re.search(r"flags\s*:\s*(.*)", cpu).group(1).split())
 isa = {"avx2": "avx2" in flags, "fma": "fma" in flags, "avx512f": "avx512f" in flags,
        "avx512_bf16": "avx512_bf16" in flags, "amx_tile": "amx_tile" in flags,
-       "amx_bf16": "amx_bf16" in flags}
+       "amx_bf16": "amx_bf16" in flags, "avx512_fp16": "avx512_fp16" in flags}
 import os
-report = {"model": "all-mpnet-base-v2", "model_dir": model, "dtype": "float32",
+report = {"model": "all-mpnet-base-v2", "model_dir": model, "dtype": dtype, "peer_dtype": "float32",
           "backend": "native CPU", "start_utc": start,
           "end_utc": subprocess.run(["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"], capture_output=True,
                                     text=True).stdout.strip(),
@@ -155,19 +172,24 @@ for kind in ("offline", "http"):
     ours = [r for r in runs if r["kind"] == kind and r["who"] == "spotinfer"]
     peer = [r for r in runs if r["kind"] == kind and r["who"] == "sentence-transformers"]
     for o, p in zip(ours, peer):
+        after = o.get("sentences_per_s_after_load")
         rows.append({"kind": kind, "round": o["round"], "ours": rate(o), "peer": rate(p),
-                     "ratio": rate(o) / rate(p), "ours_cpu_s_per_sentence": cpu_per_sentence(o),
+                     "ratio": rate(o) / rate(p),
+                     "ratio_load_excluded": after / rate(p) if after else None,
+                     "ours_cpu_s_per_sentence": cpu_per_sentence(o),
                      "peer_cpu_s_per_sentence": cpu_per_sentence(p),
                      "ours_detail": extra(o), "peer_detail": extra(p),
                      "loadavg_after": [o["loadavg_1m_after"], p["loadavg_1m_after"]]})
 report["pairs"] = rows
 json.dump(report, open(out_path, "w"), indent=2)
 print("| measurement | round | spotinfer sent/s | sentence-transformers sent/s | ratio "
+      "| ratio, our load excluded as the peer's is "
       "| CPU s/sentence ours / peer | ours | peer | load avg after ours / peer |")
-print("| --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |")
 for r in rows:
     what = "offline" if r["kind"] == "offline" else f"HTTP c={conc}"
-    print(f"| {what} | {r['round']} | {r['ours']:.2f} | {r['peer']:.2f} | {r['ratio']:.2f}x "
+    excl = f"{r['ratio_load_excluded']:.2f}x" if r["ratio_load_excluded"] else "-"
+    print(f"| {what} | {r['round']} | {r['ours']:.2f} | {r['peer']:.2f} | {r['ratio']:.2f}x | {excl} "
           f"| {r['ours_cpu_s_per_sentence']:.3f} / {r['peer_cpu_s_per_sentence']:.3f} "
           f"| {r['ours_detail']} | {r['peer_detail']} "
           f"| {r['loadavg_after'][0]:.2f} / {r['loadavg_after'][1]:.2f} |")

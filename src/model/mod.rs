@@ -258,21 +258,30 @@ pub fn load(
             return Ok(m);
         }
     }
-    let native =
-        opts.device.is_cpu() && opts.dtype == DType::F32 && opts.cpu_backend == CpuBackend::Native;
-    if native {
-        load_on(cpu::Cpu::new(), &arch, task, &cfg, files, st, pooling)
-    } else {
-        load_on(
-            reference::Reference::new(opts.device.clone(), opts.dtype),
-            &arch,
-            task,
-            &cfg,
-            files,
-            st,
-            pooling,
-        )
+    let native = opts.device.is_cpu() && opts.cpu_backend == CpuBackend::Native;
+    if native && opts.dtype == DType::F32 {
+        return load_on(cpu::Cpu::new(), &arch, task, &cfg, files, st, pooling);
     }
+    if native && opts.dtype == DType::F16 {
+        match cpu::Cpu::half() {
+            Some(backend) => return load_on(backend, &arch, task, &cfg, files, st, pooling),
+            None => tracing::warn!(
+                "--dtype float16 on the native CPU backend needs AVX512-FP16 (Intel Sapphire \
+                 Rapids or later) and --cpu-kernel auto, avx512 or amx: using the reference \
+                 backend in float16, which is slow on a CPU; --dtype float32 is the fast \
+                 choice here"
+            ),
+        }
+    }
+    load_on(
+        reference::Reference::new(opts.device.clone(), opts.dtype),
+        &arch,
+        task,
+        &cfg,
+        files,
+        st,
+        pooling,
+    )
 }
 
 /// The model on the fused CUDA backend, or `None` (logged) when it refuses: the caller loads

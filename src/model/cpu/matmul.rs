@@ -7,6 +7,7 @@
 //! passes over memory for bias, GELU, residual and layer norm. Here:
 //! - a micro-kernel (`microkernel.rs`) does the arithmetic: 12 x 32 with AVX-512F, else 6 x 16
 //!   with AVX2+FMA, on the same packed panels; AMX tiles (`amx.rs`) where the CPU has them;
+//!   FP16 panels (`half.rs`) for `--dtype float16` on CPUs with AVX512-FP16;
 //! - rows are processed in blocks of `MC`; each block gets its whole epilogue right after its
 //!   product, while it is in L2;
 //! - blocks run in parallel on rayon's threads (columns are split too when there are few rows).
@@ -18,6 +19,7 @@ use rayon::prelude::*;
 
 use super::amx;
 use super::elementwise::{self as ew, Pointwise};
+use super::half;
 use super::microkernel::tile;
 use super::packed::{PackedWeights, KC};
 use super::simd::{Simd, MR512, NR};
@@ -26,6 +28,8 @@ use crate::model::layers::NormKind;
 const MC: usize = 72;
 /// Rows per AMX task: four 32-row strips pass over each L2-sized group of W's columns.
 const MC_AMX: usize = 128;
+/// Rows per FP16 task: twelve 12-row strips.
+const MC_HALF: usize = 144;
 
 /// A norm applied row by row in an epilogue.
 #[derive(Clone, Copy)]
@@ -103,7 +107,7 @@ pub fn linear_on(
         w.amx.is_none() || simd == Simd::Amx,
         "AMX weights need the AMX kernel"
     );
-    if w.packed.is_empty() && w.amx.is_none() {
+    if w.packed.is_empty() && w.amx.is_none() && w.half.is_none() {
         fallback(c, a, m, w);
         row_blocks(c, m, n, threads, MR512, MC)
             .into_par_iter()
@@ -112,44 +116,46 @@ pub fn linear_on(
             });
         return;
     }
+    if let Some(half) = &w.half {
+        // SAFETY: FP16 panels are only made where half::available(); each call writes the
+        // rows and panels it is given.
+        let run = |c: *mut f32, a: &[f32], rows: usize, panels: std::ops::Range<usize>| unsafe {
+            half::product(c, a, rows, half, panels)
+        };
+        by_strips(
+            c,
+            a,
+            m,
+            k,
+            n,
+            threads,
+            &epi,
+            half::ROWS,
+            MC_HALF,
+            half::panels(half),
+            run,
+        );
+        return;
+    }
     if let (Simd::Amx, Some(tiles)) = (simd, &w.amx) {
-        // AMX for every batch size, so a text gets the same vector alone or in any batch.
-        if m.div_ceil(MC_AMX) >= 2 * threads || threads == 1 {
-            // Many rows: a block of strips per task, each block's epilogue right after.
-            row_blocks(c, m, n, threads, amx::TILE, MC_AMX)
-                .into_par_iter()
-                .for_each(|(r0, rows)| {
-                    let mr = rows.len() / n;
-                    // SAFETY: Simd::Amx is only detected with AMX granted; a and rows hold mr
-                    // rows, all of whose columns this task owns.
-                    unsafe {
-                        amx::product(
-                            rows.as_mut_ptr(),
-                            &a[r0 * k..],
-                            mr,
-                            tiles,
-                            0..amx::pairs(tiles),
-                        )
-                    };
-                    epilogue(rows, r0, n, &epi);
-                });
-        } else {
-            // Few rows: the column pairs split across threads, then the epilogue.
-            let (pairs, cptr) = (amx::pairs(tiles), SendPtr(c.as_mut_ptr()));
-            let per = pairs.div_ceil(threads);
-            (0..threads).into_par_iter().for_each(|t| {
-                let range = (t * per).min(pairs)..((t + 1) * per).min(pairs);
-                if !range.is_empty() {
-                    // SAFETY: as above; each task writes only its own column pairs.
-                    unsafe { amx::product(cptr.get(), a, m, tiles, range) };
-                }
-            });
-            row_blocks(c, m, n, threads, MR512, MC)
-                .into_par_iter()
-                .for_each(|(r0, rows)| {
-                    epilogue(rows, r0, n, &epi);
-                });
-        }
+        // SAFETY: Simd::Amx is only detected with AMX granted; each call writes the rows and
+        // column pairs it is given.
+        let run = |c: *mut f32, a: &[f32], rows: usize, pairs: std::ops::Range<usize>| unsafe {
+            amx::product(c, a, rows, tiles, pairs)
+        };
+        by_strips(
+            c,
+            a,
+            m,
+            k,
+            n,
+            threads,
+            &epi,
+            amx::TILE,
+            MC_AMX,
+            amx::pairs(tiles),
+            run,
+        );
         return;
     }
     if m.div_ceil(MC) >= 2 * threads || threads == 1 {
@@ -182,6 +188,49 @@ pub fn linear_on(
             .into_par_iter()
             .for_each(|(r0, rows)| {
                 epilogue(rows, r0, n, &epi);
+            });
+    }
+}
+
+/// Runs a kernel that takes whole strips of `tile` rows and column units (`units` of them,
+/// AMX pairs or FP16 panels) for every batch size, so a text gets the same vector alone or in
+/// any batch: many rows go in blocks of `max` rows per task, each block's epilogue right
+/// after; few rows split the column units across threads, then the epilogue.
+#[allow(clippy::too_many_arguments)]
+fn by_strips(
+    c: &mut [f32],
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+    epi: &Epilogue<'_>,
+    tile: usize,
+    max: usize,
+    units: usize,
+    run: impl Fn(*mut f32, &[f32], usize, std::ops::Range<usize>) + Sync,
+) {
+    if m.div_ceil(max) >= 2 * threads || threads == 1 {
+        row_blocks(c, m, n, threads, tile, max)
+            .into_par_iter()
+            .for_each(|(r0, rows)| {
+                let mr = rows.len() / n;
+                run(rows.as_mut_ptr(), &a[r0 * k..], mr, 0..units);
+                epilogue(rows, r0, n, epi);
+            });
+    } else {
+        let (per, cptr) = (units.div_ceil(threads), SendPtr(c.as_mut_ptr()));
+        (0..threads).into_par_iter().for_each(|t| {
+            let range = (t * per).min(units)..((t + 1) * per).min(units);
+            if !range.is_empty() {
+                // Each task writes only its own column units.
+                run(cptr.get(), a, m, range);
+            }
+        });
+        row_blocks(c, m, n, threads, MR512, MC)
+            .into_par_iter()
+            .for_each(|(r0, rows)| {
+                epilogue(rows, r0, n, epi);
             });
     }
 }

@@ -1,7 +1,9 @@
 //! Weight matrices laid out once at load for the micro-kernels: F32 panels for the AVX
-//! kernels, split-BF16 tiles for AMX, or plain for the `gemm` crate fallback.
+//! kernels, split-BF16 tiles for AMX, FP16 panels for `--dtype float16`, or plain for the
+//! `gemm` crate fallback.
 
 use super::amx::AmxWeights;
+use super::half::HalfWeights;
 use super::simd::{Simd, NR};
 
 /// Depth of a packed block: 384 = a whole BERT-base-or-smaller hidden size, so the products
@@ -21,12 +23,31 @@ pub struct PackedWeights {
     pub(crate) packed: Vec<f32>,
     /// AMX's layout instead of `packed`, where the kernel is `Simd::Amx` and the shape fits.
     pub(crate) amx: Option<AmxWeights>,
+    /// FP16 panels instead of all the above, for `--dtype float16` where the CPU has
+    /// AVX512-FP16 and the shape fits.
+    pub(crate) half: Option<HalfWeights>,
 }
 
 impl PackedWeights {
     /// From `w` row-major `[k, n]`, for the best kernel this CPU has.
     pub fn new(w: Vec<f32>, k: usize, n: usize) -> Self {
         Self::new_for(Simd::detect(), w, k, n)
+    }
+
+    /// FP16 panels where the CPU and the shape allow (`half.rs`), else as `new`.
+    pub fn new_half(w: Vec<f32>, k: usize, n: usize) -> Self {
+        assert_eq!(w.len(), k * n, "weight size");
+        match HalfWeights::new(&w, k, n) {
+            Some(half) => Self {
+                k,
+                n,
+                plain: Vec::new(),
+                packed: Vec::new(),
+                amx: None,
+                half: Some(half),
+            },
+            None => Self::new(w, k, n),
+        }
     }
 
     /// For `simd`'s kernel: AMX's split-BF16 layout (where `k` and `n` are multiples of 32),
@@ -66,10 +87,13 @@ impl PackedWeights {
             plain,
             packed,
             amx,
+            half: None,
         }
     }
 
     pub fn bytes(&self) -> usize {
-        (self.plain.len() + self.packed.len()) * 4 + self.amx.as_ref().map_or(0, |a| a.bytes())
+        (self.plain.len() + self.packed.len()) * 4
+            + self.amx.as_ref().map_or(0, |a| a.bytes())
+            + self.half.as_ref().map_or(0, |h| h.bytes())
     }
 }
