@@ -725,6 +725,17 @@ mod tests {
         assert_eq!(convert(&[0.0; 32], &mut outliers).0, 1.0);
     }
 
+    /// On a CPU without AVX512-FP16: checks that no FP16 layout is made (so every layer stays
+    /// F32), says so, and returns true.
+    fn without_fp16() -> bool {
+        if available() {
+            return false;
+        }
+        assert!(HalfWeights::new(&[0.0; 64 * 32], 64, 32).is_none());
+        eprintln!("no AVX512-FP16 on this CPU: checked that no FP16 layout is made");
+        true
+    }
+
     fn rms(x: &[f64]) -> f64 {
         (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64).sqrt()
     }
@@ -748,9 +759,7 @@ mod tests {
     /// rows, against f64: the error stays within 4e-3 of Σ|terms|.
     #[test]
     fn products_match_f64_within_half_precision() {
-        if !available() {
-            assert!(HalfWeights::new(&[0.0; 64 * 32], 64, 32).is_none());
-            eprintln!("no AVX512-FP16 on this CPU: checked that no FP16 layout is made");
+        if without_fp16() {
             return;
         }
         for &(m, k, n) in &[
@@ -795,8 +804,7 @@ mod tests {
     /// the inputs' rounding alone at `CHUNK_PAIRS` 32; a larger chunk would break the bound).
     #[test]
     fn chunk_error_is_within_four_times_the_rounding_of_inputs() {
-        if !available() {
-            eprintln!("no AVX512-FP16 on this CPU");
+        if without_fp16() {
             return;
         }
         let (m, k, n) = (24, 3072, 64);
@@ -827,8 +835,7 @@ mod tests {
     /// it (before the split, a feature of 100 raised it 20-fold).
     #[test]
     fn an_outlier_feature_does_not_raise_the_error() {
-        if !available() {
-            eprintln!("no AVX512-FP16 on this CPU");
+        if without_fp16() {
             return;
         }
         let (k, n) = (768, 256);
@@ -859,8 +866,7 @@ mod tests {
 
     #[test]
     fn a_row_gets_the_same_bits_in_any_batch() {
-        if !available() {
-            eprintln!("no AVX512-FP16 on this CPU");
+        if without_fp16() {
             return;
         }
         let (k, n) = (128, 128);
