@@ -158,6 +158,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokenization_workers: args.tokenization_workers(),
         test_batch_delay: Duration::from_millis(args.test_batch_delay_ms),
         progress: true,
+        long_warm_up: true,
     };
     let load = async {
         if args.intake_only {

@@ -36,6 +36,10 @@ pub struct StartOptions {
     pub tokenization_workers: usize,
     pub test_batch_delay: Duration,
     pub progress: bool,
+    /// Warm up on a long input too, so that the first requests do not pay for first use of
+    /// the activation buffers (serving). A GPU always does: its working set is measured on
+    /// it. An offline job on a CPU skips it: its first batch does the same at no extra cost.
+    pub long_warm_up: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +125,7 @@ pub async fn start(
     let dev = device::select_device(device_choice(args.device))?;
     let dtype = device::select_dtype(args.dtype.map(dtype), &dev, device::saved_dtype(&config));
     let device_name = device::describe(&dev);
+    let long_warm_up = opts.long_warm_up || !dev.is_cpu();
     Simd::limit_to(kernel_cap(args.cpu_kernel));
     let load = LoadOptions {
         device: dev,
@@ -153,7 +158,11 @@ pub async fn start(
         queue.clone(),
         metrics.clone(),
         WorkerConfig {
-            warmup_lengths: vec![8, opts.limits.max_batch_tokens.min(512)],
+            warmup_lengths: if long_warm_up {
+                vec![8, opts.limits.max_batch_tokens.min(512)]
+            } else {
+                vec![8]
+            },
             test_batch_delay: opts.test_batch_delay,
             max_seq_length: st.max_seq_length,
             raise_to_longest: !opts.explicit_budget,

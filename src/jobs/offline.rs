@@ -108,6 +108,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
             tokenization_workers: (num_cpus::get() / 4).max(1),
             test_batch_delay: Duration::ZERO,
             progress: !args.no_progress,
+            long_warm_up: false,
         },
         queue,
         metrics,

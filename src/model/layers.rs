@@ -344,6 +344,11 @@ pub trait Backend: Send + Sync + 'static {
     fn dtype_name(&self) -> &'static str;
     /// Whether a batch costs `inputs x longest input` (then the queue groups similar lengths).
     fn pads_to_longest(&self) -> bool;
+    /// Bytes of the weights loaded so far, where the backend counts them; else the model
+    /// summary estimates them from the files and the dtype.
+    fn weight_bytes(&self) -> Option<usize> {
+        None
+    }
 
     /// From `[out_i, in]` matrices stacked along `out` (several for a fused QKV), and their
     /// biases (all or none).

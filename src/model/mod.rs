@@ -431,8 +431,11 @@ fn load_on<B: Backend>(
         output_size,
         max_positions: f.max_positions,
         vocab_size: f.vocab,
-        // Stored bytes are F32/F16/BF16: scale to the loaded element size.
-        parameter_bytes: parameters / w.element_bytes().max(1) * element_bytes,
+        // Counted by the backend where it can; else stored bytes (F32/F16/BF16) scaled to
+        // the loaded element size.
+        parameter_bytes: b
+            .weight_bytes()
+            .unwrap_or(parameters / w.element_bytes().max(1) * element_bytes),
         pads_to_longest: b.pads_to_longest(),
         pooling: match task {
             Task::Embed => heads.pooling,

@@ -222,15 +222,20 @@ unsafe fn head(
                     let i = i0 + r;
                     let (lo, hi) = shape.mask.keys(i, len);
                     let row = &mut scores[r * ldk..r * ldk + kn];
-                    for (j, s) in row.iter_mut().enumerate() {
-                        let key = klo + j;
-                        *s = if key < lo || key >= hi {
-                            f32::NEG_INFINITY
-                        } else if rel_bias.is_empty() {
-                            *s * shape.scale
-                        } else {
-                            *s * shape.scale + rel_bias[key + len - 1 - i]
-                        };
+                    // Keys outside lo..hi score -inf; inside, one contiguous pass (the bias
+                    // of key `key` is at key + len - 1 - i), which vectorises: per score
+                    // with the mask test inside, it was 4 % of an all-mpnet-base-v2 run.
+                    let (a, b) = (lo.max(klo) - klo, hi.max(klo) - klo);
+                    row[..a].fill(f32::NEG_INFINITY);
+                    row[b..].fill(f32::NEG_INFINITY);
+                    let inside = &mut row[a..b];
+                    if rel_bias.is_empty() {
+                        inside.iter_mut().for_each(|s| *s *= shape.scale);
+                    } else {
+                        let from = klo + a + len - 1 - i;
+                        for (s, bias) in inside.iter_mut().zip(&rel_bias[from..]) {
+                            *s = *s * shape.scale + bias;
+                        }
                     }
                 }
                 ew::scaled_exp_rows(scores, kn, ldk, 1.0, sums);

@@ -27,6 +27,7 @@ pub mod microkernel;
 pub mod packed;
 pub mod simd;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -110,6 +111,9 @@ pub struct Cpu {
     simd: Simd,
     /// Dense weights in FP16 where the CPU has AVX512-FP16 and the shape fits.
     half: bool,
+    /// Bytes of everything loaded: with FP16 dense layers the tables and the layers the
+    /// kernel cannot take stay F32, so the dtype alone does not say.
+    loaded: AtomicUsize,
 }
 
 impl Default for Cpu {
@@ -124,6 +128,7 @@ impl Cpu {
             pool: Pool::new(),
             simd: Simd::detect(),
             half: false,
+            loaded: AtomicUsize::new(0),
         }
     }
 
@@ -134,6 +139,11 @@ impl Cpu {
             half: true,
             ..Self::new()
         })
+    }
+
+    /// Counts `floats` F32 values and `extra` bytes as loaded.
+    fn count(&self, floats: usize, extra: usize) {
+        self.loaded.fetch_add(floats * 4 + extra, Ordering::Relaxed);
     }
 
     fn act(&self, rows: usize, cols: usize) -> CpuAct {
@@ -212,6 +222,10 @@ impl Backend for Cpu {
         false
     }
 
+    fn weight_bytes(&self) -> Option<usize> {
+        Some(self.loaded.load(Ordering::Relaxed))
+    }
+
     fn load_linear(
         &self,
         weights: &[HostTensor<'_>],
@@ -259,14 +273,13 @@ impl Backend for Cpu {
             }
             None => Vec::new(),
         };
-        Ok(CpuLinear {
-            w: if self.half {
-                PackedWeights::new_half(w, inp, out)
-            } else {
-                PackedWeights::new(w, inp, out)
-            },
-            b,
-        })
+        let w = if self.half {
+            PackedWeights::new_half(w, inp, out)
+        } else {
+            PackedWeights::new(w, inp, out)
+        };
+        self.count(b.len(), w.bytes());
+        Ok(CpuLinear { w, b })
     }
 
     fn load_norm(
@@ -291,6 +304,7 @@ impl Backend for Cpu {
             Some(b) => b.to_f32()?,
             None => Vec::new(),
         };
+        self.count(weight.len() + bias.len(), 0);
         Ok(CpuNorm { kind, weight, bias })
     }
 
@@ -304,18 +318,15 @@ impl Backend for Cpu {
                 })
             }
         };
-        Ok(CpuTable {
-            data: table.to_f32()?,
-            rows,
-            width,
-        })
+        let data = table.to_f32()?;
+        self.count(data.len(), 0);
+        Ok(CpuTable { data, rows, width })
     }
 
     fn load_bias(&self, table: HostTensor<'_>, buckets: Buckets) -> Result<CpuBias, ModelError> {
-        Ok(CpuBias {
-            table: table.to_f32()?,
-            buckets,
-        })
+        let table = table.to_f32()?;
+        self.count(table.len(), 0);
+        Ok(CpuBias { table, buckets })
     }
 
     fn plan(&self, batch: &PackedBatch) -> Result<CpuPlan, ModelError> {
@@ -581,4 +592,31 @@ pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
             (z % 2001) as f32 / 1000.0 - 1.0
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_bytes_count_what_each_layer_holds() {
+        let (k, n) = (64, 64);
+        let w = HostTensor::from_f32("w", vec![n, k], &test_values(k * n, 1));
+        let b = HostTensor::from_f32("b", vec![n], &test_values(n, 2));
+        let table = HostTensor::from_f32("t", vec![10, k], &test_values(10 * k, 3));
+        let cpu = Cpu::new();
+        cpu.load_linear(std::slice::from_ref(&w), Some(std::slice::from_ref(&b)))
+            .expect("linear");
+        cpu.load_table(table.clone()).expect("table");
+        assert_eq!(cpu.weight_bytes(), Some((k * n + n + 10 * k) * 4));
+        // FP16 dense layers hold 2 bytes a weight; biases and tables stay F32.
+        if let Some(half) = Cpu::half() {
+            half.load_linear(std::slice::from_ref(&w), Some(std::slice::from_ref(&b)))
+                .expect("linear");
+            half.load_table(table).expect("table");
+            assert_eq!(half.weight_bytes(), Some(k * n * 2 + (n + 10 * k) * 4));
+        } else {
+            assert!(!half::available() || Simd::detect() < Simd::Avx512);
+        }
+    }
 }
