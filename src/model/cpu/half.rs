@@ -55,28 +55,49 @@ pub struct HalfWeights {
 }
 
 impl HalfWeights {
-    /// From `w` row-major `[k, n]`; None where AVX512-FP16 is missing or the shape does not
-    /// fit the kernel (`k` a multiple of 64, `n` of `PANEL`): those layers stay F32.
+    /// From `w` row-major `[k, n]` (as `from_rows`).
     pub fn new(w: &[f32], k: usize, n: usize) -> Option<Self> {
+        assert_eq!(w.len(), k * n, "weight size");
+        let mut rows = vec![0f32; k * n];
+        for (i, row) in w.chunks_exact(n.max(1)).enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                rows[j * k + i] = *v;
+            }
+        }
+        Self::from_rows(&rows, k, n)
+    }
+
+    /// From `rows`, each output feature's `k` weights (`[n, k]`, a checkpoint's layout);
+    /// None where AVX512-FP16 is missing or the shape does not fit the kernel (`k` a multiple
+    /// of 64, `n` of `PANEL`): those layers stay F32.
+    pub fn from_rows(rows: &[f32], k: usize, n: usize) -> Option<Self> {
+        assert_eq!(rows.len(), k * n, "weight size");
         if !available() || k == 0 || !k.is_multiple_of(2 * CHUNK_PAIRS) || !n.is_multiple_of(PANEL)
         {
             return None;
         }
         // A's values reach 16: weights beyond 64 could overflow a chunk's FP16 sum (65,504).
-        if w.iter().any(|v| v.is_nan() || v.abs() > MAX_WEIGHT) {
+        if rows.iter().any(|v| v.is_nan() || v.abs() > MAX_WEIGHT) {
             return None;
         }
         // Rounded in one vectorised pass (a scalar pass added 0.8 s to loading
-        // all-mpnet-base-v2), then laid out.
+        // all-mpnet-base-v2). A row's depths 2r and 2r + 1 are already side by side, so the
+        // panels are a transpose of these pairs, done in blocks of 32 pairs (building them from
+        // a transposed F32 matrix was half of the load time).
         let mut plain = vec![0u16; k * n];
-        convert(w, &mut plain);
-        let mut out = Vec::with_capacity(k * n);
-        for p in 0..n / PANEL {
-            for r in 0..k / 2 {
-                let (even, odd) = (&plain[2 * r * n..], &plain[(2 * r + 1) * n..]);
-                for j in p * PANEL..(p + 1) * PANEL {
-                    out.push(even[j]);
-                    out.push(odd[j]);
+        convert(rows, &mut plain);
+        let pairs = k / 2;
+        let mut out = vec![0u16; k * n];
+        for (p, panel) in out.chunks_exact_mut(k * PANEL).enumerate() {
+            for r0 in (0..pairs).step_by(32) {
+                let r1 = (r0 + 32).min(pairs);
+                for jj in 0..PANEL {
+                    let row = &plain[(p * PANEL + jj) * k..][..k];
+                    for r in r0..r1 {
+                        let at = (r * PANEL + jj) * 2;
+                        panel[at] = row[2 * r];
+                        panel[at + 1] = row[2 * r + 1];
+                    }
                 }
             }
         }
@@ -844,6 +865,27 @@ mod tests {
 
     /// Products at full and short strips, one and several panel groups, large-magnitude
     /// rows, against f64: the error stays within 4e-3 of Σ|terms|.
+    #[test]
+    fn panels_hold_each_columns_depth_pairs() {
+        let (k, n) = (128, 64);
+        let w = values(k * n, 11);
+        let Some(half) = HalfWeights::new(&w, k, n) else {
+            assert!(without_fp16(), "a shape the kernel takes");
+            return;
+        };
+        // Depths (2r, 2r + 1) of column j = 32 p + jj at u16 ((p * k / 2 + r) * 32 + jj) * 2.
+        for p in 0..n / PANEL {
+            for r in 0..k / 2 {
+                for jj in 0..PANEL {
+                    let at = ((p * k / 2 + r) * PANEL + jj) * 2;
+                    let j = p * PANEL + jj;
+                    assert_eq!(half.w[at], to_half(w[2 * r * n + j]), "({p}, {r}, {jj})");
+                    assert_eq!(half.w[at + 1], to_half(w[(2 * r + 1) * n + j]));
+                }
+            }
+        }
+    }
+
     #[test]
     fn deep_products_run_in_blocks_the_kernel_takes() {
         for (k, want) in [

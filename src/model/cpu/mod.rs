@@ -34,6 +34,7 @@ use rayon::prelude::*;
 
 use self::buffers::{Buf, Pool};
 use self::elementwise::{self as ew, Pointwise};
+use self::half::HalfWeights;
 use self::matmul::{Epilogue as RowEpilogue, RowNorm};
 use self::packed::PackedWeights;
 use self::simd::Simd;
@@ -175,6 +176,22 @@ fn gate(g: Gate) -> Pointwise {
     }
 }
 
+/// `m` (`rows` x `cols`, row-major) transposed, in 32 x 32 blocks: a row-by-row transpose
+/// wrote every value to a new cache line (a quarter of the time to load all-mpnet-base-v2).
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    for r0 in (0..rows).step_by(32) {
+        for c0 in (0..cols).step_by(32) {
+            for r in r0..(r0 + 32).min(rows) {
+                for c in c0..(c0 + 32).min(cols) {
+                    t[c * rows + r] = m[r * cols + c];
+                }
+            }
+        }
+    }
+    t
+}
+
 fn shape_error(what: &str, got: usize, want: usize) -> ModelError {
     ModelError::Device(format!("{what}: width {got}, expected {want}"))
 }
@@ -234,10 +251,12 @@ impl Backend for Cpu {
         let inp = weights
             .first()
             .map_or(0, |w| w.shape.get(1).copied().unwrap_or(0));
-        let out: usize = weights.iter().map(|w| w.shape[0]).sum();
-        // Transposed to [in, out]: the layout the kernels' panels are cut from.
-        let mut w = vec![0f32; inp * out];
-        let mut col = 0;
+        let out: usize = weights
+            .iter()
+            .map(|w| w.shape.first().copied().unwrap_or(0))
+            .sum();
+        // The parts' rows stacked: `[out, in]`, the checkpoint's layout.
+        let mut rows = Vec::new();
         for part in weights {
             if part.shape.len() != 2 || part.shape[1] != inp {
                 return Err(ModelError::Corrupt {
@@ -246,20 +265,22 @@ impl Backend for Cpu {
                 });
             }
             let values = part.to_f32()?;
-            let rows = part.shape[0];
-            // In 32 x 32 blocks: a row-by-row transpose wrote every value to a new cache line
-            // (a quarter of the time to load all-mpnet-base-v2).
-            for o0 in (0..rows).step_by(32) {
-                for i0 in (0..inp).step_by(32) {
-                    for o in o0..(o0 + 32).min(rows) {
-                        for i in i0..(i0 + 32).min(inp) {
-                            w[i * out + col + o] = values[o * inp + i];
-                        }
-                    }
-                }
+            if rows.is_empty() {
+                rows = values;
+            } else {
+                rows.extend(values);
             }
-            col += rows;
         }
+        // FP16 panels are cut from the rows themselves; the F32 kernels' from `[in, out]`.
+        let half = if self.half {
+            HalfWeights::from_rows(&rows, inp, out)
+        } else {
+            None
+        };
+        let w = match half {
+            Some(h) => PackedWeights::from_half(h, inp, out),
+            None => PackedWeights::new(transpose(&rows, out, inp), inp, out),
+        };
         let b = match bias {
             Some(parts) => {
                 let mut b = Vec::with_capacity(out);
@@ -272,11 +293,6 @@ impl Backend for Cpu {
                 b
             }
             None => Vec::new(),
-        };
-        let w = if self.half {
-            PackedWeights::new_half(w, inp, out)
-        } else {
-            PackedWeights::new(w, inp, out)
         };
         self.count(b.len(), w.bytes());
         Ok(CpuLinear { w, b })

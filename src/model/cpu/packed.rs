@@ -38,15 +38,20 @@ impl PackedWeights {
     pub fn new_half(w: Vec<f32>, k: usize, n: usize) -> Self {
         assert_eq!(w.len(), k * n, "weight size");
         match HalfWeights::new(&w, k, n) {
-            Some(half) => Self {
-                k,
-                n,
-                plain: Vec::new(),
-                packed: Vec::new(),
-                amx: None,
-                half: Some(half),
-            },
+            Some(half) => Self::from_half(half, k, n),
             None => Self::new(w, k, n),
+        }
+    }
+
+    /// FP16 panels alone (`half.rs`).
+    pub fn from_half(half: HalfWeights, k: usize, n: usize) -> Self {
+        Self {
+            k,
+            n,
+            plain: Vec::new(),
+            packed: Vec::new(),
+            amx: None,
+            half: Some(half),
         }
     }
 
