@@ -58,13 +58,7 @@ impl HalfWeights {
     /// From `w` row-major `[k, n]` (as `from_rows`).
     pub fn new(w: &[f32], k: usize, n: usize) -> Option<Self> {
         assert_eq!(w.len(), k * n, "weight size");
-        let mut rows = vec![0f32; k * n];
-        for (i, row) in w.chunks_exact(n.max(1)).enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                rows[j * k + i] = *v;
-            }
-        }
-        Self::from_rows(&rows, k, n)
+        Self::from_rows(&super::transpose(w, k, n), k, n)
     }
 
     /// From `rows`, each output feature's `k` weights (`[n, k]`, a checkpoint's layout);
