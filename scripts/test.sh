@@ -20,4 +20,17 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   fi
 fi
 
+# Chromium (Debian package `chromium`): tests/openapi.rs renders /docs headless and checks that
+# every route is on the page.
+if ! command -v "${CHROMIUM:-chromium}" >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing Debian's chromium package" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2
+  else
+    echo "test.sh: the tests need chromium: apt-get install chromium" >&2
+    exit 1
+  fi
+fi
+
 cargo test --locked "$@"

@@ -171,6 +171,40 @@ pub struct ModelArgs {
     /// Print logs as JSON lines (for log collectors) instead of human-readable text.
     #[arg(long, env = "JSON_OUTPUT", default_value_t = false)]
     pub json_output: bool,
+
+    /// With --json-output: leave out the enclosing spans (`span`, `spans`) of each log line.
+    #[arg(long, env = "DISABLE_SPANS", default_value_t = false)]
+    pub disable_spans: bool,
+
+    /// Hugging Face Hub token for private or gated models. Without it: `HF_TOKEN`, then the token
+    /// file (`$HF_TOKEN_PATH`, else `$HF_HOME/token`, as `huggingface-cli login` writes it).
+    #[arg(
+        long,
+        env = "HF_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "hf_api_token"
+    )]
+    pub hf_token: Option<String>,
+
+    /// Deprecated spelling of --hf-token (TEI's older flag), still accepted.
+    #[arg(long, env = "HF_API_TOKEN", hide = true, hide_env_values = true)]
+    pub hf_api_token: Option<String>,
+
+    /// Folder of the sentence-transformers `Dense` module to use instead of the one modules.json
+    /// names (e.g. `2_Dense_1024` for another output width), or the Dense module of a model
+    /// without modules.json. Refused for a model with several Dense modules.
+    #[arg(long, env = "DENSE_PATH")]
+    pub dense_path: Option<String>,
+}
+
+impl ModelArgs {
+    /// `--hf-token`, or the deprecated `--hf-api-token`.
+    pub fn hub_token(&self) -> Option<&str> {
+        self.hf_token
+            .as_deref()
+            .or(self.hf_api_token.as_deref())
+            .filter(|t| !t.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -178,13 +212,15 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// Address to bind. Read from SPOTINFER_HOSTNAME, not HOSTNAME: Kubernetes sets HOSTNAME to
+    /// Address to bind [default: 0.0.0.0]. Read from SPOTINFER_HOSTNAME; HOSTNAME (TEI's
+    /// variable) counts only when it is an IP address, as in TEI: Kubernetes sets HOSTNAME to
     /// the pod name.
-    #[arg(long, env = "SPOTINFER_HOSTNAME", default_value = "0.0.0.0")]
-    pub hostname: String,
+    #[arg(long, env = "SPOTINFER_HOSTNAME")]
+    pub hostname: Option<String>,
 
     /// HTTP port for the API, probes and /metrics. 0 picks a free port (logged at start).
-    #[arg(long, env = "PORT", default_value_t = 3000)]
+    /// AIP_HTTP_PORT (Vertex AI) overrides it.
+    #[arg(long, short = 'p', env = "PORT", default_value_t = 3000)]
     pub port: u16,
 
     /// Port of the separate Prometheus listener (metrics also stay on /metrics of the main
@@ -213,7 +249,8 @@ pub struct ServeArgs {
     pub max_client_batch_size: usize,
 
     /// Truncate inputs longer than the model's maximum instead of rejecting them with 422.
-    #[arg(long, env = "AUTO_TRUNCATE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "AUTO_TRUNCATE", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
     pub auto_truncate: bool,
 
     /// Model name reported in responses and /info. Default: the model id.
@@ -319,6 +356,15 @@ pub struct ServeArgs {
     /// Dollars per hour for this pod's share of the node; enables the cost metrics. 0 = off.
     #[arg(long, env = "COST_PER_HOUR", default_value_t = 0.0)]
     pub cost_per_hour: f64,
+
+    /// Origin allowed to call the API from a browser (CORS); repeatable, or comma-separated in
+    /// the variable; `*` allows any. Absent: no CORS headers.
+    #[arg(long, env = "CORS_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub cors_allow_origin: Vec<String>,
+
+    /// Also serve the API on this Unix socket (a stale socket file is replaced).
+    #[arg(long, env = "UDS_PATH")]
+    pub uds_path: Option<PathBuf>,
 
     /// Testing only: sleep this many milliseconds in the device worker after each batch, to
     /// make requests really be in flight in drain tests. Never set in production.
@@ -534,6 +580,17 @@ impl std::str::FromStr for DeviceArg {
     }
 }
 
+/// TEI reads HOSTNAME and falls back to 0.0.0.0 when it is not an IP address (a pod name).
+fn bind_hostname(flag: Option<&str>, env_hostname: Option<&str>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| {
+            env_hostname
+                .filter(|h| h.parse::<std::net::IpAddr>().is_ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "0.0.0.0".to_string())
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .trim_end_matches('s')
@@ -580,7 +637,37 @@ impl ServeArgs {
         if self.cost_per_hour < 0.0 || !self.cost_per_hour.is_finite() {
             return Err("--cost-per-hour must be a non-negative number".into());
         }
+        for origin in &self.cors_allow_origin {
+            let scheme = origin.starts_with("http://") || origin.starts_with("https://");
+            if origin != "*" && !(scheme && origin.bytes().all(|b| b.is_ascii_graphic())) {
+                return Err(format!(
+                    "--cors-allow-origin `{origin}` is not an origin: give `*` or \
+                     scheme://host[:port], e.g. https://app.example.com"
+                ));
+            }
+        }
+        self.api_port()?;
         Ok(())
+    }
+
+    /// The address to bind: --hostname (SPOTINFER_HOSTNAME), else HOSTNAME when it is an IP
+    /// address, else 0.0.0.0.
+    pub fn bind_hostname(&self) -> String {
+        bind_hostname(
+            self.hostname.as_deref(),
+            std::env::var("HOSTNAME").ok().as_deref(),
+        )
+    }
+
+    /// The API port: AIP_HTTP_PORT (set by Vertex AI) overrides --port, as in TEI.
+    pub fn api_port(&self) -> Result<u16, String> {
+        match std::env::var("AIP_HTTP_PORT") {
+            Ok(p) if !p.trim().is_empty() => p
+                .trim()
+                .parse()
+                .map_err(|_| format!("AIP_HTTP_PORT `{p}` is not a port number")),
+            _ => Ok(self.port),
+        }
     }
 
     pub fn tokenization_workers(&self) -> usize {
@@ -629,8 +716,15 @@ mod tests {
             panic!("serve must parse with defaults: {cli:?}");
         };
         if std::env::var("SPOTINFER_HOSTNAME").is_err() {
-            assert_eq!(args.hostname, "0.0.0.0");
+            assert_eq!(args.hostname, None);
         }
+        assert_eq!(bind_hostname(None, Some("spotinfer-7f9c-x2")), "0.0.0.0");
+        assert_eq!(bind_hostname(None, Some("10.1.2.3")), "10.1.2.3");
+        assert_eq!(
+            bind_hostname(Some("127.0.0.1"), Some("10.1.2.3")),
+            "127.0.0.1"
+        );
+        assert_eq!(bind_hostname(None, None), "0.0.0.0");
         assert_eq!(args.port, 3000);
         assert_eq!(args.max_batch_tokens, None);
         assert!(args.auto_truncate);
@@ -643,3 +737,7 @@ mod tests {
         Cli::command().debug_assert();
     }
 }
+
+#[cfg(test)]
+#[path = "config_tei.rs"]
+mod tei_compat;

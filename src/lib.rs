@@ -40,5 +40,7 @@ pub mod priority;
 pub mod selftest;
 pub mod serve;
 pub(crate) mod server;
+/// `(METHOD, path)` of every route of the main port, from the table the router is built from.
+pub use server::routes::list as http_routes;
 pub(crate) mod telemetry;
 pub mod tokenize;

@@ -9,7 +9,7 @@ use spotinfer::config::{Cli, Command, ModelArgs};
 use spotinfer::jobs::offline::Outcome;
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(json: bool) {
+fn init_logging(json: bool, spans: bool) {
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,hf_hub=warn,reqwest=warn,hyper=warn"));
     let builder = tracing_subscriber::fmt()
@@ -17,19 +17,27 @@ fn init_logging(json: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
-        builder.json().flatten_event(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(spans)
+            .with_span_list(spans)
+            .init();
     } else {
         builder.init();
     }
 }
 
 async fn download(args: ModelArgs) -> anyhow::Result<()> {
-    let files = spotinfer::model::resolve(&spotinfer::model::ResolveOptions {
-        model_id: args.model_id.clone(),
-        revision: args.revision.clone(),
-        cache_dir: args.huggingface_hub_cache.clone(),
-        progress: true,
-    })
+    let files = spotinfer::model::resolve_dense(
+        &spotinfer::model::ResolveOptions {
+            model_id: args.model_id.clone(),
+            revision: args.revision.clone(),
+            cache_dir: args.huggingface_hub_cache.clone(),
+            progress: true,
+        },
+        args.dense_path.as_deref(),
+    )
     .await?;
     tracing::info!(source = %files.source, config = %files.config.display(), "model files are in the cache");
     Ok(())
@@ -37,15 +45,22 @@ async fn download(args: ModelArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let json = match &cli.command {
-        Command::Serve(a) => a.model.json_output,
-        Command::Download(a) => a.json_output,
-        Command::Batch(a) => a.model.json_output,
-        Command::Bench(_) => false,
-        Command::Plan(a) => a.model.json_output,
-        Command::Selftest(_) => false,
+    let model = match &cli.command {
+        Command::Serve(a) => Some(&a.model),
+        Command::Download(a) => Some(a),
+        Command::Batch(a) => Some(&a.model),
+        Command::Plan(a) => Some(&a.model),
+        Command::Bench(_) | Command::Selftest(_) => None,
     };
-    init_logging(json);
+    init_logging(
+        model.is_some_and(|m| m.json_output),
+        !model.is_some_and(|m| m.disable_spans),
+    );
+    // --hf-token means HF_TOKEN to every Hub client of the process (hub_api reads it); set
+    // while the process has one thread, before the runtime starts.
+    if let Some(token) = model.and_then(ModelArgs::hub_token) {
+        std::env::set_var("HF_TOKEN", token);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -39,6 +39,7 @@ pub const ROUTES: &[&str] = &[
     "/v2/rerank",
     "/predict",
     "/similarity",
+    "/vertex",
     "/invocations",
     "/",
     "/tokenize",
@@ -105,6 +106,8 @@ pub struct Metrics {
     pub job_cost_dollars_total: Counter,
     pub job_cost: Histogram,
     pub device_batch_failures: IntCounterVec,
+    /// TEI's names for the same events, beside ours.
+    pub tei: TeiMetrics,
 }
 
 /// Registering a metric only fails on a duplicate name or invalid label set: both programming
@@ -367,6 +370,7 @@ impl Metrics {
                 )
                 .expect(e),
             ),
+            tei: TeiMetrics::new(&r),
             registry: r,
         };
         for route in ROUTES {
@@ -449,6 +453,255 @@ impl Metrics {
             tracing::error!(%err, "encoding metrics failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// TEI's `te_*` series, with TEI's types, labels and buckets, so TEI dashboards and alerts keep
+/// working; the `inference_*` series above stay the documented ones. As TEI exposes them
+/// (through the `metrics` crate), the counters have no `_total` suffix.
+pub struct TeiMetrics {
+    /// Requests to the embedding, rerank, predict and similarity routes, `method`: `single`
+    /// (one input) or `batch` (several).
+    pub request_count: IntCounterVec,
+    pub request_success: IntCounterVec,
+    /// Failed requests by TEI's `err`: validation, batch_size, empty, model_type, tokenization,
+    /// overloaded, unhealthy, inference.
+    pub request_failure: IntCounterVec,
+    pub request_duration: Histogram,
+    pub request_tokenization_duration: Histogram,
+    pub request_queue_duration: Histogram,
+    pub request_inference_duration: Histogram,
+    pub request_input_length: Histogram,
+    pub embed_count: IntCounter,
+    pub embed_success: IntCounter,
+    pub embed_duration: Histogram,
+    pub embed_tokenization_duration: Histogram,
+    pub embed_queue_duration: Histogram,
+    pub embed_inference_duration: Histogram,
+    pub predict_count: IntCounter,
+    pub predict_success: IntCounter,
+    pub predict_duration: Histogram,
+    pub predict_tokenization_duration: Histogram,
+    pub predict_queue_duration: Histogram,
+    pub predict_inference_duration: Histogram,
+    pub queue_size: IntGauge,
+    pub batch_next_size: Histogram,
+    pub batch_next_tokens: Histogram,
+}
+
+pub const TEI_METHODS: &[&str] = &["single", "batch"];
+pub const TEI_ERRORS: &[&str] = &[
+    "validation",
+    "batch_size",
+    "empty",
+    "model_type",
+    "tokenization",
+    "overloaded",
+    "unhealthy",
+    "inference",
+];
+
+/// The timings of one input (or request), for [`TeiMetrics::observe_inputs`].
+#[derive(Debug, Clone, Copy)]
+pub struct InputTimes {
+    pub total: f64,
+    pub tokenization: f64,
+    pub queue: f64,
+    pub inference: f64,
+}
+
+impl TeiMetrics {
+    #[allow(clippy::expect_used)]
+    fn new(r: &Registry) -> Self {
+        let e = "metric definitions are valid";
+        // TEI's duration buckets: 1.5e-5 s growing by 1.5x, 35 of them.
+        let durations: Vec<f64> = (1..=35).map(|k| 0.00001 * 1.5f64.powi(k)).collect();
+        let powers = |n: i32| (0..n).map(|x| 2f64.powi(x)).collect::<Vec<f64>>();
+        let h = |name: &str, help: &str, buckets: &[f64]| {
+            reg(r, Histogram::with_opts(hist(name, help, buckets)).expect(e))
+        };
+        let c = |name: &str, help: &str| reg(r, IntCounter::new(name, help).expect(e));
+        let cv = |name: &str, help: &str, label: &str| {
+            reg(
+                r,
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect(e),
+            )
+        };
+        let d = &durations;
+        let m = TeiMetrics {
+            request_count: cv(
+                "te_request_count",
+                "TEI: inference requests received, by method (single, batch).",
+                "method",
+            ),
+            request_success: cv(
+                "te_request_success",
+                "TEI: inference requests answered successfully, by method.",
+                "method",
+            ),
+            request_failure: cv(
+                "te_request_failure",
+                "TEI: inference requests that failed, by error.",
+                "err",
+            ),
+            request_duration: h(
+                "te_request_duration",
+                "TEI: seconds from request to response.",
+                d,
+            ),
+            request_tokenization_duration: h(
+                "te_request_tokenization_duration",
+                "TEI: seconds spent tokenizing a request.",
+                d,
+            ),
+            request_queue_duration: h(
+                "te_request_queue_duration",
+                "TEI: seconds a request's inputs waited in the queue (mean).",
+                d,
+            ),
+            request_inference_duration: h(
+                "te_request_inference_duration",
+                "TEI: seconds of device time of a request's batches (mean).",
+                d,
+            ),
+            request_input_length: h(
+                "te_request_input_length",
+                "TEI: tokens per input.",
+                &powers(20),
+            ),
+            embed_count: c("te_embed_count", "TEI: inputs submitted for embedding."),
+            embed_success: c("te_embed_success", "TEI: inputs embedded."),
+            embed_duration: h("te_embed_duration", "TEI: seconds to embed an input.", d),
+            embed_tokenization_duration: h(
+                "te_embed_tokenization_duration",
+                "TEI: seconds tokenizing an input to embed.",
+                d,
+            ),
+            embed_queue_duration: h(
+                "te_embed_queue_duration",
+                "TEI: seconds an input to embed waited in the queue.",
+                d,
+            ),
+            embed_inference_duration: h(
+                "te_embed_inference_duration",
+                "TEI: seconds of the batch that embedded an input.",
+                d,
+            ),
+            predict_count: c(
+                "te_predict_count",
+                "TEI: inputs submitted for classification or reranking.",
+            ),
+            predict_success: c("te_predict_success", "TEI: inputs classified or reranked."),
+            predict_duration: h("te_predict_duration", "TEI: seconds to score an input.", d),
+            predict_tokenization_duration: h(
+                "te_predict_tokenization_duration",
+                "TEI: seconds tokenizing an input to score.",
+                d,
+            ),
+            predict_queue_duration: h(
+                "te_predict_queue_duration",
+                "TEI: seconds an input to score waited in the queue.",
+                d,
+            ),
+            predict_inference_duration: h(
+                "te_predict_inference_duration",
+                "TEI: seconds of the batch that scored an input.",
+                d,
+            ),
+            queue_size: reg(
+                r,
+                IntGauge::new(
+                    "te_queue_size",
+                    "TEI: online inputs waiting for the device.",
+                )
+                .expect(e),
+            ),
+            batch_next_size: h(
+                "te_batch_next_size",
+                "TEI: inputs per device batch.",
+                &powers(13),
+            ),
+            batch_next_tokens: h(
+                "te_batch_next_tokens",
+                "TEI: tokens per device batch.",
+                &powers(21),
+            ),
+        };
+        for method in TEI_METHODS {
+            m.request_count.with_label_values(&[method]);
+            m.request_success.with_label_values(&[method]);
+        }
+        for err in TEI_ERRORS {
+            m.request_failure.with_label_values(&[err]);
+        }
+        m
+    }
+
+    /// One answered request of a TEI-counted route: `inputs` is None when it failed before its
+    /// inputs were known.
+    pub fn observe_request(
+        &self,
+        inputs: Option<usize>,
+        times: Option<InputTimes>,
+        err: Option<&str>,
+    ) {
+        let method = if inputs.unwrap_or(1) > 1 {
+            "batch"
+        } else {
+            "single"
+        };
+        self.request_count.with_label_values(&[method]).inc();
+        if let Some(err) = err {
+            self.request_failure.with_label_values(&[err]).inc();
+            return;
+        }
+        self.request_success.with_label_values(&[method]).inc();
+        if let Some(t) = times {
+            self.request_duration.observe(t.total);
+            self.request_tokenization_duration.observe(t.tokenization);
+            self.request_queue_duration.observe(t.queue);
+            self.request_inference_duration.observe(t.inference);
+        }
+    }
+
+    /// Inputs submitted to the model (`predict`: classifier or reranker scores, else embed).
+    pub fn inputs_submitted(&self, predict: bool, lengths: impl Iterator<Item = usize>) {
+        let mut n = 0;
+        for len in lengths {
+            self.request_input_length.observe(len as f64);
+            n += 1;
+        }
+        if predict {
+            self.predict_count.inc_by(n);
+        } else {
+            self.embed_count.inc_by(n);
+        }
+    }
+
+    /// One input computed successfully.
+    pub fn input_done(&self, predict: bool, t: InputTimes) {
+        let (ok, total, tok, queue, inf) = if predict {
+            (
+                &self.predict_success,
+                &self.predict_duration,
+                &self.predict_tokenization_duration,
+                &self.predict_queue_duration,
+                &self.predict_inference_duration,
+            )
+        } else {
+            (
+                &self.embed_success,
+                &self.embed_duration,
+                &self.embed_tokenization_duration,
+                &self.embed_queue_duration,
+                &self.embed_inference_duration,
+            )
+        };
+        ok.inc();
+        total.observe(t.total);
+        tok.observe(t.tokenization);
+        queue.observe(t.queue);
+        inf.observe(t.inference);
     }
 }
 

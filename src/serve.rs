@@ -37,6 +37,9 @@ async fn open_store(dir: &std::path::Path) -> anyhow::Result<crate::jobs::JobSto
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
+    server::vertex::AipRoutes::from_env()
+        .check()
+        .map_err(anyhow::Error::msg)?;
     let args = Arc::new(args);
     let metrics = Metrics::new();
     // Present from the first scrape; dtype and device are known once the model is loaded.
@@ -98,9 +101,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     // Bind before loading so probes answer at once.
-    let main_listener = bind(&args.hostname, args.port).await?;
+    let host = args.bind_hostname();
+    let main_listener = bind(&host, args.api_port().map_err(anyhow::Error::msg)?).await?;
     let main_addr = main_listener.local_addr()?;
-    let metrics_listener = bind(&args.hostname, args.prometheus_port).await?;
+    let metrics_listener = bind(&host, args.prometheus_port).await?;
     let metrics_addr = metrics_listener.local_addr()?;
     tracing::info!(
         api = %url(main_addr),
@@ -116,6 +120,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         keep_alive_timeout: args.keep_alive_timeout,
         max_connections: args.max_connections,
     };
+    if let Some(path) = &args.uds_path {
+        let uds = server::listener::bind_unix(path)?;
+        tracing::info!(path = %path.display(), "also listening on a Unix socket");
+        tokio::spawn(server::listener::serve_unix(
+            uds,
+            path.clone(),
+            app.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let main_server = tokio::spawn(server::listener::serve(main_listener, app, bounds, stop_rx));
     let metrics_app = server::metrics_router(state.clone());
     tokio::spawn(async move {

@@ -193,6 +193,7 @@ impl Queue {
 
     fn update_depth(&self, lanes: &Lanes) {
         self.metrics.queue_depth.set(lanes.online.len() as i64);
+        self.metrics.tei.queue_size.set(lanes.online.len() as i64);
     }
 
     /// Blocks until a batch is ready or the queue is closed and empty (`None`).

@@ -251,6 +251,8 @@ impl Worker<'_> {
         m.batch_size.observe(n as f64);
         let tokens: usize = batch.entries.iter().map(|e| e.encoded.ids.len()).sum();
         m.batch_tokens.observe(tokens as f64);
+        m.tei.batch_next_size.observe(n as f64);
+        m.tei.batch_next_tokens.observe(tokens as f64);
         if !self.cfg.test_batch_delay.is_zero() {
             std::thread::sleep(self.cfg.test_batch_delay);
         }

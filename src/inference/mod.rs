@@ -100,6 +100,8 @@ pub struct Timings {
     pub total: Duration,
     pub tokens: usize,
     pub characters: usize,
+    /// Inputs the request carried (TEI's metrics tell one from several).
+    pub inputs: usize,
     /// Device time its inputs cost: each device batch's time shared by tokens.
     pub device: Duration,
 }
@@ -283,26 +285,43 @@ impl Inference {
         let encoded = self.tokenizers.encode_all(inputs, opts, priority).await?;
         let tokenization = started.elapsed();
         let tokens = encoded.iter().map(|e| e.ids.len()).sum();
+        let predict = want.scores;
+        let tei = &self.metrics.tei;
+        tei.inputs_submitted(predict, encoded.iter().map(|e| e.ids.len()));
         let receivers = self.queue.submit(encoded, want, priority);
         let mut outputs = Vec::with_capacity(receivers.len());
         let mut timings = Timings {
             tokenization,
             tokens,
             characters,
+            inputs: receivers.len(),
             ..Timings::default()
         };
         let n = receivers.len().max(1) as u32;
         let (mut queue, mut inference) = (Duration::ZERO, Duration::ZERO);
+        let mut each = Vec::with_capacity(receivers.len());
         for rx in receivers {
             let answer = rx.await.unwrap_or(Err(InferError::WorkerStopped))?;
             queue += answer.queue_time;
             inference += answer.compute_time;
             timings.device += answer.device_share;
+            each.push((answer.queue_time, answer.compute_time));
             outputs.push(answer.output);
         }
         timings.queue = queue / n;
         timings.inference = inference / n;
         timings.total = started.elapsed();
+        for (queue, compute) in each {
+            tei.input_done(
+                predict,
+                crate::metrics::InputTimes {
+                    total: timings.total.as_secs_f64(),
+                    tokenization: tokenization.as_secs_f64(),
+                    queue: queue.as_secs_f64(),
+                    inference: compute.as_secs_f64(),
+                },
+            );
+        }
         Ok((outputs, timings))
     }
 

@@ -10,9 +10,11 @@ use super::inputs::parse_inputs;
 use super::{EmbedRequest, Embedded, Inference, TextOptions};
 use crate::priority::Priority;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsBody {
+    /// A text, a list of texts, token ids, or a list of those.
     #[serde(default)]
+    #[schema(value_type = Object)]
     input: Value,
     /// Accepted and echoed back as the served name; one model per server.
     #[serde(default)]

@@ -112,12 +112,15 @@ pub async fn start(
                 .into(),
         ));
     }
-    let files = model::resolve(&ResolveOptions {
-        model_id: args.model_id.clone(),
-        revision: args.revision.clone(),
-        cache_dir: args.huggingface_hub_cache.clone(),
-        progress: opts.progress,
-    })
+    let files = model::resolve_dense(
+        &ResolveOptions {
+            model_id: args.model_id.clone(),
+            revision: args.revision.clone(),
+            cache_dir: args.huggingface_hub_cache.clone(),
+            progress: opts.progress,
+        },
+        args.dense_path.as_deref(),
+    )
     .await?;
     tracing::info!(source = %files.source, "model files resolved");
     let st = SentenceTransformerConfig::read(&files)?;

@@ -38,7 +38,7 @@ pub use batch::PackedBatch;
 pub use output::{Output, Want};
 pub use pooling::Pooling;
 pub use registry::{Architecture, Family, Task};
-pub use resolve::{resolve, ModelFiles, ResolveOptions};
+pub use resolve::{resolve, resolve_dense, ModelFiles, ResolveOptions};
 pub use st_config::SentenceTransformerConfig;
 
 pub use device::DeviceMemory;

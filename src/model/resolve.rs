@@ -88,14 +88,27 @@ pub fn hub_offline() -> bool {
     env_flag("HF_HUB_OFFLINE")
 }
 
-/// The access token: `HF_TOKEN` (or the older `HUGGING_FACE_HUB_TOKEN`), else the token file
-/// `huggingface-cli login` leaves in `$HF_HOME`.
+/// The access token: `HF_TOKEN` (`--hf-token`; or the older `HUGGING_FACE_HUB_TOKEN`), else
+/// the token file `huggingface-cli login` writes where huggingface_hub looks for it
+/// (`$HF_TOKEN_PATH`, else `$HF_HOME/token`, else `~/.cache/huggingface/token`), else the one
+/// beside the cache folder.
 pub fn hub_token(cache: &Cache) -> Option<String> {
     std::env::var("HF_TOKEN")
         .ok()
         .or_else(|| std::env::var("HUGGING_FACE_HUB_TOKEN").ok())
         .filter(|t| !t.is_empty())
+        .or_else(|| token_file().and_then(|p| std::fs::read_to_string(p).ok()))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
         .or_else(|| cache.token())
+}
+
+fn token_file() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    var("HF_TOKEN_PATH")
+        .map(PathBuf::from)
+        .or_else(|| var("HF_HOME").map(|h| PathBuf::from(h).join("token")))
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/token")))
 }
 
 /// The Hub client with the environment's endpoint (`HF_ENDPOINT`) and token.
@@ -116,9 +129,17 @@ pub fn hub_api(cache: &Cache, progress: bool) -> Result<Api, ModelError> {
 
 /// Resolves `model_id` to local files, downloading what the cache lacks unless offline.
 pub async fn resolve(opts: &ResolveOptions) -> Result<ModelFiles, ModelError> {
+    resolve_dense(opts, None).await
+}
+
+/// [`resolve`], with `dense_path` (`--dense-path`) as the folder of the one Dense module.
+pub async fn resolve_dense(
+    opts: &ResolveOptions,
+    dense_path: Option<&str>,
+) -> Result<ModelFiles, ModelError> {
     let local = Path::new(&opts.model_id);
     if local.is_dir() {
-        return resolve_local(local);
+        return resolve_local_dense(local, dense_path);
     }
     if opts.model_id.starts_with('/') || opts.model_id.starts_with('.') {
         return Err(ModelError::Missing {
@@ -137,7 +158,7 @@ pub async fn resolve(opts: &ResolveOptions) -> Result<ModelFiles, ModelError> {
     } else {
         Fetcher::Online(hub_api(&cache, opts.progress)?.repo(repo))
     };
-    let files = resolve_with(&fetcher, &opts.model_id).await?;
+    let files = resolve_with(&fetcher, &opts.model_id, dense_path).await?;
     Ok(ModelFiles {
         source: format!(
             "{}@{} ({})",
@@ -151,6 +172,11 @@ pub async fn resolve(opts: &ResolveOptions) -> Result<ModelFiles, ModelError> {
 
 /// The files of a local model folder (what [`resolve`] does for a path).
 pub fn resolve_local(dir: &Path) -> Result<ModelFiles, ModelError> {
+    resolve_local_dense(dir, None)
+}
+
+/// [`resolve_local`] with `--dense-path`.
+pub fn resolve_local_dense(dir: &Path, dense_path: Option<&str>) -> Result<ModelFiles, ModelError> {
     let required = |name: &str| -> Result<PathBuf, ModelError> {
         let p = dir.join(name);
         if p.is_file() {
@@ -187,7 +213,7 @@ pub fn resolve_local(dir: &Path) -> Result<ModelFiles, ModelError> {
         .or_else(|| Some(dir.join("1_Pooling/config.json")))
         .filter(|p| p.is_file());
     let mut dense = Vec::new();
-    for d in dense_dirs(modules.as_deref()) {
+    for d in dense_dirs(modules.as_deref(), dense_path)? {
         let weights = ["model.safetensors", "pytorch_model.bin"]
             .iter()
             .map(|f| dir.join(&d).join(f))
@@ -276,7 +302,11 @@ impl Fetcher {
     }
 }
 
-async fn resolve_with(f: &Fetcher, model_id: &str) -> Result<ModelFiles, ModelError> {
+async fn resolve_with(
+    f: &Fetcher,
+    model_id: &str,
+    dense_path: Option<&str>,
+) -> Result<ModelFiles, ModelError> {
     let config = f.require("config.json", model_id).await?;
     let tokenizer = f.require("tokenizer.json", model_id).await?;
     let weights = match f.optional("model.safetensors.index.json").await {
@@ -302,7 +332,7 @@ async fn resolve_with(f: &Fetcher, model_id: &str) -> Result<ModelFiles, ModelEr
     );
     let pooling_config = f.optional(&pooling_name).await;
     let mut dense = Vec::new();
-    for d in dense_dirs(modules.as_deref()) {
+    for d in dense_dirs(modules.as_deref(), dense_path)? {
         let weights = match f.optional(&format!("{d}/model.safetensors")).await {
             Some(p) => p,
             None => {
@@ -489,13 +519,32 @@ fn pooling_dir(modules: Option<&Path>) -> Option<String> {
         .filter(|p| !p.is_empty())
 }
 
-/// The Dense modules' folders named in modules.json, in pipeline order.
-fn dense_dirs(modules: Option<&Path>) -> Vec<String> {
-    st_modules(modules)
+/// The Dense module folders, in pipeline order. `--dense-path` replaces the one modules.json
+/// names (TEI's meaning: another width, e.g. `2_Dense_1024`) or adds one where it names none;
+/// with several there is no telling which it replaces, so it is refused.
+fn dense_dirs(modules: Option<&Path>, dense_path: Option<&str>) -> Result<Vec<String>, ModelError> {
+    let listed: Vec<String> = st_modules(modules)
         .into_iter()
         .filter(|m| m.kind.ends_with(".Dense") && !m.path.is_empty())
         .map(|m| m.path)
-        .collect()
+        .collect();
+    let Some(over) = dense_path.map(|p| p.trim_matches('/')) else {
+        return Ok(listed);
+    };
+    if over.is_empty() || over.split('/').any(|c| c == ".." || c.is_empty()) {
+        return Err(ModelError::Unsupported(format!(
+            "--dense-path `{over}` must be a folder inside the model, e.g. 2_Dense_1024"
+        )));
+    }
+    if listed.len() > 1 {
+        return Err(ModelError::Unsupported(format!(
+            "--dense-path replaces the model's one Dense module, but modules.json lists {} \
+             ({}): leave --dense-path out",
+            listed.len(),
+            listed.join(", ")
+        )));
+    }
+    Ok(vec![over.to_string()])
 }
 
 #[cfg(test)]
@@ -510,6 +559,48 @@ mod tests {
         std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
         let err = resolve_local(&dir).unwrap_err().to_string();
         assert!(err.contains("model.safetensors"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn dense_path_replaces_the_one_dense_module() {
+        let dir = std::env::temp_dir().join(format!("spotinfer-dense-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let modules = dir.join("modules.json");
+        let module = |p: &str, t: &str| format!(r#"{{"path":"{p}","type":"{t}"}}"#);
+        let st = "sentence_transformers.models";
+        std::fs::write(
+            &modules,
+            format!(
+                "[{}, {}]",
+                module("1_Pooling", &format!("{st}.Pooling")),
+                module("2_Dense", &format!("{st}.Dense"))
+            ),
+        )
+        .unwrap();
+        assert_eq!(dense_dirs(Some(&modules), None).unwrap(), ["2_Dense"]);
+        assert_eq!(
+            dense_dirs(Some(&modules), Some("2_Dense_1024/")).unwrap(),
+            ["2_Dense_1024"]
+        );
+        assert_eq!(dense_dirs(None, Some("2_Dense")).unwrap(), ["2_Dense"]);
+        assert!(dense_dirs(Some(&modules), Some("../x")).is_err());
+        std::fs::write(
+            &modules,
+            format!(
+                "[{}, {}]",
+                module("2_Dense", &format!("{st}.Dense")),
+                module("3_Dense", &format!("{st}.Dense"))
+            ),
+        )
+        .unwrap();
+        let err = dense_dirs(Some(&modules), Some("2_Dense_1024"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--dense-path") && err.contains("3_Dense"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -196,8 +196,8 @@ pub async fn delete_file(State(state): State<AppState>, Path(id): Path<String>) 
     )
 }
 
-#[derive(Deserialize)]
-struct CreateBatch {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct CreateBatch {
     input_file_id: String,
     endpoint: String,
     completion_window: String,

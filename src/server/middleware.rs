@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::errors::{ApiError, ErrorKind, ErrorReason, Flavor};
 use super::AppState;
+use crate::inference::Timings;
+use crate::metrics::InputTimes;
 
 fn flavor_of(path: &str) -> Flavor {
     if (path.starts_with("/v1/") && path != "/v1/rerank") || path == "/embeddings" {
@@ -74,11 +76,49 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         r
     };
     let code = resp.status().as_u16();
-    if let Some(ErrorReason(reason)) = resp.extensions_mut().remove::<ErrorReason>() {
+    let reason = resp.extensions_mut().remove::<ErrorReason>().map(|r| r.0);
+    if let Some(reason) = reason {
         metrics.errors_total.with_label_values(&[reason]).inc();
+    }
+    if tei_counted(&route) {
+        let timings = resp.extensions().get::<Timings>().copied();
+        let err = reason.map(|r| tei_error(r, code));
+        // TEI counts nothing its auth layer refused.
+        if err != Some(None) {
+            metrics.tei.observe_request(
+                timings.map(|t| t.inputs),
+                timings.map(|t| InputTimes {
+                    total: t.total.as_secs_f64(),
+                    tokenization: t.tokenization.as_secs_f64(),
+                    queue: t.queue.as_secs_f64(),
+                    inference: t.inference.as_secs_f64(),
+                }),
+                err.flatten(),
+            );
+        }
     }
     metrics.observe_request(&route, code, started.elapsed().as_secs_f64());
     resp
+}
+
+/// The routes TEI counts in `te_request_*`: those that run the model.
+fn tei_counted(route: &str) -> bool {
+    !matches!(route, "/tokenize" | "/decode" | "/info" | "/v1/models")
+        && !route.starts_with("/v1/files")
+        && !route.starts_with("/v1/batches")
+}
+
+/// TEI's `err` label for one of our error reasons; None for a refusal TEI does not count.
+fn tei_error(reason: &str, code: u16) -> Option<&'static str> {
+    Some(match reason {
+        "unauthorized" => return None,
+        _ if code == 424 => "model_type",
+        "empty" => "empty",
+        "overloaded" => "overloaded",
+        "unavailable" | "deadline" => "unhealthy",
+        "backend" => "inference",
+        _ => "validation",
+    })
 }
 
 fn check_auth(state: &AppState, req: &Request) -> Option<ApiError> {

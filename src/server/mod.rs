@@ -2,15 +2,19 @@
 //! its drain behaviour and connection bounds. Knows nothing of tensors: every inference route
 //! is a call on the inference API.
 
+pub mod docs;
 pub mod errors;
 pub mod jobs;
 pub mod listener;
 pub mod middleware;
 pub mod openai;
+pub mod openapi;
 pub mod probes;
 pub mod request;
+pub mod routes;
 pub mod tei;
 pub mod timing;
+pub mod vertex;
 
 use std::sync::{Arc, OnceLock};
 
@@ -56,52 +60,34 @@ impl AppState {
 /// Batch input uploads may be far larger than one JSON request.
 pub const FILE_UPLOAD_LIMIT: usize = 512 << 20;
 
-/// All routes of the main port.
+/// All routes of the main port: the route table, plus the Vertex AI routes named in
+/// `AIP_PREDICT_ROUTE` / `AIP_HEALTH_ROUTE` (which take over a table route of the same path).
 pub fn router(state: AppState) -> Router {
-    let inference = Router::new()
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/embeddings", post(openai::embeddings))
-        .route("/v1/models", get(openai::models))
-        .route("/embed", post(tei::embed))
-        .route("/embed_all", post(tei::embed_all))
-        .route("/embed_sparse", post(tei::embed_sparse))
-        .route("/embed_multi_vector", post(tei::embed_multi_vector))
-        .route("/rerank", post(tei::rerank))
-        .route("/v1/rerank", post(tei::rerank_cohere))
-        .route("/v2/rerank", post(tei::rerank_cohere))
-        .route("/predict", post(tei::predict))
-        .route("/similarity", post(tei::similarity))
-        .route("/invocations", post(tei::invocations))
-        .route("/", post(tei::invocations))
-        .route("/tokenize", post(tei::tokenize))
-        .route("/decode", post(tei::decode))
-        .route("/info", get(tei::info))
-        .route(
-            "/v1/files",
-            post(jobs::upload)
-                .layer(DefaultBodyLimit::max(FILE_UPLOAD_LIMIT))
-                .get(jobs::list_files),
-        )
-        .route(
-            "/v1/files/{id}",
-            get(jobs::get_file).delete(jobs::delete_file),
-        )
-        .route("/v1/files/{id}/content", get(jobs::file_content))
-        .route(
-            "/v1/batches",
-            post(jobs::create_batch).get(jobs::list_batches),
-        )
-        .route("/v1/batches/{id}", get(jobs::get_batch))
-        .route("/v1/batches/{id}/cancel", post(jobs::cancel_batch));
+    let aip = vertex::AipRoutes::from_env();
+    let (mut public, mut inference) = (Router::new(), Router::new());
+    for r in routes::ROUTES {
+        if aip.replaces(r.path, r.methods) {
+            tracing::info!(path = r.path, "an AIP_* route takes over this path");
+            continue;
+        }
+        match r.access {
+            routes::Access::Public => public = public.route(r.path, r.handler()),
+            routes::Access::Inference => inference = inference.route(r.path, r.handler()),
+        }
+    }
+    if let Some(path) = &aip.predict {
+        tracing::info!(%path, "serving Vertex AI predictions (AIP_PREDICT_ROUTE)");
+        inference = inference.route(path, post(vertex::predict));
+    }
+    if let Some(path) = &aip.health {
+        tracing::info!(%path, "serving Vertex AI health checks (AIP_HEALTH_ROUTE)");
+        public = public.route(path, get(probes::ready));
+    }
     let inference = inference.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         middleware::track,
     ));
-    Router::new()
-        .route("/health", get(probes::health))
-        .route("/live", get(probes::health))
-        .route("/ready", get(probes::ready))
-        .route("/metrics", get(probes::metrics))
+    let app = public
         .merge(inference)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -109,8 +95,34 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             state.cfg.body_read_timeout,
         ))
-        .layer(axum::middleware::from_fn(middleware::close_if_body_unread))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(middleware::close_if_body_unread));
+    // Outermost, so a browser's preflight is answered before the API key is asked for.
+    let app = match cors(&state.cfg.cors_allow_origin) {
+        Some(layer) => app.layer(layer),
+        None => app,
+    };
+    app.with_state(state)
+}
+
+/// `--cors-allow-origin`: absent, no CORS headers at all (browsers refuse cross-origin calls).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        // Checked by ServeArgs::validate; one that still fails to parse is left out.
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]),
+    )
 }
 
 async fn not_found(uri: axum::http::Uri) -> axum::response::Response {

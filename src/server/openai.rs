@@ -24,10 +24,7 @@ pub async fn embeddings(
         let req = Embeddings::from_body(body)?;
         let inference = state.inference()?;
         let (value, timings) = req.respond(&inference, Priority::Online).await?;
-        Ok::<_, ApiError>((
-            timing::headers(&timings, &inference.info.device),
-            Json(value),
-        ))
+        Ok::<_, ApiError>((timing::parts(&timings, &inference.info.device), Json(value)))
     }
     .await;
     match result {

@@ -7,6 +7,8 @@
 //! Over 500 lines on purpose: one handler per TEI route with TEI's request shapes beside it, so
 //! a route and its body are read together; the logic they call is in `inference/`.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -25,8 +27,8 @@ use crate::model::{Task, Want};
 use crate::priority::Priority;
 use crate::tokenize::Input;
 
-#[derive(Deserialize, Clone, Copy, Default)]
-enum DirectionField {
+#[derive(Deserialize, Clone, Copy, Default, utoipa::ToSchema)]
+pub(crate) enum DirectionField {
     #[default]
     #[serde(alias = "right")]
     Right,
@@ -48,8 +50,8 @@ fn default_true() -> bool {
 }
 
 /// The fields every TEI inference body shares.
-#[derive(Deserialize, Default)]
-struct Text {
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+pub(crate) struct Text {
     #[serde(default)]
     truncate: Option<bool>,
     #[serde(default)]
@@ -76,12 +78,32 @@ fn respond(r: Result<Response, ApiError>) -> Response {
 }
 
 fn with_timing(inference: &Inference, t: &Timings, body: Value) -> Response {
-    (timing::headers(t, &inference.info.device), Json(body)).into_response()
+    (timing::parts(t, &inference.info.device), Json(body)).into_response()
 }
 
-#[derive(Deserialize)]
-struct EmbedBody {
+/// A route's answer before it becomes a response (`/vertex` gathers several).
+pub(super) struct Answer {
+    pub inference: Arc<Inference>,
+    pub timings: Timings,
+    pub body: Value,
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        with_timing(&self.inference, &self.timings, self.body)
+    }
+}
+
+impl Answer {
+    fn response(self) -> Response {
+        with_timing(&self.inference, &self.timings, self.body)
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct EmbedBody {
     #[serde(default)]
+    #[schema(value_type = super::openapi::Inputs)]
     inputs: Value,
     #[serde(default = "default_true")]
     normalize: bool,
@@ -96,10 +118,17 @@ pub async fn embed(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(async { embed_value(&state, parse_json(&headers, body)?).await }.await)
+    respond(
+        async {
+            Ok(embed_value(&state, parse_json(&headers, body)?)
+                .await?
+                .response())
+        }
+        .await,
+    )
 }
 
-async fn embed_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
+pub(super) async fn embed_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
     let req: EmbedBody = from_value(body)?;
     let inference = state.inference()?;
     let out = inference
@@ -113,12 +142,17 @@ async fn embed_value(state: &AppState, body: Value) -> Result<Response, ApiError
             Priority::Online,
         )
         .await?;
-    Ok(with_timing(&inference, &out.timings, json!(out.vectors)))
+    Ok(Answer {
+        inference,
+        timings: out.timings,
+        body: json!(out.vectors),
+    })
 }
 
-#[derive(Deserialize)]
-struct InputsBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct InputsBody {
     #[serde(default)]
+    #[schema(value_type = super::openapi::Inputs)]
     inputs: Value,
     #[serde(flatten)]
     text: Text,
@@ -159,10 +193,17 @@ pub async fn embed_sparse(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(async { embed_sparse_value(&state, parse_json(&headers, body)?).await }.await)
+    respond(
+        async {
+            Ok(embed_sparse_value(&state, parse_json(&headers, body)?)
+                .await?
+                .response())
+        }
+        .await,
+    )
 }
 
-async fn embed_sparse_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
+pub(super) async fn embed_sparse_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
     let req: InputsBody = from_value(body)?;
     let inference = state.inference()?;
     let (sparse, t) = inference
@@ -173,12 +214,17 @@ async fn embed_sparse_value(state: &AppState, body: Value) -> Result<Response, A
         )
         .await?;
     let body: Vec<Value> = sparse.iter().map(|s| sparse_json(s)).collect();
-    Ok(with_timing(&inference, &t, json!(body)))
+    Ok(Answer {
+        inference,
+        timings: t,
+        body: json!(body),
+    })
 }
 
-#[derive(Deserialize)]
-struct MultiBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct MultiBody {
     #[serde(default)]
+    #[schema(value_type = super::openapi::Inputs)]
     inputs: Value,
     /// Also return the dense (normalised CLS) and sparse outputs of the same forward pass.
     #[serde(default)]
@@ -239,8 +285,8 @@ pub async fn embed_multi_vector(
     )
 }
 
-#[derive(Deserialize)]
-struct RerankBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct RerankBody {
     #[serde(default)]
     query: Option<String>,
     #[serde(default)]
@@ -268,10 +314,17 @@ pub async fn rerank(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(async { rerank_value(&state, parse_json(&headers, body)?).await }.await)
+    respond(
+        async {
+            Ok(rerank_value(&state, parse_json(&headers, body)?)
+                .await?
+                .response())
+        }
+        .await,
+    )
 }
 
-async fn rerank_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
+pub(super) async fn rerank_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
     let req: RerankBody = from_value(body)?;
     let query = req.query.ok_or_else(|| {
         ApiError::new(ErrorKind::Validation, "`query` is required").param("query")
@@ -301,16 +354,22 @@ async fn rerank_value(state: &AppState, body: Value) -> Result<Response, ApiErro
             r
         })
         .collect();
-    Ok(with_timing(&inference, &t, json!(body)))
+    Ok(Answer {
+        inference,
+        timings: t,
+        body: json!(body),
+    })
 }
 
 /// Cohere (`/v1/rerank`, `/v2/rerank`) and Jina shape: `documents` as strings or `{text}`,
 /// `top_n`, `return_documents`; `results[{index, relevance_score, document?}]`.
-#[derive(Deserialize)]
-struct CohereBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct CohereBody {
     #[serde(default)]
     query: Option<String>,
+    /// Strings, or objects with `text` (or the `rank_fields` named).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     documents: Option<Vec<Value>>,
     #[serde(default)]
     top_n: Option<usize>,
@@ -412,9 +471,10 @@ pub async fn rerank_cohere(
     )
 }
 
-#[derive(Deserialize)]
-struct PredictBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct PredictBody {
     #[serde(default)]
+    #[schema(value_type = super::openapi::Inputs)]
     inputs: Value,
     #[serde(default)]
     raw_scores: bool,
@@ -458,10 +518,17 @@ pub async fn predict(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(async { predict_value(&state, parse_json(&headers, body)?).await }.await)
+    respond(
+        async {
+            Ok(predict_value(&state, parse_json(&headers, body)?)
+                .await?
+                .response())
+        }
+        .await,
+    )
 }
 
-async fn predict_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
+pub(super) async fn predict_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
     let req: PredictBody = from_value(body)?;
     let (inputs, batch) = predict_inputs(&req.inputs)?;
     let inference = state.inference()?;
@@ -473,19 +540,23 @@ async fn predict_value(state: &AppState, body: Value) -> Result<Response, ApiErr
     } else {
         json!(results.into_iter().next().unwrap_or_default())
     };
-    Ok(with_timing(&inference, &t, body))
+    Ok(Answer {
+        inference,
+        timings: t,
+        body,
+    })
 }
 
-#[derive(Deserialize)]
-struct SimilarityInputs {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct SimilarityInputs {
     source_sentence: String,
     sentences: Vec<String>,
 }
 
 /// TEI: `{"inputs": {"source_sentence", "sentences"}, "parameters": {truncate, …}}`
 /// (huggingface_hub's `sentence_similarity` sends `"parameters": {}`).
-#[derive(Deserialize)]
-struct SimilarityBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct SimilarityBody {
     inputs: SimilarityInputs,
     #[serde(default)]
     parameters: Option<Text>,
@@ -496,10 +567,17 @@ pub async fn similarity(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(async { similarity_value(&state, parse_json(&headers, body)?).await }.await)
+    respond(
+        async {
+            Ok(similarity_value(&state, parse_json(&headers, body)?)
+                .await?
+                .response())
+        }
+        .await,
+    )
 }
 
-async fn similarity_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
+async fn similarity_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
     let req: SimilarityBody = from_value(body)?;
     let inference = state.inference()?;
     let (scores, t) = inference
@@ -510,7 +588,11 @@ async fn similarity_value(state: &AppState, body: Value) -> Result<Response, Api
             Priority::Online,
         )
         .await?;
-    Ok(with_timing(&inference, &t, json!(scores)))
+    Ok(Answer {
+        inference,
+        timings: t,
+        body: json!(scores),
+    })
 }
 
 /// `POST /` and `/invocations`: the model's own route, as TEI dispatches (classifier →
@@ -526,7 +608,7 @@ pub async fn invocations(
         async {
             let body: Value = parse_json(&headers, body)?;
             let inference = state.inference()?;
-            match inference.info.task {
+            let answer = match inference.info.task {
                 Task::Classify => predict_value(&state, body).await,
                 Task::Rerank => rerank_value(&state, body).await,
                 Task::Sparse => embed_sparse_value(&state, body).await,
@@ -534,7 +616,8 @@ pub async fn invocations(
                     similarity_value(&state, body).await
                 }
                 Task::Embed => embed_value(&state, body).await,
-            }
+            };
+            Ok(answer?.response())
         }
         .await,
     )
@@ -545,9 +628,10 @@ fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(ErrorKind::Validation, format!("invalid JSON body: {e}")))
 }
 
-#[derive(Deserialize)]
-struct TokenizeBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct TokenizeBody {
     #[serde(default)]
+    #[schema(value_type = super::openapi::Inputs)]
     inputs: Value,
     #[serde(default = "default_true")]
     add_special_tokens: bool,
@@ -591,9 +675,11 @@ pub async fn tokenize(
     )
 }
 
-#[derive(Deserialize)]
-struct DecodeBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct DecodeBody {
+    /// Token ids, or a list of them.
     #[serde(default)]
+    #[schema(value_type = super::openapi::Inputs)]
     ids: Value,
     #[serde(default = "default_true")]
     skip_special_tokens: bool,

@@ -2,8 +2,14 @@
 //! (milliseconds, whole numbers, as TEI sends them) and how much the request carried.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::Extension;
 
 use crate::inference::Timings;
+
+/// The headers, and the timings themselves for the metrics middleware.
+pub fn parts(t: &Timings, device: &str) -> (HeaderMap, Extension<Timings>) {
+    (headers(t, device), Extension(*t))
+}
 
 /// `x-compute-type` is the device kind (`cpu` / `gpu`); the rest are TEI's numbers.
 pub fn headers(t: &Timings, device: &str) -> HeaderMap {
@@ -46,6 +52,7 @@ mod tests {
             total: Duration::from_millis(12),
             tokens: 42,
             characters: 100,
+            inputs: 1,
             device: Duration::from_millis(7),
         };
         let h = headers(&t, "cuda:0");

@@ -24,10 +24,20 @@ pub struct Counts {
     pub requests: AtomicUsize,
     /// Body bytes served (a plan must not download weights).
     pub served: AtomicU64,
+    /// The `Authorization` headers received (the Hub token).
+    pub authorization: std::sync::Mutex<Vec<String>>,
 }
 
 async fn resolve(State(m): State<Repo>, Path(path): Path<String>, headers: HeaderMap) -> Response {
     m.counts.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Ok(mut seen) = m.counts.authorization.lock() {
+            seen.push(auth.to_string());
+        }
+    }
     let prefix = format!("{}/resolve/", m.name);
     let Some(rest) = path.strip_prefix(&prefix) else {
         return (StatusCode::NOT_FOUND, "Repository not found").into_response();
