@@ -35,7 +35,7 @@ pub enum Command {
     /// Serve a model over HTTP (OpenAI- and TEI-compatible routes, Prometheus metrics).
     Serve(Box<ServeArgs>),
     /// Download a model's files into the Hub cache (for an init container or an image layer).
-    Download(ModelArgs),
+    Download(Box<ModelArgs>),
     /// Embed OpenAI batch lines from a JSONL file without a server, resumable after SIGTERM or
     /// SIGKILL by running the same command again.
     Batch(Box<BatchArgs>),

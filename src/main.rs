@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let model = match &cli.command {
         Command::Serve(a) => Some(&a.model),
-        Command::Download(a) => Some(a),
+        Command::Download(a) => Some(a.as_ref()),
         Command::Batch(a) => Some(&a.model),
         Command::Plan(a) => Some(&a.model),
         Command::Bench(_) | Command::Selftest(_) => None,
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => spotinfer::serve::run(*args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            Command::Download(args) => download(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Download(args) => download(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Bench(args) => spotinfer::bench::run(*args)
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -141,9 +141,7 @@ fn family(line: &str) -> &str {
         .strip_prefix("# HELP ")
         .or_else(|| line.strip_prefix("# TYPE "))
         .unwrap_or(line);
-    rest.split(|c: char| c == ' ' || c == '{')
-        .next()
-        .unwrap_or("")
+    rest.split([' ', '{']).next().unwrap_or("")
 }
 
 fn without_tei(text: &str) -> String {

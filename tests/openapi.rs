@@ -152,7 +152,7 @@ fn every_example_request_succeeds() {
         ("DELETE", _) => 3,
         _ => 2,
     };
-    ops.sort_by_key(|o| rank(o));
+    ops.sort_by_key(rank);
     let (mut file_id, mut batch_id) = (None::<String>, None::<String>);
     let mut sent = 0;
     for (method, path) in &ops {

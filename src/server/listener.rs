@@ -395,6 +395,48 @@ async fn peek_full(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize>
     }
 }
 
+/// Binds `--uds-path`, replacing a socket file left by an earlier run (never another kind of
+/// file).
+pub fn bind_unix(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "--uds-path {} exists and is not a socket: give a free path",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", path.display()))?;
+    }
+    tokio::net::UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))
+}
+
+/// Serves the same router on the Unix socket until the drain closes the listeners; the socket
+/// file goes with it. Local clients only, so without the TCP listener's connection bounds.
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stopped = async move {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(error = %e, "Unix socket listener failed");
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,46 +480,4 @@ mod tests {
         assert_eq!(c.check(at(0.1), &a), None);
         assert_eq!(c.check(at(5.2), &a), Some(Expiry::KeepAlive));
     }
-}
-
-/// Binds `--uds-path`, replacing a socket file left by an earlier run (never another kind of
-/// file).
-pub fn bind_unix(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            anyhow::bail!(
-                "--uds-path {} exists and is not a socket: give a free path",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", path.display()))?;
-    }
-    tokio::net::UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))
-}
-
-/// Serves the same router on the Unix socket until the drain closes the listeners; the socket
-/// file goes with it. Local clients only, so without the TCP listener's connection bounds.
-pub async fn serve_unix(
-    listener: tokio::net::UnixListener,
-    path: std::path::PathBuf,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-) {
-    let stopped = async move {
-        while !*stop.borrow() {
-            if stop.changed().await.is_err() {
-                break;
-            }
-        }
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped)
-        .await
-    {
-        tracing::error!(error = %e, "Unix socket listener failed");
-    }
-    let _ = std::fs::remove_file(&path);
 }

@@ -94,12 +94,6 @@ impl IntoResponse for Answer {
     }
 }
 
-impl Answer {
-    fn response(self) -> Response {
-        with_timing(&self.inference, &self.timings, self.body)
-    }
-}
-
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct EmbedBody {
     #[serde(default)]
@@ -122,7 +116,7 @@ pub async fn embed(
         async {
             Ok(embed_value(&state, parse_json(&headers, body)?)
                 .await?
-                .response())
+                .into_response())
         }
         .await,
     )
@@ -197,7 +191,7 @@ pub async fn embed_sparse(
         async {
             Ok(embed_sparse_value(&state, parse_json(&headers, body)?)
                 .await?
-                .response())
+                .into_response())
         }
         .await,
     )
@@ -318,7 +312,7 @@ pub async fn rerank(
         async {
             Ok(rerank_value(&state, parse_json(&headers, body)?)
                 .await?
-                .response())
+                .into_response())
         }
         .await,
     )
@@ -522,7 +516,7 @@ pub async fn predict(
         async {
             Ok(predict_value(&state, parse_json(&headers, body)?)
                 .await?
-                .response())
+                .into_response())
         }
         .await,
     )
@@ -571,7 +565,7 @@ pub async fn similarity(
         async {
             Ok(similarity_value(&state, parse_json(&headers, body)?)
                 .await?
-                .response())
+                .into_response())
         }
         .await,
     )
@@ -617,7 +611,7 @@ pub async fn invocations(
                 }
                 Task::Embed => embed_value(&state, body).await,
             };
-            Ok(answer?.response())
+            Ok(answer?.into_response())
         }
         .await,
     )
