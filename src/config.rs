@@ -8,7 +8,7 @@
 //! One file on purpose (~600 lines): every flag's doc is its `--help` text, and users read the
 //! flags of a subcommand together; split, the shared `ModelArgs` would be read in three places.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -216,7 +216,9 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTO_TRUNCATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_truncate: bool,
 
-    /// Model name reported in responses and /info. Default: the model id.
+    /// Model name reported in responses and /info. Default: the Hub repository id; for a
+    /// local folder, the repository id of a Hub-cache snapshot
+    /// (`models--org--name/snapshots/<rev>` gives `org/name`), else the folder's name.
     #[arg(long, env = "SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
 
@@ -592,7 +594,49 @@ impl ServeArgs {
     pub fn served_model_name(&self) -> String {
         self.served_model_name
             .clone()
-            .unwrap_or_else(|| self.model.model_id.clone())
+            .unwrap_or_else(|| default_served_model_name(&self.model.model_id))
+    }
+}
+
+/// The model name reported when `--served-model-name` is not given: a Hub repository id as
+/// given; for a local folder the repository id of the Hub-cache snapshot it is
+/// (`.../models--org--name/snapshots/<rev>` gives `org/name`), else the folder's own name, so
+/// responses, /info and metrics never show one machine's file system layout.
+pub fn default_served_model_name(model_id: &str) -> String {
+    let given = Path::new(model_id);
+    // Same test as model resolution: an existing folder is local, anything else a repo id.
+    if !given.is_dir() {
+        return model_id.to_string();
+    }
+    // The path as given first (a symlink keeps its own name), then resolved (for `.`, `..`,
+    // or a link to a snapshot).
+    let resolved = std::fs::canonicalize(given).ok();
+    let paths = || std::iter::once(given).chain(resolved.as_deref());
+    paths()
+        .find_map(hub_snapshot_repo)
+        .or_else(|| paths().find_map(folder_name))
+        .unwrap_or_else(|| model_id.to_string())
+}
+
+/// `org/name` of a Hub-cache snapshot folder `.../models--org--name/snapshots/<rev>`.
+fn hub_snapshot_repo(dir: &Path) -> Option<String> {
+    let mut names = dir.components().rev().map(|c| match c {
+        Component::Normal(s) => s.to_str(),
+        _ => None,
+    });
+    let _revision = names.next()??;
+    if names.next()?? != "snapshots" {
+        return None;
+    }
+    // The cache writes `/` as `--`; repo names themselves cannot hold `--`.
+    let repo = names.next()??.strip_prefix("models--")?;
+    (!repo.is_empty()).then(|| repo.replacen("--", "/", 1))
+}
+
+fn folder_name(dir: &Path) -> Option<String> {
+    match dir.components().next_back()? {
+        Component::Normal(s) => s.to_str().map(str::to_string),
+        _ => None,
     }
 }
 
@@ -635,6 +679,64 @@ mod tests {
         assert_eq!(args.max_batch_tokens, None);
         assert!(args.auto_truncate);
         assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn served_model_name_is_a_repo_id_not_a_path() {
+        let root =
+            std::env::temp_dir().join(format!("spotinfer-served-name-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let snapshot = root.join("hub/models--acme--tiny-bert/snapshots/0123abcd");
+        let no_org = root.join("hub/models--bert-base-uncased/snapshots/main");
+        let plain = root.join("models/my-embedder");
+        for d in [&snapshot, &no_org, &plain] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let name = |p: &Path| default_served_model_name(p.to_str().unwrap());
+        assert_eq!(name(&snapshot), "acme/tiny-bert");
+        assert_eq!(name(&no_org), "bert-base-uncased");
+        assert_eq!(name(&plain), "my-embedder");
+        assert_eq!(
+            default_served_model_name(&format!("{}/", plain.display())),
+            "my-embedder",
+            "a trailing slash changes nothing"
+        );
+        assert_eq!(
+            name(&plain.join("..")),
+            "models",
+            "resolved when it ends in .."
+        );
+        // A link to a snapshot is named after the snapshot's repo; a link elsewhere keeps its name.
+        let to_snapshot = root.join("current");
+        let to_plain = root.join("prod-model");
+        std::os::unix::fs::symlink(&snapshot, &to_snapshot).unwrap();
+        std::os::unix::fs::symlink(&plain, &to_plain).unwrap();
+        assert_eq!(name(&to_snapshot), "acme/tiny-bert");
+        assert_eq!(name(&to_plain), "prod-model");
+        // Not a folder: a Hub repo id, reported as given.
+        assert_eq!(
+            default_served_model_name("sentence-transformers/all-MiniLM-L6-v2"),
+            "sentence-transformers/all-MiniLM-L6-v2"
+        );
+        // `snapshots` without the cache's `models--` parent is just a folder.
+        let odd = root.join("x/snapshots/v1");
+        std::fs::create_dir_all(&odd).unwrap();
+        assert_eq!(name(&odd), "v1");
+
+        let cli = Cli::try_parse_from([
+            "spotinfer",
+            "serve",
+            "--model-id",
+            snapshot.to_str().unwrap(),
+        ]);
+        let Ok(Cli {
+            command: Command::Serve(args),
+        }) = cli
+        else {
+            panic!("serve must parse");
+        };
+        assert_eq!(args.served_model_name(), "acme/tiny-bert");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
