@@ -254,9 +254,10 @@ fn server_batch_survives_sigterm_and_sigkill() {
 
     // Restart: resumed before Ready, continues; SIGKILL at ~60 %.
     let mut server = start();
-    assert!(server
-        .log_text()
-        .contains("resuming batch job from its checkpoint"));
+    server.wait_log(
+        "resuming batch job from its checkpoint",
+        Duration::from_secs(30),
+    );
     let (_, resumed_at, _) = progress(&server, &id);
     assert!(
         resumed_at >= at_term,
