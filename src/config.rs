@@ -405,18 +405,31 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// Target GPU.
-    #[arg(long, value_enum, default_value = "a10g")]
-    pub gpu: GpuKind,
+    /// Target GPU or MIG profile: `t4`, `a10`, `a10g`, `l4`, `l40s`, `a100-40gb`, `a100-80gb`,
+    /// `h100-80gb` (or `h100`), `h200`, `b200`; a MIG profile is the card, a dash and NVIDIA's
+    /// profile name: `a100-40gb-1g.5gb` (also 1g.10gb, 2g.10gb, 3g.20gb, 4g.20gb, 7g.40gb),
+    /// `a100-80gb-1g.10gb` (1g.20gb, 2g.20gb, 3g.40gb, 4g.40gb, 7g.80gb), `h100-80gb-1g.10gb`
+    /// or `h100-1g.10gb` (1g.20gb, 2g.20gb, 3g.40gb, 4g.40gb, 7g.80gb). A MIG profile is
+    /// requested as `nvidia.com/mig-<profile>` (the device plugin's mixed strategy). `--gpu
+    /// list` prints the catalogue: memory, dense FP16/BF16 peaks, AWS/GCP/Azure node types.
+    #[arg(long, default_value = "a10g")]
+    pub gpu: String,
 
-    /// Replicas sharing one GPU through time-slicing.
+    /// Replicas sharing one GPU through time-slicing (1 on a MIG profile: its memory is its
+    /// own, pick a smaller profile instead).
     #[arg(long, default_value_t = 1)]
     pub replicas_per_gpu: usize,
 
     /// Token budget of one device batch (`serve --max-batch-tokens`; drives activation memory).
     /// Default as serve's: 16384, or the model's longest input when that is longer.
-    #[arg(long)]
+    #[arg(long, env = "MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
+
+    /// The Hub repository the pods serve (MODEL_ID in `--output kustomize`; REVISION is
+    /// `--revision`), for a `--model-id` local folder that is not a Hub-cache snapshot
+    /// (`.../models--org--name/snapshots/<commit>/` gives its repository and commit itself).
+    #[arg(long)]
+    pub served_model_id: Option<String>,
 
     /// Measured per-pod throughput in requests/s of one input each (a load test of one pod),
     /// for the KEDA thresholds. Default: an estimate, the lower of the GPU's FLOP bound and the
@@ -534,18 +547,6 @@ pub enum SpotProvider {
     Gcp,
     Azure,
     Auto,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GpuKind {
-    A10g,
-    L4,
-    #[value(name = "a100-40gb")]
-    A100_40gb,
-    #[value(name = "a100-80gb")]
-    A100_80gb,
-    #[value(name = "h100-80gb")]
-    H100_80gb,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
