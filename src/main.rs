@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use spotinfer::config::{Cli, Command, ModelArgs};
-use spotinfer::jobs::offline::Outcome;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(json: bool, spans: bool) {
@@ -80,11 +79,10 @@ fn main() -> ExitCode {
             Command::Bench(args) => spotinfer::bench::run(*args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            Command::Batch(args) => spotinfer::jobs::offline::run(*args).await.map(|o| match o {
-                Outcome::Complete => ExitCode::SUCCESS,
-                // 75 = EX_TEMPFAIL: interrupted after a checkpoint; rerun to resume.
-                Outcome::Interrupted => ExitCode::from(75),
-            }),
+            // The codes are documented in `spotinfer batch --help`.
+            Command::Batch(args) => spotinfer::jobs::offline::run(*args)
+                .await
+                .map(|o| ExitCode::from(o.exit_code())),
             Command::Plan(args) => spotinfer::plan::run(*args)
                 .await
                 .map(|()| ExitCode::SUCCESS),

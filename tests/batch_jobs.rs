@@ -1,6 +1,8 @@
 //! Offline batch jobs end to end: the official openai SDK against the Files + Batches API, and
 //! kill tests (SIGTERM at ~30 %, SIGKILL at ~60 %) for the server and for `spotinfer batch`:
-//! every custom_id exactly once, every answer equal to a direct /v1/embeddings call.
+//! every custom_id exactly once, every answer equal to a direct /v1/embeddings call. Ctrl-C on
+//! `spotinfer batch`: exit 130, the printed resume command finishes the job; a second signal
+//! quits at once.
 
 mod common;
 
@@ -12,8 +14,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
+const SIGINT: i32 = 2;
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
+const SIGSTOP: i32 = 19;
+const SIGCONT: i32 = 18;
 
 fn texts(n: usize) -> Vec<String> {
     let topics = [
@@ -249,9 +254,10 @@ fn server_batch_survives_sigterm_and_sigkill() {
 
     // Restart: resumed before Ready, continues; SIGKILL at ~60 %.
     let mut server = start();
-    assert!(server
-        .log_text()
-        .contains("resuming batch job from its checkpoint"));
+    server.wait_log(
+        "resuming batch job from its checkpoint",
+        Duration::from_secs(30),
+    );
     let (_, resumed_at, _) = progress(&server, &id);
     assert!(
         resumed_at >= at_term,
@@ -299,6 +305,10 @@ fn server_batch_survives_sigterm_and_sigkill() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Small chunks, and small device batches (~50 of these lines) so a run checkpoints many times
+/// before it ends, whatever the number of lines queued at once.
+const CHUNKED: [&str; 4] = ["--chunk-lines", "16", "--max-batch-tokens", "1024"];
+
 fn run_cli(input: &Path, output: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_spotinfer"))
         .args(["batch", "--model-id", test_model_dir().to_str().unwrap()])
@@ -308,7 +318,8 @@ fn run_cli(input: &Path, output: &Path) -> std::process::Child {
             "--output",
             output.to_str().unwrap(),
         ])
-        .args(["--chunk-lines", "16", "--no-progress"])
+        .args(CHUNKED)
+        .args(["--no-progress"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn spotinfer batch")
@@ -407,7 +418,7 @@ fn spotinfer_batch_says_how_to_recover_a_deleted_output() {
     };
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "an error exits 1: {stderr}");
     assert!(
         stderr.contains("out.jsonl is missing")
             && stderr.contains("records 8522514 bytes of results already written"),
@@ -428,4 +439,228 @@ fn spotinfer_batch_says_how_to_recover_a_deleted_output() {
     );
     assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), 4);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// `spotinfer batch` with stderr captured (for the resume command), flags from `extra`.
+fn spawn_batch(input: &Path, output: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_spotinfer"))
+        .args(["batch", "--model-id", test_model_dir().to_str().unwrap()])
+        .args(["--input", input.to_str().unwrap()])
+        .args(["--output", output.to_str().unwrap()])
+        .args(extra)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn spotinfer batch")
+}
+
+/// Waits for the child's exit and its whole stderr; panics after `limit` (a hang, not a
+/// timing assertion).
+fn wait_exit(child: std::process::Child, limit: Duration) -> (Option<i32>, String) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("spotinfer batch still running after {limit:?}"))
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls the checkpoint (the event: a durable commit) until it records `at` lines.
+fn wait_for_checkpoint(child: &mut std::process::Child, output: &Path, at: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lines_done(output) < at {
+        assert!(Instant::now() < deadline, "never reached line {at}");
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("spotinfer batch exited ({s}) before line {at}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until the kernel reports the child stopped (state `T` in /proc/<pid>/stat).
+fn wait_until_stopped(child: &std::process::Child) {
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&stat).unwrap();
+        // The state follows the command name, which is in parentheses.
+        let state = text.rsplit(')').next().unwrap().split_whitespace().next();
+        if state == Some("T") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never stopped: {text}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The command printed after "To resume, run:".
+fn resume_command(stderr: &str) -> String {
+    let mut lines = stderr.lines();
+    lines
+        .find(|l| l.contains("To resume, run:"))
+        .and_then(|_| lines.next())
+        .unwrap_or_else(|| panic!("no resume command in: {stderr}"))
+        .trim()
+        .to_string()
+}
+
+/// Runs a printed command through the shell (so its quoting is tested too).
+fn run_in_shell(cmd: &str) -> (Option<i32>, String) {
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh");
+    wait_exit(child, Duration::from_secs(600))
+}
+
+/// Every custom_id of `n` input lines exactly once, each a 200.
+fn assert_each_id_once(output: &Path, n: usize) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for l in std::fs::read_to_string(output).unwrap().lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["response"]["status_code"], 200, "{v}");
+        *seen
+            .entry(v["custom_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "duplicated custom_ids: {dups:?}");
+    for i in 0..n {
+        assert!(seen.contains_key(&format!("req-{i}")), "req-{i} missing");
+    }
+    assert_eq!(seen.len(), n);
+}
+
+const CTRL_C_LINES: usize = 1200;
+
+#[test]
+fn spotinfer_batch_ctrl_c_checkpoints_and_prints_the_resume_command() {
+    // A space and a quote in the path: the printed command must quote them.
+    let dir = temp_dir("cli ctrl-c it's");
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out put.jsonl");
+    write_input(&input, &texts(CTRL_C_LINES));
+
+    let mut child = spawn_batch(
+        &input,
+        &output,
+        &[&CHUNKED[..], &["--no-progress"]].concat(),
+    );
+    wait_for_checkpoint(&mut child, &output, 16);
+    signal(&child, SIGINT);
+    let (code, stderr) = wait_exit(child, Duration::from_secs(60));
+    assert_eq!(code, Some(130), "Ctrl-C: checkpointed, exit 130: {stderr}");
+    let done = lines_done(&output);
+    assert!(
+        (16..CTRL_C_LINES as u64).contains(&done),
+        "stopped part way: {done}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap().lines().count() as u64,
+        done,
+        "the output holds exactly the checkpointed lines"
+    );
+    let cmd = resume_command(&stderr);
+    assert!(
+        cmd.starts_with(env!("CARGO_BIN_EXE_spotinfer")) && cmd.contains("--chunk-lines 16"),
+        "the same command line: {cmd}"
+    );
+
+    let (code, stderr) = run_in_shell(&cmd);
+    assert_eq!(code, Some(0), "the resume command completes: {stderr}");
+    assert!(stderr.contains("resuming from the checkpoint"), "{stderr}");
+    assert_each_id_once(&output, CTRL_C_LINES);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn spotinfer_batch_second_signal_quits_at_once() {
+    let dir = temp_dir("cli-second-signal");
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    write_input(&input, &texts(CTRL_C_LINES));
+
+    let mut child = spawn_batch(
+        &input,
+        &output,
+        &[&CHUNKED[..], &["--no-progress"]].concat(),
+    );
+    wait_for_checkpoint(&mut child, &output, 16);
+    // Two signals that arrive together: while the process is stopped both stay pending (two
+    // SIGINTs would merge into one), and on SIGCONT it gets both before it can finish the
+    // first one's stop; the second must not wait for anything.
+    signal(&child, SIGSTOP);
+    wait_until_stopped(&child);
+    signal(&child, SIGINT);
+    signal(&child, SIGTERM);
+    signal(&child, SIGCONT);
+    let (code, stderr) = wait_exit(child, Duration::from_secs(60));
+    assert!(
+        stderr.contains("Quitting at once"),
+        "the second signal quits at once: {stderr}"
+    );
+    assert!(
+        matches!(code, Some(130) | Some(143)),
+        "exit 128 + the second signal: {code:?} {stderr}"
+    );
+    let done = lines_done(&output);
+    assert!(done >= 16, "what was committed stays: {done}");
+    let cmd = resume_command(&stderr);
+    let (code, stderr) = run_in_shell(&cmd);
+    assert_eq!(code, Some(0), "the resume command completes: {stderr}");
+    assert_each_id_once(&output, CTRL_C_LINES);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn spotinfer_batch_help_documents_exit_codes_and_hides_test_hooks() {
+    let help = |sub: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_spotinfer"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let batch = help("batch");
+    for row in [
+        "  0    every line done",
+        "  1    error",
+        "  2    invalid command line",
+    ] {
+        assert!(batch.contains(row), "{row}: {batch}");
+    }
+    assert!(batch.contains("  75   stopped by SIGTERM"), "{batch}");
+    assert!(batch.contains("  130  stopped by Ctrl-C"), "{batch}");
+    let serve = help("serve");
+    assert!(!serve.contains("test-batch-delay"), "{serve}");
+    for heading in [
+        "Model:",
+        "Server:",
+        "Batching:",
+        "Batch jobs:",
+        "Observability:",
+    ] {
+        assert!(serve.contains(heading), "{heading}: {serve}");
+    }
+    // A bad command line exits 2, as the help says.
+    let out = Command::new(env!("CARGO_BIN_EXE_spotinfer"))
+        .args(["batch", "--output", "x.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -125,7 +125,13 @@ fn openai_shapes_and_encodings() {
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     assert_eq!(body["data"][1]["index"], 1);
     assert_eq!(body["data"][0]["object"], "embedding");
-    assert!(body["model"].as_str().unwrap().contains("all-MiniLM-L6-v2"));
+    // Named by the repo id (here the folder's name), never by its path on this machine.
+    let name = spotinfer::config::default_served_model_name(test_model_dir().to_str().unwrap());
+    assert!(
+        name.ends_with("all-MiniLM-L6-v2") && !name.starts_with('/'),
+        "{name}"
+    );
+    assert_eq!(body["model"], name.as_str());
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() >= 4);
     assert_eq!(
         body["usage"]["prompt_tokens"],
@@ -196,6 +202,13 @@ fn openai_shapes_and_encodings() {
     let (status, models) = server.get_json("/v1/models");
     assert_eq!(status, 200);
     assert_eq!(models["object"], "list");
+    let name = spotinfer::config::default_served_model_name(test_model_dir().to_str().unwrap());
+    assert_eq!(info["served_model_name"], name.as_str());
+    assert_eq!(
+        models["data"][0]["id"],
+        name.as_str(),
+        "/v1/models agrees with /info"
+    );
 
     // Metrics moved.
     let text = server.metrics_text();

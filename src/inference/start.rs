@@ -206,7 +206,7 @@ pub async fn start(
         served_model_name: opts
             .served_model_name
             .clone()
-            .unwrap_or_else(|| args.model_id.clone()),
+            .unwrap_or_else(|| crate::config::default_served_model_name(&args.model_id)),
         model_id: args.model_id.clone(),
         revision: args.revision.clone(),
         source: files.source.clone(),

@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use futures::stream::{FuturesOrdered, StreamExt};
+use tokio_util::sync::CancellationToken;
 
 use super::durable::{io_err, StoreError};
+pub use super::lines::LineDone;
 use super::lines::{self, LineOutcome};
 use crate::inference::Inference;
 use crate::lifecycle::work::WorkGuard;
@@ -73,7 +75,25 @@ pub trait DriveHooks {
     fn hold(&mut self) -> Option<WorkGuard> {
         None
     }
+    /// Chunks run at once; together they are the lines waiting in the device queue.
+    fn chunks_in_flight(&self, _chunk_lines: usize) -> usize {
+        DEPTH
+    }
+    /// Told of each line as its result arrives (asked once per run).
+    fn on_line(&mut self) -> Option<LineDone> {
+        None
+    }
+    /// Once this is cancelled the run stops at once: chunks already finished are committed in
+    /// order, the rest are dropped (their lines run again on resume) instead of awaited.
+    /// Without it (the server, which drains) a stop waits for the chunks in flight.
+    fn abandon(&mut self) -> Option<CancellationToken> {
+        None
+    }
 }
+
+/// Default chunks in flight: enough that the device never idles between one chunk's end and
+/// the next one's lines reaching the queue.
+pub const DEPTH: usize = 4;
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -84,9 +104,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Runs `input` from the sink's position to `end` (a line boundary; `u64::MAX` for the end of
-/// the file), `DEPTH` chunks in flight so the device never idles between chunks and the queue
-/// holds enough lines to group similar lengths into full batches, committing chunks in order.
-/// Returns how it ended and where it stands.
+/// the file), several chunks in flight ([`DriveHooks::chunks_in_flight`]) so the device never
+/// idles between chunks and the queue holds enough lines to group similar lengths into full
+/// batches, committing chunks in order. Returns how it ended and where it stands.
 #[allow(clippy::too_many_arguments)]
 pub async fn drive(
     inference: &Inference,
@@ -97,8 +117,9 @@ pub async fn drive(
     chunk_lines: usize,
     hooks: &mut (dyn DriveHooks + Send),
 ) -> Result<(DriveEnd, Position), StoreError> {
-    // 4 x 256 lines: about four 16k-token batches queued at the corpus's mean length.
-    const DEPTH: usize = 4;
+    let depth = hooks.chunks_in_flight(chunk_lines).max(1);
+    let on_line = hooks.on_line();
+    let abandon = hooks.abandon();
     let mut sink = Some(sink);
     let mut at = sink.as_ref().map(|s| s.position()).unwrap_or_default();
     let separate_errors = sink.as_ref().is_some_and(|s| s.separate_errors());
@@ -109,7 +130,7 @@ pub async fn drive(
     let mut in_flight = FuturesOrdered::new();
     let input: PathBuf = input.to_path_buf();
     loop {
-        while !eof && !stopping && in_flight.len() < DEPTH {
+        while !eof && !stopping && in_flight.len() < depth {
             if hooks.should_stop() {
                 stopping = true;
                 break;
@@ -128,13 +149,24 @@ pub async fn drive(
             read_offset = next;
             read_line_no += n;
             let guard = hooks.hold();
+            let on_line = on_line.clone();
             in_flight.push_back(async move {
-                let (outcomes, device) = lines::process(inference, batch_id, chunk).await;
+                let (outcomes, device) =
+                    lines::process(inference, batch_id, chunk, on_line.as_ref()).await;
                 drop(guard);
                 (outcomes, device, next, n)
             });
         }
-        let Some((outcomes, device, next, n)) = in_flight.next().await else {
+        let next = match &abandon {
+            // Biased: a finished chunk is committed before the stop is looked at.
+            Some(token) => tokio::select! {
+                biased;
+                next = in_flight.next() => next,
+                () = token.cancelled() => return Ok((DriveEnd::Stopped, at)),
+            },
+            None => in_flight.next().await,
+        };
+        let Some((outcomes, device, next, n)) = next else {
             let end = if stopping {
                 DriveEnd::Stopped
             } else {

@@ -6,6 +6,7 @@
 //! A malformed line or a rejected request is a failed line (error file), never a failed job.
 //! A line cut short by shutdown is `Interrupted`: its chunk is not committed and runs again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -43,16 +44,31 @@ struct InputLine {
 
 pub const ENDPOINTS: &[&str] = &["/v1/embeddings", "/embeddings"];
 
+/// Told of each line as its result arrives (`true`: succeeded), before its chunk is done: for
+/// a progress bar that moves with the device batches. Runs inside the chunk's future, so it
+/// must be quick and must not block.
+pub type LineDone = Arc<dyn Fn(bool) + Send + Sync>;
+
 /// Processes lines concurrently (all their inputs enter the queue together) and returns one
 /// outcome per line, in order, with the device time their inputs took.
 pub async fn process(
     inference: &Inference,
     batch_id: &str,
     lines: Vec<RawLine>,
+    on_line: Option<&LineDone>,
 ) -> (Vec<LineOutcome>, Duration) {
-    let futures = lines
-        .into_iter()
-        .map(|line| process_one(inference, batch_id, line));
+    let futures = lines.into_iter().map(|line| async move {
+        let done = process_one(inference, batch_id, line).await;
+        if let Some(tell) = on_line {
+            match done.0 {
+                LineOutcome::Succeeded(_) => tell(true),
+                LineOutcome::Failed(_) => tell(false),
+                // Not done: its chunk runs again.
+                LineOutcome::Interrupted => {}
+            }
+        }
+        done
+    });
     let done = futures::future::join_all(futures).await;
     let device = done.iter().map(|(_, d)| *d).sum();
     (done.into_iter().map(|(o, _)| o).collect(), device)

@@ -7,16 +7,29 @@ use tokio::sync::mpsc;
 
 /// Starts listening; each received signal's number arrives on the channel.
 pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<i32>> {
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT])?;
+    let mut signals = stream()?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(sig) = signals.next().await {
-            let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
-            tracing::info!(signal = name, "signal received");
+            tracing::info!(signal = name(sig), "signal received");
             if tx.send(sig).is_err() {
                 break;
             }
         }
     });
     Ok(rx)
+}
+
+/// The signals themselves, without a task between: signals that arrive together are all
+/// ready in one poll (`spotinfer batch` quits at once when a second is already there).
+pub fn stream() -> std::io::Result<signal_hook_tokio::Signals> {
+    signal_hook_tokio::Signals::new([SIGTERM, SIGINT])
+}
+
+pub fn name(sig: i32) -> &'static str {
+    if sig == SIGTERM {
+        "SIGTERM"
+    } else {
+        "SIGINT"
+    }
 }

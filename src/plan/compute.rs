@@ -2,8 +2,9 @@
 
 use serde::Serialize;
 
+use super::gpus::GpuSpec;
 use super::inspect::ModelFacts;
-use super::shape::{gpu_spec, GpuSpec, ModelShape};
+use super::shape::ModelShape;
 use super::{dtype_bytes, dtype_name, PlanOptions, GIB, MIB};
 
 /// The platform guide: weights must fit in host RAM before they reach the GPU, plus 30 %.
@@ -28,8 +29,9 @@ const SMALL_FILES_BYTES: u64 = 32 * MIB;
 const SCRATCH_BYTES: u64 = GIB;
 /// Typical embedding input for throughput and queue thresholds (a sentence or a short chunk).
 const TOKENS_PER_INPUT: u64 = 128;
-/// Fraction of the GPU's dense FP16 tensor rate a small-batch embedding server reaches: the
-/// throughput estimate is an upper bound, to be replaced by a measured `--throughput`.
+/// Fraction of the GPU's dense tensor rate (at the plan's dtype) a small-batch embedding server
+/// reaches: the throughput estimate is an upper bound, to be replaced by a measured
+/// `--throughput`.
 const MODEL_FLOPS_UTILISATION: f64 = 0.25;
 /// HTTP + JSON + tokenization capacity of one core, in single-input requests a second:
 /// measured with `wrk` on loopback against `/tokenize` of all-MiniLM-L6-v2 (an 88-token
@@ -109,6 +111,8 @@ pub struct Plan {
     pub gpu_memory: Option<GpuMemory>,
     pub ephemeral_storage: Storage,
     pub keda: Keda,
+    /// Choices plan made for the user, and what they mean.
+    pub notes: Vec<String>,
 }
 
 fn round_up(bytes: u64, step: u64) -> u64 {
@@ -142,8 +146,8 @@ pub fn compute(facts: &ModelFacts, opts: &PlanOptions) -> Plan {
         limit_bytes: round_up(request + facts.weights.largest_file_bytes, 64 * MIB),
     };
 
-    let gpu_memory = opts.gpu.map(|kind| {
-        let gpu = gpu_spec(kind);
+    let gpu_memory = opts.gpu.map(|g| {
+        let gpu = GpuSpec::new(g, opts.dtype);
         let budget =
             (gpu.memory_bytes as f64 * GPU_MEMORY_TARGET / opts.replicas_per_gpu as f64) as u64;
         let needed = gpu_needed(shape, weights, opts.max_batch_tokens, b);
@@ -174,9 +178,9 @@ pub fn compute(facts: &ModelFacts, opts: &PlanOptions) -> Plan {
 
     let flops = shape.flops_per_input(TOKENS_PER_INPUT);
     let compute_bound = match opts.gpu {
-        Some(k) => {
+        Some(g) => {
             let share = 1.0 / opts.replicas_per_gpu as f64;
-            gpu_spec(k).fp16_tflops * 1e12 * MODEL_FLOPS_UTILISATION * share / flops
+            g.peak_tflops(opts.dtype) * 1e12 * MODEL_FLOPS_UTILISATION * share / flops
         }
         None => POD_CPU_CORES * CPU_GFLOPS_PER_CORE * 1e9 * MODEL_FLOPS_UTILISATION / flops,
     };
@@ -201,5 +205,6 @@ pub fn compute(facts: &ModelFacts, opts: &PlanOptions) -> Plan {
         gpu_memory,
         ephemeral_storage,
         keda,
+        notes: opts.notes.clone(),
     }
 }

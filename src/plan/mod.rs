@@ -12,47 +12,101 @@
 //! manifests follow when regenerated.
 
 mod compute;
+mod gpus;
 mod headers;
 mod inspect;
 mod render;
 mod shape;
 
-use crate::config::{DTypeArg, DeviceArg, GpuKind, PlanArgs, PlanOutput};
+use crate::config::{DTypeArg, DeviceArg, PlanArgs, PlanOutput};
 
 pub use compute::{compute, GpuMemory, HostMemory, Keda, Plan, Storage};
+pub use gpus::{find as find_gpu, Gpu, GpuSpec, Mig, Nodes, CATALOGUE};
 pub use headers::{add_header, read_local_header, WeightsSummary};
-pub use inspect::{inspect, ModelFacts};
+pub use inspect::{hub_snapshot, inspect, served_model, ModelFacts, ServedModel};
 pub use render::{command_line, quantity, render_kustomize, render_text};
-pub use shape::{gpu_spec, GpuSpec, ModelShape};
+pub use shape::ModelShape;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+
+/// What plan refuses, and what to do instead.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "--gpu {given}: not in the catalogue; valid values: {valid} (`--gpu list` prints their \
+         figures)"
+    )]
+    UnknownGpu { given: String, valid: String },
+    #[error(
+        "--dtype bfloat16 on the {gpu}: it has no BF16 (Turing); plan and serve with --dtype float16"
+    )]
+    NoBf16 { gpu: &'static str },
+    #[error(
+        "--replicas-per-gpu {replicas} on the MIG profile {gpu}: a MIG slice is not time-sliced \
+         (its memory is its own); plan one replica on a smaller profile instead"
+    )]
+    MigReplicas { gpu: &'static str, replicas: usize },
+    #[error(
+        "--output kustomize: {folder} is a local folder, and the pods load their model by Hub id \
+         (MODEL_ID), which this folder does not name; plan from the Hub id (--model-id org/name \
+         --revision <commit>), from its Hub-cache snapshot folder \
+         (.../models--org--name/snapshots/<commit>), or pass --served-model-id org/name"
+    )]
+    NoServedModel { folder: String },
+}
 
 /// What plan is asked to size for.
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
     pub dtype: DTypeArg,
     /// None: the CPU (no GPU, activations in host memory).
-    pub gpu: Option<GpuKind>,
+    pub gpu: Option<&'static Gpu>,
     pub replicas_per_gpu: u64,
     pub max_batch_tokens: u64,
     pub throughput: Option<f64>,
+    /// What plan chose for the user (e.g. float16 for a bfloat16 checkpoint on a T4).
+    pub notes: Vec<String>,
 }
 
 impl PlanOptions {
     /// The flags, with serve's defaults for what they leave out: float32 on the CPU; on a GPU
-    /// bfloat16 for bfloat16 checkpoints and float16 otherwise; a token budget of 16384 or the
-    /// model's longest input.
-    pub fn from_args(args: &PlanArgs, shape: &ModelShape) -> Self {
+    /// bfloat16 for bfloat16 checkpoints (float16 on a GPU without BF16) and float16 otherwise;
+    /// a token budget of 16384 or the model's longest input.
+    pub fn from_args(
+        args: &PlanArgs,
+        gpu: &'static Gpu,
+        shape: &ModelShape,
+    ) -> Result<Self, PlanError> {
         let cpu = args.model.device == DeviceArg::Cpu;
         let bf16 = shape.saved_dtype.as_deref() == Some("bfloat16");
-        Self {
-            dtype: args.model.dtype.unwrap_or(match (cpu, bf16) {
-                (true, _) => DTypeArg::Float32,
-                (false, true) => DTypeArg::Bfloat16,
-                (false, false) => DTypeArg::Float16,
-            }),
-            gpu: (!cpu).then_some(args.gpu),
+        let mut notes = Vec::new();
+        let dtype = match (args.model.dtype, cpu) {
+            (Some(DTypeArg::Bfloat16), false) if gpu.bf16_tflops.is_none() => {
+                return Err(PlanError::NoBf16 { gpu: gpu.name })
+            }
+            (Some(d), _) => d,
+            (None, true) => DTypeArg::Float32,
+            (None, false) if bf16 && gpu.bf16_tflops.is_none() => {
+                notes.push(format!(
+                    "the checkpoint is bfloat16 and the {} has no BF16: planned at float16 \
+                     (DTYPE=float16 in the kustomize output)",
+                    gpu.name
+                ));
+                DTypeArg::Float16
+            }
+            (None, false) if bf16 => DTypeArg::Bfloat16,
+            (None, false) => DTypeArg::Float16,
+        };
+        if !cpu && gpu.mig.is_some() && args.replicas_per_gpu > 1 {
+            return Err(PlanError::MigReplicas {
+                gpu: gpu.id,
+                replicas: args.replicas_per_gpu,
+            });
+        }
+        Ok(Self {
+            dtype,
+            gpu: (!cpu).then_some(gpu),
             replicas_per_gpu: args.replicas_per_gpu.max(1) as u64,
             max_batch_tokens: args
                 .max_batch_tokens
@@ -61,7 +115,8 @@ impl PlanOptions {
                 })
                 .max(1) as u64,
             throughput: args.throughput,
-        }
+            notes,
+        })
     }
 }
 
@@ -82,8 +137,17 @@ pub fn dtype_name(d: DTypeArg) -> &'static str {
 
 /// `spotinfer plan`.
 pub async fn run(args: PlanArgs) -> anyhow::Result<()> {
+    if args.gpu.trim().eq_ignore_ascii_case("list") {
+        print!("{}", gpus::render_list());
+        return Ok(());
+    }
+    // The GPU first: a typo fails before any network request.
+    let gpu = gpus::find(&args.gpu).ok_or_else(|| PlanError::UnknownGpu {
+        given: args.gpu.clone(),
+        valid: gpus::ids(),
+    })?;
     let facts = inspect(&args).await?;
-    let mut opts = PlanOptions::from_args(&args, &facts.shape);
+    let mut opts = PlanOptions::from_args(&args, gpu, &facts.shape)?;
     let mut plan = compute(&facts, &opts);
     // Without --max-batch-tokens, serve on a GPU lowers its budget to what the memory left
     // after the weights holds (`batching::memory_cap`): plan the same budget.
@@ -101,7 +165,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<()> {
     let out = match args.output {
         PlanOutput::Text => render_text(&plan),
         PlanOutput::Json => serde_json::to_string_pretty(&plan)? + "\n",
-        PlanOutput::Kustomize => render_kustomize(&plan, &command_line(&args, &opts)),
+        PlanOutput::Kustomize => render_kustomize(&plan, &command_line(&args, &opts))?,
     };
     print!("{out}");
     Ok(())
@@ -168,6 +232,7 @@ mod tests {
         ModelFacts {
             model_id: "x".into(),
             revision: "main".into(),
+            serves: served_model("x", "main", None),
             shape,
             weights,
             parameters_from: "test".into(),
@@ -177,10 +242,11 @@ mod tests {
     fn gpu_opts(dtype: DTypeArg) -> PlanOptions {
         PlanOptions {
             dtype,
-            gpu: Some(GpuKind::A10g),
+            gpu: find_gpu("a10g"),
             replicas_per_gpu: 1,
             max_batch_tokens: 16384,
             throughput: None,
+            notes: Vec::new(),
         }
     }
 
@@ -277,14 +343,91 @@ mod tests {
             k.request_rate_threshold,
             (k.throughput_per_pod * 0.7) as u64
         );
-        let yaml = render_kustomize(&plan, "spotinfer plan ...");
+        let yaml = render_kustomize(&plan, "spotinfer plan ...").unwrap();
         assert!(yaml.contains("kind: Component"));
         assert!(yaml.contains("value: \"8192\""));
-        // A Hub id is pinned in the manifests, a local folder never lands there.
+        // A whole GPU keeps the base's nvidia.com/gpu request.
+        let patch = yaml.split_once("kind: Component").unwrap().1;
+        assert!(!patch.contains("nvidia.com/"), "{yaml}");
+        // A Hub id is pinned in the manifests; a folder that names no repository is refused
+        // rather than leaving the base's default model in the pods.
         assert!(yaml.contains("- name: MODEL_ID\n                    value: \"x\""));
         let mut local = plan.clone();
         local.model.model_id = "./models/minilm".into();
-        assert!(!render_kustomize(&local, "").contains("MODEL_ID"));
+        local.model.serves = None;
+        let err = render_kustomize(&local, "").unwrap_err().to_string();
+        assert!(err.contains("--served-model-id"), "{err}");
+        assert!(render_text(&local).contains("serves           unknown"));
+    }
+
+    #[test]
+    fn a_mig_profile_gets_its_share_and_its_resource() {
+        let shape = ModelShape::from_config(&minilm_config()).unwrap();
+        let sum = WeightsSummary {
+            parameters: shape.estimated_parameters(),
+            files: 1,
+            ..Default::default()
+        };
+        let f = facts(shape, sum);
+        let whole = compute(&f, &gpu_opts(DTypeArg::Float16));
+        let slice = compute(
+            &f,
+            &PlanOptions {
+                gpu: find_gpu("h100-1g.10gb"),
+                ..gpu_opts(DTypeArg::Float16)
+            },
+        );
+        let g = slice.gpu_memory.as_ref().unwrap();
+        assert_eq!(g.gpu.id, "h100-80gb-1g.10gb");
+        assert_eq!(g.gpu.memory_bytes, 9_856 * MIB);
+        assert_eq!(
+            g.budget_per_replica_bytes,
+            (9_856.0 * MIB as f64 * 0.85) as u64
+        );
+        assert!((g.gpu.peak_tflops - 989.5 / 7.0).abs() < 1e-9);
+        // A seventh of an H100 out-computes an A10G's 70 TFLOP/s.
+        assert!(slice.keda.compute_bound_per_pod > whole.keda.compute_bound_per_pod);
+        let yaml = render_kustomize(&slice, "").unwrap();
+        assert_eq!(yaml.matches("nvidia.com/gpu: null").count(), 2, "{yaml}");
+        assert_eq!(
+            yaml.matches("nvidia.com/mig-1g.10gb: \"1\"").count(),
+            2,
+            "{yaml}"
+        );
+        assert!(yaml.contains("p5.48xlarge"));
+    }
+
+    #[test]
+    fn hub_cache_snapshot_folders_name_their_repository() {
+        let p = std::path::Path::new(
+            "/cache/hub/models--BAAI--bge-small-en-v1.5/snapshots/5c38ec7c405ec4b44b94cc5a9bb96e735b38267a",
+        );
+        assert_eq!(
+            hub_snapshot(p),
+            Some((
+                "BAAI/bge-small-en-v1.5".into(),
+                "5c38ec7c405ec4b44b94cc5a9bb96e735b38267a".into()
+            ))
+        );
+        let legacy = std::path::Path::new("/c/models--bert-base-uncased/snapshots/abc/");
+        assert_eq!(
+            hub_snapshot(legacy),
+            Some(("bert-base-uncased".into(), "abc".into()))
+        );
+        assert_eq!(hub_snapshot(std::path::Path::new("/models/minilm")), None);
+        assert_eq!(
+            hub_snapshot(std::path::Path::new("/c/datasets--a--b/snapshots/abc")),
+            None
+        );
+        // A Hub id serves itself; --served-model-id wins over anything.
+        let hub = served_model("org/name", "v1", None).unwrap();
+        assert_eq!(
+            (hub.model_id.as_str(), hub.revision.as_str()),
+            ("org/name", "v1")
+        );
+        let named = served_model(".", "main", Some("org/other")).unwrap();
+        assert_eq!(named.model_id, "org/other");
+        assert_eq!(named.from, "--served-model-id");
     }
 
     #[test]

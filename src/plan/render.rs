@@ -2,10 +2,9 @@
 
 use std::fmt::Write as _;
 
-use std::path::Path;
-
 use super::compute::{Plan, GPU_MEMORY_TARGET, HOST_WEIGHT_FACTOR, TARGET_UTILISATION};
-use super::{dtype_name, PlanOptions, GIB, MIB};
+use super::gpus::{node_list, GpuSpec};
+use super::{dtype_name, PlanError, PlanOptions, GIB, MIB};
 use crate::config::PlanArgs;
 
 /// A Kubernetes quantity: whole GiB as `NGi`, else MiB.
@@ -50,6 +49,23 @@ pub fn render_text(p: &Plan) -> String {
         "model            {} @ {} ({})",
         m.model_id, m.revision, m.shape.model_type
     );
+    match &m.serves {
+        Some(sv) if sv.model_id == m.model_id && sv.revision == m.revision => {}
+        Some(sv) => {
+            let _ = writeln!(
+                s,
+                "serves           {} @ {} (MODEL_ID, REVISION; from {})",
+                sv.model_id, sv.revision, sv.from
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "serves           unknown: a local folder names no Hub repository (--output \
+                 kustomize needs --served-model-id)"
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "parameters       {} ({}) from {}; {} file(s), {} stored as {}",
@@ -88,6 +104,7 @@ pub fn render_text(p: &Plan) -> String {
     );
     match &p.gpu_memory {
         Some(g) => {
+            gpu_lines(&mut s, &g.gpu);
             let _ = writeln!(
                 s,
                 "GPU memory       {} = weights + activations {} at {} batch tokens + context {}",
@@ -147,6 +164,9 @@ pub fn render_text(p: &Plan) -> String {
         TARGET_UTILISATION * 100.0,
         k.queue_depth_threshold
     );
+    for n in &p.notes {
+        let _ = writeln!(s, "note             {n}");
+    }
     if k.throughput_from == "estimate" {
         let _ = writeln!(
             s,
@@ -156,8 +176,31 @@ pub fn render_text(p: &Plan) -> String {
     s
 }
 
-fn is_local(model_id: &str) -> bool {
-    Path::new(model_id).is_dir() || model_id.starts_with('/') || model_id.starts_with('.')
+/// The GPU's figures and where to rent it.
+fn gpu_lines(s: &mut String, g: &GpuSpec) {
+    let bf16 = g
+        .bf16_tflops
+        .map_or("no BF16".to_string(), |t| format!("BF16 {t:.1}"));
+    let _ = writeln!(
+        s,
+        "GPU              {} (--gpu {}): {}, dense TFLOP/s FP16 {:.1}, {bf16}; requests {}",
+        g.name,
+        g.id,
+        human(g.memory_bytes),
+        g.fp16_tflops,
+        g.resource
+    );
+    if let Some(m) = &g.mig {
+        let _ = writeln!(
+            s,
+            "MIG              {} of {}: {}/7 of its compute, its own memory, no time-slicing; \
+             nodes advertise {} under the device plugin's mixed MIG strategy",
+            m.profile, m.parent, m.compute_slices, g.resource
+        );
+    }
+    let _ = writeln!(s, "nodes AWS        {}", node_list(g.nodes.aws));
+    let _ = writeln!(s, "nodes GCP        {}", node_list(g.nodes.gcp));
+    let _ = writeln!(s, "nodes Azure      {}", node_list(g.nodes.azure));
 }
 
 /// The command line that reproduces this plan, for the generated file's header.
@@ -168,15 +211,15 @@ pub fn command_line(args: &PlanArgs, opts: &PlanOptions) -> String {
         args.model.revision,
         dtype_name(opts.dtype)
     );
+    if let Some(id) = &args.served_model_id {
+        let _ = write!(c, " --served-model-id {id}");
+    }
     match opts.gpu {
         Some(g) => {
-            let gpu = clap::ValueEnum::to_possible_value(&g)
-                .map(|v| v.get_name().to_string())
-                .unwrap_or_default();
             let _ = write!(
                 c,
-                " --gpu {gpu} --replicas-per-gpu {}",
-                opts.replicas_per_gpu
+                " --gpu {} --replicas-per-gpu {}",
+                g.id, opts.replicas_per_gpu
             );
         }
         None => c.push_str(" --device cpu"),
@@ -189,10 +232,19 @@ pub fn command_line(args: &PlanArgs, opts: &PlanOptions) -> String {
     c
 }
 
-/// A kustomize Component patching deploy/base: the container's memory and ephemeral storage,
-/// the /data volume, the dtype and token budget it was sized for, and the ScaledObject's
-/// thresholds (trigger 0: request rate, trigger 1: queue depth).
-pub fn render_kustomize(p: &Plan, command: &str) -> String {
+/// A kustomize Component patching deploy/base: the model the pods serve, the container's
+/// memory and ephemeral storage (and, on a MIG profile, its GPU resource), the /data volume,
+/// the dtype and token budget it was sized for, and the ScaledObject's thresholds (trigger 0:
+/// request rate, trigger 1: queue depth). A local folder that names no Hub repository is
+/// refused: the pods would load the base's default model, not the one sized here.
+pub fn render_kustomize(p: &Plan, command: &str) -> Result<String, PlanError> {
+    let served = p
+        .model
+        .serves
+        .as_ref()
+        .ok_or_else(|| PlanError::NoServedModel {
+            folder: p.model.model_id.clone(),
+        })?;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -205,19 +257,26 @@ pub fn render_kustomize(p: &Plan, command: &str) -> String {
     let h = &p.host_memory;
     let e = &p.ephemeral_storage;
     let mut env = String::new();
-    if !is_local(&p.model.model_id) {
-        let _ = write!(
-            env,
-            "                  - name: MODEL_ID\n                    value: {}\n                  - name: REVISION\n                    value: {}\n",
-            yaml_str(&p.model.model_id),
-            yaml_str(&p.model.revision)
-        );
-    }
+    let _ = write!(
+        env,
+        "                  - name: MODEL_ID\n                    value: {}\n                  - name: REVISION\n                    value: {}\n",
+        yaml_str(&served.model_id),
+        yaml_str(&served.revision)
+    );
     let _ = write!(
         env,
         "                  - name: DTYPE\n                    value: {}\n                  - name: MAX_BATCH_TOKENS\n                    value: \"{}\"\n",
         p.dtype, p.max_batch_tokens
     );
+    // A MIG profile replaces the base's whole-GPU request (null deletes a key in a strategic
+    // merge patch).
+    let gpu = match p.gpu_memory.as_ref().filter(|g| g.gpu.mig.is_some()) {
+        Some(g) => format!(
+            "                    nvidia.com/gpu: null\n                    {}: \"1\"\n",
+            g.gpu.resource
+        ),
+        None => String::new(),
+    };
     let _ = write!(
         s,
         r#"apiVersion: kustomize.config.k8s.io/v1alpha1
@@ -238,10 +297,10 @@ patches:
                   requests:
                     memory: {mreq}
                     ephemeral-storage: {ereq}
-                  limits:
+{gpu}                  limits:
                     memory: {mlim}
                     ephemeral-storage: {elim}
-            volumes:
+{gpu}            volumes:
               - name: data
                 emptyDir:
                   sizeLimit: {vol}
@@ -265,7 +324,7 @@ patches:
         rate = p.keda.request_rate_threshold,
         queue = p.keda.queue_depth_threshold,
     );
-    s
+    Ok(s)
 }
 
 /// A YAML scalar that stays a string whatever the model id looks like.

@@ -1,34 +1,6 @@
-//! The model's shape from config.json, and the GPUs plan sizes for.
+//! The model's shape from config.json.
 
 use serde::Serialize;
-
-use super::MIB;
-use crate::config::GpuKind;
-
-/// What one GPU model offers.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct GpuSpec {
-    pub name: &'static str,
-    /// Memory as `nvidia-smi` reports it.
-    pub memory_bytes: u64,
-    /// Dense FP16/BF16 tensor-core rate, TFLOP/s.
-    pub fp16_tflops: f64,
-}
-
-pub fn gpu_spec(kind: GpuKind) -> GpuSpec {
-    let (name, mib, fp16_tflops) = match kind {
-        GpuKind::A10g => ("NVIDIA A10G (g5)", 23_028, 70.0),
-        GpuKind::L4 => ("NVIDIA L4 (g6)", 23_034, 121.0),
-        GpuKind::A100_40gb => ("NVIDIA A100 40GB (p4d)", 40_960, 312.0),
-        GpuKind::A100_80gb => ("NVIDIA A100 80GB (p4de)", 81_920, 312.0),
-        GpuKind::H100_80gb => ("NVIDIA H100 80GB (p5)", 81_559, 989.0),
-    };
-    GpuSpec {
-        name,
-        memory_bytes: mib * MIB,
-        fp16_tflops,
-    }
-}
 
 /// The shape numbers plan needs from config.json, under the names the common families use.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -8,7 +8,7 @@ pub mod prometheus;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
@@ -114,6 +114,8 @@ pub struct Server {
     pub base: String,
     pub metrics_base: String,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// Notified by the log reader after each line it appends (see [`Server::wait_log`]).
+    pub logged: Arc<Condvar>,
     /// A state dir this harness made (removed on drop); None when the test chose its own.
     own_state_dir: Option<std::path::PathBuf>,
     spawned: Instant,
@@ -182,6 +184,8 @@ impl ServerBuilder {
         let mut child = cmd.spawn().expect("spawn spotinfer");
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let logged = Arc::new(Condvar::new());
+        let notify = logged.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
         std::thread::spawn(move || {
@@ -205,6 +209,7 @@ impl ServerBuilder {
                     eprintln!("[server] {line}");
                 }
                 sink.lock().unwrap().push(line);
+                notify.notify_all();
             }
         });
         let (base, metrics_base) = match rx.recv_timeout(Duration::from_secs(30)) {
@@ -222,6 +227,7 @@ impl ServerBuilder {
             base,
             metrics_base,
             logs,
+            logged,
             own_state_dir,
             spawned,
             cold_start: Duration::ZERO,
@@ -254,6 +260,22 @@ impl Server {
 
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle` (the reader thread may still be behind the
+    /// server's HTTP answers); panics with the logs after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut logs = self.logs.lock().unwrap();
+        while !logs.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line with {needle:?} in {timeout:?}; logs:\n{}",
+                logs.join("\n")
+            );
+            logs = self.logged.wait_timeout(logs, left).unwrap().0;
+        }
     }
 
     pub fn wait_ready(&self, timeout: Duration) {
