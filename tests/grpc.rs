@@ -44,11 +44,15 @@ fn target(server: &Server) -> String {
     server.base.trim_start_matches("http://").to_string()
 }
 
-/// Runs one scenario of the Python client; its JSON result.
+/// Runs one scenario of the Python client against the HTTP port; its JSON result.
 fn grpc_call(server: &Server, scenario: &str, args: Value) -> Value {
+    grpc_call_at(server, &target(server), scenario, args)
+}
+
+fn grpc_call_at(server: &Server, target: &str, scenario: &str, args: Value) -> Value {
     let out = Command::new(grpc_python())
         .arg(client())
-        .args([&target(server), scenario, &args.to_string()])
+        .args([target, scenario, &args.to_string()])
         .output()
         .expect("run tests/python/grpc_client.py");
     assert!(
@@ -398,6 +402,7 @@ fn sigterm_mid_stream_answers_every_accepted_message_then_ends_cleanly() {
         "drain",
         json!({"n": n, "pid": server.pid(), "metrics": server.metrics_base}),
     );
+    eprintln!("stream across SIGTERM: {g}");
     let answers = g["answers"].as_array().expect("answers");
     assert_eq!(
         answers.len(),
@@ -411,4 +416,31 @@ fn sigterm_mid_stream_answers_every_accepted_message_then_ends_cleanly() {
     let (exit, _) = server.wait_exit(Duration::from_secs(30));
     assert_eq!(exit, Some(0), "{}", server.log_text());
     assert!(server.log_text().contains("drain complete"));
+}
+
+#[test]
+fn grpc_port_serves_grpc_alone() {
+    let (dir, _) = fixture("tiny-bert");
+    let server = Server::builder(&dir).args(["--grpc-port", "0"]).start();
+    let log = server.log_text();
+    let grpc_url = log
+        .split("gRPC-only port on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no gRPC port in the log:\n{log}"))
+        .to_string();
+    let g = grpc_call_at(
+        &server,
+        grpc_url.trim_start_matches("http://"),
+        "info",
+        json!({}),
+    );
+    assert_eq!(g["model_type"], "MODEL_TYPE_EMBEDDING", "{g}");
+    // Plain HTTP on that port is told what it serves.
+    let r = common::blocking_client()
+        .post(format!("{grpc_url}/embed"))
+        .json(&json!({"inputs": "x"}))
+        .send()
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 415);
 }

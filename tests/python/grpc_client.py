@@ -2,7 +2,7 @@
 grpcio-tools (nothing generated is kept in the repository). Prints one JSON object.
 
 Usage: python grpc_client.py TARGET SCENARIO [ARGS_JSON]
-TARGET is host:port. SCENARIO is one of: embedder, sparse, reranker, classifier, overload,
+TARGET is host:port. SCENARIO is one of: info, embedder, sparse, reranker, classifier, overload,
 drain (see each function). Errors are reported as their gRPC code names.
 """
 import json
@@ -286,6 +286,7 @@ def drain():
 
 
 print(json.dumps({
+    "info": info,
     "embedder": embedder,
     "sparse": sparse,
     "reranker": reranker,
