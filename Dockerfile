@@ -48,6 +48,7 @@ RUN --mount=type=secret,id=ca_bundle \
 
 # The crate itself.
 COPY build.rs ./
+COPY proto proto
 COPY benches benches
 COPY src src
 RUN touch src/main.rs src/lib.rs \

@@ -1,6 +1,9 @@
-//! Compiles spotinfer's own CUDA kernels (`src/model/cuda/kernels/*.cu`) to PTX when the `cuda`
-//! feature is on; the PTX is embedded with `include_str!` by `src/model/cuda/kernels.rs` and
-//! JIT-compiled by the driver at load. Without the feature this does nothing.
+//! Two jobs:
+//! - generates the gRPC server code (`tei.v1`) from `proto/tei.proto` with a pure-Rust
+//!   protobuf compiler, so no protoc is needed;
+//! - with the `cuda` feature, compiles spotinfer's own CUDA kernels
+//!   (`src/model/cuda/kernels/*.cu`) to PTX, embedded with `include_str!` by
+//!   `src/model/cuda/kernels.rs` and JIT-compiled by the driver at load.
 //!
 //! nvcc comes from `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `PATH`. On a machine without CUDA
 //! use `scripts/cuda-build.sh` (pinned CUDA 13.0 wheels; see docs/CUDA.md).
@@ -22,6 +25,10 @@ const NVCC_FLAGS: &[&str] = &[
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    if let Err(e) = build_proto() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -29,6 +36,18 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// `proto/tei.proto` -> `$OUT_DIR/tei.v1.rs` (messages and server traits; no client).
+fn build_proto() -> Result<(), String> {
+    const PROTO: &str = "proto/tei.proto";
+    println!("cargo:rerun-if-changed={PROTO}");
+    let fds = protox::compile([PROTO], ["proto"]).map_err(|e| format!("{PROTO}: {e}"))?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_transport(false)
+        .compile_fds(fds)
+        .map_err(|e| format!("generating gRPC code from {PROTO}: {e}"))
 }
 
 fn build_kernels() -> Result<(), String> {

@@ -246,6 +246,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PROMETHEUS_PORT", default_value_t = 9000, help_heading = OBSERVABILITY)]
     pub prometheus_port: u16,
 
+    /// An extra port serving only gRPC (tei.v1). gRPC is always served on --port as well (HTTP/2
+    /// with `content-type: application/grpc`); this is for clients or load balancers that want
+    /// a port of its own. 0 picks a free port (logged at start).
+    #[arg(long, env = "GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+
     /// Inputs (not requests) admitted at once; beyond it requests get 429 with Retry-After.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 512, help_heading = SERVER)]
     pub max_concurrent_requests: usize,

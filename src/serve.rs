@@ -130,7 +130,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             stop_rx.clone(),
         ));
     }
-    let main_server = tokio::spawn(server::listener::serve(main_listener, app, bounds, stop_rx));
+    let grpc = server::grpc::router(state.clone(), stop_rx.clone());
+    if let Some(port) = args.grpc_port {
+        let grpc_listener = bind(&host, port).await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        tracing::info!(grpc = %url(grpc_addr), "gRPC-only port on {}", url(grpc_addr));
+        let apps = server::listener::Apps {
+            http: server::grpc_only_router(),
+            grpc: Some(grpc.clone()),
+        };
+        tokio::spawn(server::listener::serve(
+            grpc_listener,
+            apps,
+            bounds,
+            stop_rx.clone(),
+        ));
+    }
+    let apps = server::listener::Apps {
+        http: app,
+        grpc: Some(grpc),
+    };
+    let main_server = tokio::spawn(server::listener::serve(
+        main_listener,
+        apps,
+        bounds,
+        stop_rx,
+    ));
     let metrics_app = server::metrics_router(state.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(metrics_listener, metrics_app).await {

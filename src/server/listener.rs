@@ -43,14 +43,29 @@ pub struct Bounds {
     pub max_connections: usize,
 }
 
+/// What a connection serves: the HTTP router, and the gRPC services that take HTTP/2
+/// requests with a gRPC content type (`super::grpc::is_grpc`).
+#[derive(Clone)]
+pub struct Apps {
+    pub http: Router,
+    pub grpc: Option<Router>,
+}
+
+impl From<Router> for Apps {
+    fn from(http: Router) -> Self {
+        Self { http, grpc: None }
+    }
+}
+
 /// Serves `app` on `listener` until `stop` turns true. Returns the number of connections still
 /// open at that moment (they keep being served by their own tasks).
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: impl Into<Apps>,
     bounds: Bounds,
     mut stop: watch::Receiver<bool>,
 ) -> usize {
+    let app = app.into();
     let open = Arc::new(AtomicUsize::new(0));
     let slots = Arc::new(Semaphore::new(bounds.max_connections.max(1)));
     loop {
@@ -278,7 +293,7 @@ impl Clock {
 
 fn spawn_connection(
     stream: TcpStream,
-    app: Router,
+    app: Apps,
     bounds: Bounds,
     mut stop: watch::Receiver<bool>,
     open: Arc<AtomicUsize>,
@@ -311,7 +326,12 @@ fn spawn_connection(
             move |req: axum::extract::Request<hyper::body::Incoming>| {
                 counted.in_flight.fetch_add(1, Ordering::AcqRel);
                 let guard = InFlight(counted.clone());
-                let mut app = app.clone();
+                // gRPC bypasses the HTTP router's layers (body limits and timeouts that would
+                // cut a long-lived stream); it keeps this connection's bounds and drain.
+                let mut app = match &app.grpc {
+                    Some(grpc) if super::grpc::is_grpc(&req) => grpc.clone(),
+                    _ => app.http.clone(),
+                };
                 async move {
                     let r = app.call(req.map(axum::body::Body::new)).await;
                     // The request stays in flight until hyper has sent the whole body.

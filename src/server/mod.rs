@@ -4,6 +4,7 @@
 
 pub mod docs;
 pub mod errors;
+pub mod grpc;
 pub mod jobs;
 pub mod listener;
 pub mod middleware;
@@ -142,6 +143,20 @@ async fn method_not_allowed(
     .into_response();
     *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
     r
+}
+
+/// The `--grpc-port` listener's answer to anything that is not gRPC.
+pub fn grpc_only_router() -> Router {
+    Router::new().fallback(|| async {
+        use axum::response::IntoResponse;
+        let mut r = ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "this port serves gRPC only (HTTP/2, content-type: application/grpc)",
+        )
+        .into_response();
+        r.extensions_mut().remove::<errors::ErrorReason>();
+        r
+    })
 }
 
 /// The separate Prometheus port: only /metrics.

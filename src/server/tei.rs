@@ -297,7 +297,7 @@ pub(crate) struct RerankBody {
 }
 
 /// `(index, score)`, highest first; equal scores put the later text first, as TEI does.
-fn rank(scores: Vec<f32>) -> Vec<(usize, f32)> {
+pub(crate) fn rank(scores: Vec<f32>) -> Vec<(usize, f32)> {
     let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
     ranked
