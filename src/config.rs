@@ -140,6 +140,12 @@ pub struct ModelArgs {
     #[arg(long, env = "DEFAULT_PROMPT")]
     pub default_prompt: Option<String>,
 
+    /// JSON file of per-dimension ranges for `int8` / `uint8` embeddings: `[[min, …], [max,
+    /// …]]` (sentence-transformers' `quantize_embeddings` `ranges`) or `{"min", "max"}`.
+    /// Default: each vector's own symmetric range, ±max |x|.
+    #[arg(long, env = "QUANTIZATION_RANGES")]
+    pub quantization_ranges: Option<PathBuf>,
+
     /// CPU implementation: `native` (spotinfer's own fused kernels, the fast path: float32,
     /// and float16 where the CPU has AVX512-FP16) or `candle` (the reference; also used for
     /// bfloat16, and for float16 on CPUs without AVX512-FP16).

@@ -14,6 +14,7 @@ pub mod admission;
 pub mod error;
 pub mod inputs;
 pub mod openai;
+pub mod quantize;
 pub mod start;
 
 use std::collections::HashMap;
@@ -134,6 +135,8 @@ pub struct Inference {
     admission: Arc<Admission>,
     limits: RequestLimits,
     metrics: Arc<Metrics>,
+    /// `--quantization-ranges` for int8 / uint8 outputs.
+    pub quantization_ranges: Option<quantize::Ranges>,
 }
 
 fn sigmoid(x: f32) -> f32 {

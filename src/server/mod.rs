@@ -2,6 +2,7 @@
 //! its drain behaviour and connection bounds. Knows nothing of tensors: every inference route
 //! is a call on the inference API.
 
+pub mod cohere;
 pub mod errors;
 pub mod jobs;
 pub mod listener;
@@ -69,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/rerank", post(tei::rerank))
         .route("/v1/rerank", post(tei::rerank_cohere))
         .route("/v2/rerank", post(tei::rerank_cohere))
+        .route("/v1/embed", post(cohere::embed_v1))
+        .route("/v2/embed", post(cohere::embed_v2))
         .route("/predict", post(tei::predict))
         .route("/similarity", post(tei::similarity))
         .route("/invocations", post(tei::invocations))

@@ -20,6 +20,7 @@ use super::errors::{ApiError, ErrorKind};
 use super::request::parse_json;
 use super::{timing, AppState};
 use crate::inference::inputs::parse_inputs;
+use crate::inference::quantize::{render_all, EmbeddingType};
 use crate::inference::{Direction, EmbedRequest, Inference, TextOptions, Timings};
 use crate::model::{Task, Want};
 use crate::priority::Priority;
@@ -87,6 +88,9 @@ struct EmbedBody {
     normalize: bool,
     #[serde(default)]
     dimensions: Option<usize>,
+    /// Beyond TEI: `int8`, `uint8`, `binary`, `ubinary` or `base64` vectors (`float` default).
+    #[serde(default)]
+    embedding_type: Option<String>,
     #[serde(flatten)]
     text: Text,
 }
@@ -101,6 +105,19 @@ pub async fn embed(
 
 async fn embed_value(state: &AppState, body: Value) -> Result<Response, ApiError> {
     let req: EmbedBody = from_value(body)?;
+    let embedding_type = match req.embedding_type.as_deref() {
+        None => EmbeddingType::Float,
+        Some(name) => EmbeddingType::parse(name).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Validation,
+                format!(
+                    "embedding_type must be float, int8, uint8, binary, ubinary or base64, got \
+                     `{name}`"
+                ),
+            )
+            .param("embedding_type")
+        })?,
+    };
     let inference = state.inference()?;
     let out = inference
         .embed(
@@ -113,7 +130,13 @@ async fn embed_value(state: &AppState, body: Value) -> Result<Response, ApiError
             Priority::Online,
         )
         .await?;
-    Ok(with_timing(&inference, &out.timings, json!(out.vectors)))
+    let body = render_all(
+        &out.vectors,
+        embedding_type,
+        inference.quantization_ranges.as_ref(),
+    )
+    .map_err(|e| ApiError::new(ErrorKind::Validation, e.to_string()).param("embedding_type"))?;
+    Ok(with_timing(&inference, &out.timings, body))
 }
 
 #[derive(Deserialize)]
