@@ -179,6 +179,15 @@ pub struct ModelArgs {
     pub json_output: bool,
 }
 
+/// How spans travel to the OpenTelemetry collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    HttpProtobuf,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -321,6 +330,20 @@ pub struct ServeArgs {
     /// Folder for batch-job files, metadata and checkpoints (a PVC in Kubernetes).
     #[arg(long, env = "STATE_DIR", default_value = "./spotinfer-state")]
     pub state_dir: PathBuf,
+
+    /// OpenTelemetry collector for traces, e.g. `http://otel-collector:4317`. Unset: no
+    /// exporter and no spans.
+    #[arg(long, env = "OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported spans.
+    #[arg(long, env = "OTLP_SERVICE_NAME", default_value = "spotinfer")]
+    pub otlp_service_name: String,
+
+    /// OTLP transport: `grpc` (as TEI) or `http-protobuf` (`/v1/traces` is appended to the
+    /// endpoint).
+    #[arg(long, env = "OTLP_PROTOCOL", value_enum, default_value = "grpc")]
+    pub otlp_protocol: OtlpProtocol,
 
     /// Dollars per hour for this pod's share of the node; enables the cost metrics. 0 = off.
     #[arg(long, env = "COST_PER_HOUR", default_value_t = 0.0)]

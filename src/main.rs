@@ -5,22 +5,38 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use spotinfer::config::{Cli, Command, ModelArgs};
+use spotinfer::config::{Cli, Command, ModelArgs, OtlpProtocol};
 use spotinfer::jobs::offline::Outcome;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
-fn init_logging(json: bool) {
+/// Logs to stderr, filtered by RUST_LOG; with an OTLP endpoint also the OpenTelemetry layer
+/// (its own filter: our spans, whatever RUST_LOG says). Needs the runtime entered.
+fn init_logging(
+    json: bool,
+    otlp: Option<(&str, &str, OtlpProtocol)>,
+) -> Result<(), spotinfer::otel::OtelError> {
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,hf_hub=warn,reqwest=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let otel = match otlp {
+        Some((endpoint, service, protocol)) => {
+            Some(spotinfer::otel::init(endpoint, service, protocol)?)
+        }
+        None => None,
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let registry = tracing_subscriber::registry().with(otel);
     if json {
-        builder.json().flatten_event(true).init();
+        registry
+            .with(fmt.json().flatten_event(true).with_filter(filter))
+            .init();
     } else {
-        builder.init();
+        registry.with(fmt.with_filter(filter)).init();
     }
+    Ok(())
 }
 
 async fn download(args: ModelArgs) -> anyhow::Result<()> {
@@ -45,7 +61,6 @@ fn main() -> ExitCode {
         Command::Plan(a) => a.model.json_output,
         Command::Selftest(_) => false,
     };
-    init_logging(json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,6 +71,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let _entered = runtime.enter();
+    let otlp = match &cli.command {
+        Command::Serve(a) => a
+            .otlp_endpoint
+            .as_deref()
+            .map(|e| (e, a.otlp_service_name.as_str(), a.otlp_protocol)),
+        _ => None,
+    };
+    if let Err(e) = init_logging(json, otlp) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => spotinfer::serve::run(*args)
@@ -76,6 +103,8 @@ fn main() -> ExitCode {
             Command::Selftest(args) => spotinfer::selftest::run(*args).await,
         }
     });
+    // Spans still buffered (the drain's last requests) go out before the process exits.
+    spotinfer::otel::shutdown();
     match result {
         Ok(code) => code,
         Err(e) => {

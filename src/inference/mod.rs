@@ -283,9 +283,33 @@ impl Inference {
     ) -> Result<(Vec<Output>, Timings), ApiError> {
         let started = Instant::now();
         let characters = chars_of(&inputs);
-        let encoded = self.tokenizers.encode_all(inputs, opts, priority).await?;
+        let n_inputs = inputs.len();
+        // Spans only with --otlp-endpoint: none of this runs otherwise.
+        let traced = crate::otel::enabled();
+        let encoded = if traced {
+            use tracing::Instrument;
+            let span = tracing::info_span!(
+                "tokenize",
+                spotinfer.inputs = n_inputs,
+                spotinfer.tokens = tracing::field::Empty
+            );
+            let encoded = self
+                .tokenizers
+                .encode_all(inputs, opts, priority)
+                .instrument(span.clone())
+                .await?;
+            span.record(
+                "spotinfer.tokens",
+                encoded.iter().map(|e| e.ids.len()).sum::<usize>(),
+            );
+            encoded
+        } else {
+            self.tokenizers.encode_all(inputs, opts, priority).await?
+        };
         let tokenization = started.elapsed();
         let tokens = encoded.iter().map(|e| e.ids.len()).sum();
+        let submitted = traced.then(std::time::SystemTime::now);
+        let mut batches: Vec<crate::otel::BatchUse> = Vec::new();
         let receivers = self.queue.submit(encoded, want, priority);
         let mut outputs = Vec::with_capacity(receivers.len());
         let mut timings = Timings {
@@ -301,7 +325,26 @@ impl Inference {
             queue += answer.queue_time;
             inference += answer.compute_time;
             timings.device += answer.device_share;
+            if traced {
+                match batches.iter_mut().find(|b| b.id == answer.batch.id) {
+                    Some(b) => b.inputs += 1,
+                    None => batches.push(crate::otel::BatchUse {
+                        id: answer.batch.id,
+                        size: answer.batch.size,
+                        tokens: answer.batch.tokens,
+                        queue_time: answer.queue_time,
+                        compute_time: answer.compute_time,
+                        inputs: 1,
+                    }),
+                }
+            }
             outputs.push(answer.output);
+        }
+        if let Some(at) = submitted {
+            crate::otel::set_attribute("spotinfer.model", self.info.served_model_name.clone());
+            crate::otel::set_attribute("spotinfer.inputs", n_inputs as i64);
+            crate::otel::set_attribute("spotinfer.tokens", tokens as i64);
+            crate::otel::record_batches(&self.info.served_model_name, at, n_inputs, &batches);
         }
         timings.queue = queue / n;
         timings.inference = inference / n;

@@ -12,6 +12,7 @@ pub mod probes;
 pub mod request;
 pub mod tei;
 pub mod timing;
+pub mod trace;
 
 use std::sync::{Arc, OnceLock};
 
@@ -100,6 +101,12 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         middleware::track,
     ));
+    // Only with --otlp-endpoint: otherwise requests create no spans at all.
+    let inference = if crate::otel::enabled() {
+        inference.route_layer(axum::middleware::from_fn(trace::request_span))
+    } else {
+        inference
+    };
     Router::new()
         .route("/health", get(probes::health))
         .route("/live", get(probes::health))
