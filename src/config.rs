@@ -157,6 +157,12 @@ pub struct ModelArgs {
     #[arg(long, env = "DEFAULT_PROMPT")]
     pub default_prompt: Option<String>,
 
+    /// JSON file of per-dimension ranges for `int8` / `uint8` embeddings: `[[min, …], [max,
+    /// …]]` (sentence-transformers' `quantize_embeddings` `ranges`) or `{"min", "max"}`.
+    /// Default: each vector's own symmetric range, ±max |x|.
+    #[arg(long, env = "QUANTIZATION_RANGES")]
+    pub quantization_ranges: Option<PathBuf>,
+
     /// CPU implementation: `native` (spotinfer's own fused kernels, the fast path: float32,
     /// and float16 where the CPU has AVX512-FP16) or `candle` (the reference; also used for
     /// bfloat16, and for float16 on CPUs without AVX512-FP16).
@@ -223,6 +229,15 @@ impl ModelArgs {
             .or(self.hf_api_token.as_deref())
             .filter(|t| !t.is_empty())
     }
+}
+
+/// How spans travel to the OpenTelemetry collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    HttpProtobuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -378,6 +393,20 @@ pub struct ServeArgs {
     /// Folder for batch-job files, metadata and checkpoints (a PVC in Kubernetes).
     #[arg(long, env = "STATE_DIR", default_value = "./spotinfer-state", help_heading = JOBS)]
     pub state_dir: PathBuf,
+
+    /// OpenTelemetry collector for traces, e.g. `http://otel-collector:4317`. Unset: no
+    /// exporter and no spans.
+    #[arg(long, env = "OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported spans.
+    #[arg(long, env = "OTLP_SERVICE_NAME", default_value = "spotinfer")]
+    pub otlp_service_name: String,
+
+    /// OTLP transport: `grpc` (as TEI) or `http-protobuf` (`/v1/traces` is appended to the
+    /// endpoint).
+    #[arg(long, env = "OTLP_PROTOCOL", value_enum, default_value = "grpc")]
+    pub otlp_protocol: OtlpProtocol,
 
     /// Dollars per hour for this pod's share of the node; enables the cost metrics. 0 = off.
     #[arg(long, env = "COST_PER_HOUR", default_value_t = 0.0, help_heading = OBSERVABILITY)]

@@ -6,7 +6,6 @@ use clap::{CommandFactory, Parser};
 use super::{Cli, Command, ServeArgs};
 
 /// TEI's flag, its environment variable here, and a value TEI accepts (None: a switch).
-/// `--otlp-endpoint` and `--otlp-service-name` are declared with the OpenTelemetry export.
 const TEI_FLAGS: &[(&str, &str, Option<&str>)] = &[
     ("--model-id", "MODEL_ID", Some("BAAI/bge-small-en-v1.5")),
     ("--revision", "REVISION", Some("refs/pr/2")),
@@ -61,6 +60,12 @@ const TEI_FLAGS: &[(&str, &str, Option<&str>)] = &[
     ("--json-output", "JSON_OUTPUT", None),
     ("--disable-spans", "DISABLE_SPANS", None),
     ("--prometheus-port", "PROMETHEUS_PORT", Some("9000")),
+    (
+        "--otlp-endpoint",
+        "OTLP_ENDPOINT",
+        Some("http://otel-collector:4317"),
+    ),
+    ("--otlp-service-name", "OTLP_SERVICE_NAME", Some("embedder")),
     ("--cors-allow-origin", "CORS_ALLOW_ORIGIN", Some("*")),
     (
         "--cors-allow-origin",

@@ -22,7 +22,7 @@
 //! `metrics`; `tokenize` -> `priority`; `lifecycle` -> `batching` (the drain closes the queue),
 //! `metrics`, `config`; `plan` -> `model`, `config`; `model` -> nothing above it (never
 //! `config`: the command line is converted at `inference/start.rs`); `metrics`, `config`,
-//! `priority` -> nothing.
+//! `priority` -> nothing; `otel` -> `config`.
 
 // Request paths never panic on bad input: no unwrap/expect outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -35,6 +35,7 @@ pub mod jobs;
 pub(crate) mod lifecycle;
 pub mod metrics;
 pub mod model;
+pub mod otel;
 pub mod plan;
 pub mod priority;
 pub mod selftest;

@@ -45,6 +45,18 @@ pub struct Answer {
     pub compute_time: Duration,
     /// Its share of that time, by its tokens: what it cost the device (job cost accounting).
     pub device_share: Duration,
+    /// The device batch that carried it (tracing).
+    pub batch: BatchInfo,
+}
+
+/// A device batch as its inputs' answers report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchInfo {
+    /// Distinct per batch within the process.
+    pub id: u64,
+    /// Inputs and real tokens in the batch.
+    pub size: usize,
+    pub tokens: usize,
 }
 
 pub type Reply = oneshot::Sender<Result<Answer, InferError>>;

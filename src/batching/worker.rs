@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::memory_cap::{self, MemoryCap};
-use super::queue::{Answer, DeviceBatch, Entry, InferError, Queue};
+use super::queue::{Answer, BatchInfo, DeviceBatch, Entry, InferError, Queue};
 use crate::metrics::Metrics;
 use crate::model::{Model, ModelError, ModelSummary, Output, PackedBatch, Want};
 
@@ -257,6 +257,12 @@ impl Worker<'_> {
             std::thread::sleep(self.cfg.test_batch_delay);
         }
         m.tokens_total.inc_by(tokens as u64);
+        static NEXT_BATCH: AtomicU64 = AtomicU64::new(1);
+        let info = BatchInfo {
+            id: NEXT_BATCH.fetch_add(1, Ordering::Relaxed),
+            size: n,
+            tokens,
+        };
         for (entry, r) in batch.entries.into_iter().zip(result) {
             if r.is_ok() {
                 m.embeddings_total.inc();
@@ -269,6 +275,7 @@ impl Worker<'_> {
                 queue_time,
                 compute_time: elapsed,
                 device_share: elapsed.mul_f64(share),
+                batch: info,
             }));
         }
         if preemptible {

@@ -14,6 +14,7 @@ pub mod admission;
 pub mod error;
 pub mod inputs;
 pub mod openai;
+pub mod quantize;
 pub mod start;
 
 use std::collections::HashMap;
@@ -136,6 +137,8 @@ pub struct Inference {
     admission: Arc<Admission>,
     limits: RequestLimits,
     metrics: Arc<Metrics>,
+    /// `--quantization-ranges` for int8 / uint8 outputs.
+    pub quantization_ranges: Option<quantize::Ranges>,
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -282,12 +285,36 @@ impl Inference {
     ) -> Result<(Vec<Output>, Timings), ApiError> {
         let started = Instant::now();
         let characters = chars_of(&inputs);
-        let encoded = self.tokenizers.encode_all(inputs, opts, priority).await?;
+        let n_inputs = inputs.len();
+        // Spans only with --otlp-endpoint: none of this runs otherwise.
+        let traced = crate::otel::enabled();
+        let encoded = if traced {
+            use tracing::Instrument;
+            let span = tracing::info_span!(
+                "tokenize",
+                spotinfer.inputs = n_inputs,
+                spotinfer.tokens = tracing::field::Empty
+            );
+            let encoded = self
+                .tokenizers
+                .encode_all(inputs, opts, priority)
+                .instrument(span.clone())
+                .await?;
+            span.record(
+                "spotinfer.tokens",
+                encoded.iter().map(|e| e.ids.len()).sum::<usize>(),
+            );
+            encoded
+        } else {
+            self.tokenizers.encode_all(inputs, opts, priority).await?
+        };
         let tokenization = started.elapsed();
         let tokens = encoded.iter().map(|e| e.ids.len()).sum();
         let predict = want.scores;
         let tei = &self.metrics.tei;
         tei.inputs_submitted(predict, encoded.iter().map(|e| e.ids.len()));
+        let submitted = traced.then(std::time::SystemTime::now);
+        let mut batches: Vec<crate::otel::BatchUse> = Vec::new();
         let receivers = self.queue.submit(encoded, want, priority);
         let mut outputs = Vec::with_capacity(receivers.len());
         let mut timings = Timings {
@@ -306,7 +333,26 @@ impl Inference {
             inference += answer.compute_time;
             timings.device += answer.device_share;
             each.push((answer.queue_time, answer.compute_time));
+            if traced {
+                match batches.iter_mut().find(|b| b.id == answer.batch.id) {
+                    Some(b) => b.inputs += 1,
+                    None => batches.push(crate::otel::BatchUse {
+                        id: answer.batch.id,
+                        size: answer.batch.size,
+                        tokens: answer.batch.tokens,
+                        queue_time: answer.queue_time,
+                        compute_time: answer.compute_time,
+                        inputs: 1,
+                    }),
+                }
+            }
             outputs.push(answer.output);
+        }
+        if let Some(at) = submitted {
+            crate::otel::set_attribute("spotinfer.model", self.info.served_model_name.clone());
+            crate::otel::set_attribute("spotinfer.inputs", n_inputs as i64);
+            crate::otel::set_attribute("spotinfer.tokens", tokens as i64);
+            crate::otel::record_batches(&self.info.served_model_name, at, n_inputs, &batches);
         }
         timings.queue = queue / n;
         timings.inference = inference / n;

@@ -1,12 +1,12 @@
 //! OpenAI's embeddings dialect: the request body (an HTTP request or a job line's `body`) and
 //! the response body, so the HTTP route and the job runner render exactly the same thing.
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ErrorKind};
 use super::inputs::parse_inputs;
+use super::quantize::{self, EmbeddingType, QuantizeError, Ranges};
 use super::{EmbedRequest, Embedded, Inference, TextOptions};
 use crate::priority::Priority;
 
@@ -32,7 +32,8 @@ pub struct EmbeddingsBody {
 /// A parsed OpenAI embeddings request.
 pub struct Embeddings {
     pub request: EmbedRequest,
-    pub base64: bool,
+    /// `float` and `base64` are OpenAI's; the quantized types are ours.
+    pub format: EmbeddingType,
 }
 
 impl Embeddings {
@@ -45,16 +46,18 @@ impl Embeddings {
     }
 
     pub fn from_body(body: EmbeddingsBody) -> Result<Self, ApiError> {
-        let base64 = match body.encoding_format.as_deref() {
-            None | Some("float") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(ApiError::new(
+        let format = match body.encoding_format.as_deref() {
+            None => EmbeddingType::Float,
+            Some(name) => EmbeddingType::parse(name).ok_or_else(|| {
+                ApiError::new(
                     ErrorKind::Validation,
-                    format!("encoding_format must be `float` or `base64`, got `{other}`"),
+                    format!(
+                        "encoding_format must be `float` or `base64` (or `int8`, `uint8`, \
+                         `binary`, `ubinary`), got `{name}`"
+                    ),
                 )
-                .param("encoding_format"))
-            }
+                .param("encoding_format")
+            })?,
         };
         Ok(Self {
             request: EmbedRequest {
@@ -64,7 +67,7 @@ impl Embeddings {
                 normalize: true,
                 dimensions: body.dimensions,
             },
-            base64,
+            format,
         })
     }
 
@@ -76,34 +79,38 @@ impl Embeddings {
     ) -> Result<(Value, super::Timings), ApiError> {
         let out = inference.embed(self.request, priority).await?;
         let timings = out.timings;
-        Ok((
-            render(&inference.info.served_model_name, out, self.base64),
-            timings,
-        ))
+        let body = render(
+            &inference.info.served_model_name,
+            out,
+            self.format,
+            inference.quantization_ranges.as_ref(),
+        )
+        .map_err(|e| {
+            ApiError::new(ErrorKind::Validation, e.to_string()).param("encoding_format")
+        })?;
+        Ok((body, timings))
     }
 }
 
-fn render(model: &str, out: Embedded, base64: bool) -> Value {
+fn render(
+    model: &str,
+    out: Embedded,
+    format: EmbeddingType,
+    ranges: Option<&Ranges>,
+) -> Result<Value, QuantizeError> {
     let tokens = out.timings.tokens;
-    let data: Vec<Value> = out
+    let data = out
         .vectors
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(index, v)| {
-            let embedding = if base64 {
-                // OpenAI's base64 format: little-endian float32 bytes.
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                json!(v)
-            };
-            json!({"object": "embedding", "embedding": embedding, "index": index})
+            Ok(json!({"object": "embedding", "embedding": quantize::render(v, format, ranges)?, "index": index}))
         })
-        .collect();
-    json!({
+        .collect::<Result<Vec<Value>, QuantizeError>>()?;
+    Ok(json!({
         "object": "list",
         "data": data,
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })
+    }))
 }

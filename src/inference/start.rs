@@ -112,6 +112,13 @@ pub async fn start(
                 .into(),
         ));
     }
+    // Read before the (slow) load, so a bad file fails at once.
+    let quantization_ranges = args
+        .quantization_ranges
+        .as_deref()
+        .map(super::quantize::Ranges::read)
+        .transpose()
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let files = model::resolve_dense(
         &ResolveOptions {
             model_id: args.model_id.clone(),
@@ -249,5 +256,6 @@ pub async fn start(
         admission: Admission::new(opts.max_concurrent_requests),
         limits: opts.request_limits,
         metrics,
+        quantization_ranges,
     })
 }

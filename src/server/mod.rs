@@ -2,6 +2,7 @@
 //! its drain behaviour and connection bounds. Knows nothing of tensors: every inference route
 //! is a call on the inference API.
 
+pub mod cohere;
 pub mod docs;
 pub mod errors;
 pub mod grpc;
@@ -15,6 +16,7 @@ pub mod request;
 pub mod routes;
 pub mod tei;
 pub mod timing;
+pub mod trace;
 pub mod vertex;
 
 use std::sync::{Arc, OnceLock};
@@ -88,6 +90,12 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         middleware::track,
     ));
+    // Only with --otlp-endpoint: otherwise requests create no spans at all.
+    let inference = if crate::otel::enabled() {
+        inference.route_layer(axum::middleware::from_fn(trace::request_span))
+    } else {
+        inference
+    };
     let app = public
         .merge(inference)
         .fallback(not_found)

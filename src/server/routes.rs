@@ -4,7 +4,7 @@
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, MethodRouter};
 
-use super::{docs, jobs, openai, probes, tei, vertex, AppState, FILE_UPLOAD_LIMIT};
+use super::{cohere, docs, jobs, openai, probes, tei, vertex, AppState, FILE_UPLOAD_LIMIT};
 
 /// Who may call a route, and what is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,8 @@ pub const ROUTES: &[Route] = &[
     route("/rerank", POST, Inference, || post(tei::rerank)),
     route("/v1/rerank", POST, Inference, || post(tei::rerank_cohere)),
     route("/v2/rerank", POST, Inference, || post(tei::rerank_cohere)),
+    route("/v1/embed", POST, Inference, || post(cohere::embed_v1)),
+    route("/v2/embed", POST, Inference, || post(cohere::embed_v2)),
     route("/predict", POST, Inference, || post(tei::predict)),
     route("/similarity", POST, Inference, || post(tei::similarity)),
     route("/vertex", POST, Inference, || post(vertex::predict)),

@@ -22,6 +22,7 @@ use super::errors::{ApiError, ErrorKind};
 use super::request::parse_json;
 use super::{timing, AppState};
 use crate::inference::inputs::parse_inputs;
+use crate::inference::quantize::{render_all, EmbeddingType};
 use crate::inference::{Direction, EmbedRequest, Inference, TextOptions, Timings};
 use crate::model::{Task, Want};
 use crate::priority::Priority;
@@ -103,6 +104,9 @@ pub(crate) struct EmbedBody {
     normalize: bool,
     #[serde(default)]
     dimensions: Option<usize>,
+    /// Beyond TEI: `int8`, `uint8`, `binary`, `ubinary` or `base64` vectors (`float` default).
+    #[serde(default)]
+    embedding_type: Option<String>,
     #[serde(flatten)]
     text: Text,
 }
@@ -124,6 +128,19 @@ pub async fn embed(
 
 pub(super) async fn embed_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
     let req: EmbedBody = from_value(body)?;
+    let embedding_type = match req.embedding_type.as_deref() {
+        None => EmbeddingType::Float,
+        Some(name) => EmbeddingType::parse(name).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Validation,
+                format!(
+                    "embedding_type must be float, int8, uint8, binary, ubinary or base64, got \
+                     `{name}`"
+                ),
+            )
+            .param("embedding_type")
+        })?,
+    };
     let inference = state.inference()?;
     let out = inference
         .embed(
@@ -136,10 +153,16 @@ pub(super) async fn embed_value(state: &AppState, body: Value) -> Result<Answer,
             Priority::Online,
         )
         .await?;
+    let body = render_all(
+        &out.vectors,
+        embedding_type,
+        inference.quantization_ranges.as_ref(),
+    )
+    .map_err(|e| ApiError::new(ErrorKind::Validation, e.to_string()).param("embedding_type"))?;
     Ok(Answer {
         inference,
         timings: out.timings,
-        body: json!(out.vectors),
+        body,
     })
 }
 
