@@ -20,25 +20,34 @@ use crate::inference::{Direction, EmbedRequest, TextOptions};
 use crate::priority::Priority;
 use crate::tokenize::Input;
 
-#[derive(Deserialize)]
-struct EmbedBody {
+/// Cohere's embed request (v1 and v2).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CohereEmbedBody)]
+pub(crate) struct EmbedBody {
     #[serde(default)]
     texts: Option<Vec<String>>,
     /// v2: `[{"content": [{"type": "text", "text": …}]}]`.
     #[serde(default)]
     inputs: Option<Vec<CohereInput>>,
+    /// Refused: text models only.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     images: Option<Vec<Value>>,
     /// One model per server: accepted, not checked.
     #[serde(default)]
     #[allow(dead_code)]
     model: Option<String>,
+    /// `search_query`, `search_document`, `classification` or `clustering`: the model's prompt
+    /// of that name (or an alias).
     #[serde(default)]
     input_type: Option<String>,
+    /// Any of `float`, `int8`, `uint8`, `binary`, `ubinary`, `base64`.
     #[serde(default)]
     embedding_types: Option<Vec<String>>,
+    /// `END` (default), `START` or `NONE`.
     #[serde(default)]
     truncate: Option<String>,
+    /// Matryoshka: the first dimensions, then unit length.
     #[serde(default)]
     output_dimension: Option<usize>,
     #[serde(default)]
@@ -49,8 +58,10 @@ struct EmbedBody {
     priority: Option<i64>,
 }
 
-#[derive(Deserialize)]
-struct CohereInput {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct CohereInput {
+    /// Parts `{"type": "text", "text": …}`; the text parts are joined by a newline.
+    #[schema(value_type = Vec<Object>)]
     content: Vec<Value>,
 }
 

@@ -59,6 +59,8 @@ pub struct OpenAiError {
     super::tei::MultiBody,
     super::tei::RerankBody,
     super::tei::CohereBody,
+    super::cohere::EmbedBody,
+    super::cohere::CohereInput,
     super::tei::PredictBody,
     super::tei::SimilarityBody,
     super::tei::TokenizeBody,
@@ -137,6 +139,21 @@ fn openai_embeddings() -> Value {
         }))),
         "model": {"type": "string"},
         "usage": object(json!({"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}})),
+    }))
+}
+
+/// Cohere's embed answer: `embeddings_floats` (v1 without `embedding_types`) or
+/// `embeddings_by_type` (one array of vectors per requested type).
+fn cohere_embed_response() -> Value {
+    object(json!({
+        "id": {"type": "string"},
+        "response_type": {"type": "string", "enum": ["embeddings_floats", "embeddings_by_type"]},
+        "embeddings": {"oneOf": [
+            array(array(number())),
+            {"type": "object", "additionalProperties": {"type": "array"}},
+        ]},
+        "texts": array(json!({"type": "string"})),
+        "meta": any_object(),
     }))
 }
 
@@ -255,6 +272,20 @@ fn operation(method: &str, path: &str) -> Option<Op> {
         ),
         ("POST", "/v1/rerank") => tei("Cohere v1 / Jina rerank; needs a reranker", "Cohere", "CohereBody", cohere_example, cohere_response),
         ("POST", "/v2/rerank") => tei("Cohere v2 rerank; needs a reranker", "Cohere", "CohereBody", cohere_example, cohere_response),
+        ("POST", "/v1/embed") => tei(
+            "Cohere v1 embed: float or quantized (int8, uint8, binary, ubinary, base64) vectors",
+            "Cohere",
+            "CohereEmbedBody",
+            json!({"texts": [QUESTION], "input_type": "search_query", "embedding_types": ["float", "int8", "ubinary"]}),
+            cohere_embed_response(),
+        ),
+        ("POST", "/v2/embed") => tei(
+            "Cohere v2 embed: float or quantized (int8, uint8, binary, ubinary, base64) vectors",
+            "Cohere",
+            "CohereEmbedBody",
+            json!({"texts": [QUESTION, "Deep Learning is a branch of machine learning."], "input_type": "search_document", "embedding_types": ["float", "binary"]}),
+            cohere_embed_response(),
+        ),
         ("POST", "/predict") => tei(
             "Classify a text or a text pair; needs a classifier (or a reranker)",
             "TEI",
