@@ -1,9 +1,9 @@
 //! OpenTelemetry traces over OTLP (`--otlp-endpoint`), off unless asked for: without the flag
 //! there is no exporter, no tracing layer, and the request path creates no spans.
 //!
-//! Spans: `request` (HTTP, a child of the caller's W3C `traceparent` when it sends one),
-//! `tokenize` and `queue_wait` under it, and one `device_batch` child per device batch that
-//! carried the request's inputs. A device batch runs once on the worker thread for inputs of
+//! Spans: `request` (an HTTP route or a gRPC call, a child of the caller's W3C `traceparent`
+//! when it sends one), `tokenize` and `queue_wait` under it, and one `device_batch` child per
+//! device batch that carried the request's inputs. A device batch runs once on the worker thread for inputs of
 //! many requests; each of those requests gets its own `device_batch` child with the batch's
 //! start and end times and its `spotinfer.batch.id`, so every trace shows the batch inline and
 //! traces that shared a batch are found by that id.

@@ -1,7 +1,7 @@
 //! OpenTelemetry over OTLP/gRPC against a real receiver (tests/python/otlp_receiver.py:
 //! grpcio + the OpenTelemetry protos): requests carrying a W3C `traceparent` produce spans in
-//! that trace, parented on the caller's span, with their attributes, and a SIGTERM flushes them
-//! before the process exits.
+//! that trace, parented on the caller's span, with their attributes (gRPC calls too, the
+//! `traceparent` in their metadata), and a SIGTERM flushes them before the process exits.
 
 mod common;
 
@@ -14,6 +14,27 @@ use serde_json::{json, Value};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
+/// The gRPC calls' traces: one unary call, one stream of two messages.
+const UNARY: &str = "0af7651916cd43dd8448eb211c80319c";
+const STREAM: &str = "5b8efff798038103d269b633813fc60c";
+const GRPC_PARENT: &str = "b7ad6b7169203331";
+
+/// `tei.v1.Embed/Embed` once and `tei.v1.Embed/EmbedStream` with two messages, each with its
+/// `traceparent` in the metadata, from grpcio with raw `EmbedRequest` bytes (field 1, `inputs`).
+const GRPC_CALLS: &str = r#"
+import grpc, sys
+target, unary, stream = sys.argv[1:4]
+def request(text):
+    data = text.encode()
+    return b"\x0a" + bytes([len(data)]) + data
+with grpc.insecure_channel(target) as channel:
+    call = channel.unary_unary("/tei.v1.Embed/Embed")
+    call(request("a gRPC call"), metadata=[("traceparent", unary)], timeout=60)
+    call = channel.stream_stream("/tei.v1.Embed/EmbedStream")
+    answers = list(call(iter([request("first"), request("second")]), metadata=[("traceparent", stream)], timeout=60))
+    assert len(answers) == 2, answers
+print("ok")
+"#;
 
 fn otlp_python() -> String {
     let out = Command::new("bash")
@@ -109,6 +130,16 @@ fn spans_reach_an_otlp_grpc_receiver_with_the_callers_trace() {
         .send()
         .expect("embed");
     assert_eq!(r.status(), 200);
+    // gRPC on the same port, its traceparent in the call's metadata.
+    let grpc = Command::new(otlp_python())
+        .args(["-c", GRPC_CALLS])
+        .arg(server.base.trim_start_matches("http://"))
+        .arg(format!("00-{UNARY}-{GRPC_PARENT}-01"))
+        .arg(format!("00-{STREAM}-{GRPC_PARENT}-01"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the gRPC calls");
+    assert!(grpc.status.success(), "the gRPC calls failed");
 
     server.signal(libc::SIGTERM);
     let (code, _) = server.wait_exit(Duration::from_secs(60));
@@ -166,6 +197,28 @@ fn spans_reach_an_otlp_grpc_receiver_with_the_callers_trace() {
         assert!(attr(b, "spotinfer.batch.size") >= attr(b, "spotinfer.inputs"));
         assert!(attr(b, "spotinfer.batch.tokens") > 0);
         assert_eq!(b["attributes"]["spotinfer.model"], "tiny");
+    }
+    // A gRPC call's span: the caller's child, with the RPC attributes and, under it, the same
+    // children as an HTTP request's; a stream's messages all under the stream's one span.
+    for (trace, method, inputs) in [(UNARY, "Embed", 1), (STREAM, "EmbedStream", 2)] {
+        let spans: Vec<&Value> = all.iter().filter(|s| s["trace_id"] == trace).collect();
+        let call = spans
+            .iter()
+            .find(|s| s["name"] == format!("tei.v1.Embed/{method}"))
+            .unwrap_or_else(|| panic!("no span of the {method} call: {spans:?}"));
+        assert_eq!(call["parent_span_id"], GRPC_PARENT, "{call}");
+        assert_eq!(call["attributes"]["rpc.system"], "grpc", "{call}");
+        assert_eq!(call["attributes"]["rpc.service"], "tei.v1.Embed", "{call}");
+        assert_eq!(call["attributes"]["rpc.method"], method, "{call}");
+        assert_eq!(attr(call, "rpc.grpc.status_code"), 0, "{call}");
+        let under = |name: &str| {
+            spans
+                .iter()
+                .filter(|s| s["name"] == name && s["parent_span_id"] == call["span_id"])
+                .count()
+        };
+        assert_eq!(under("tokenize"), inputs, "{method}: {spans:?}");
+        assert!(under("device_batch") >= inputs, "{method}: {spans:?}");
     }
     // The untraced request is a root of another trace.
     assert!(all.iter().any(|s| s["name"] == "POST /embed"

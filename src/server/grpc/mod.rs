@@ -27,6 +27,7 @@ use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tonic::metadata::MetadataMap;
 use tonic::{Status, Streaming};
+use tracing::Instrument as _;
 
 use super::errors::{ApiError, ErrorKind};
 use super::AppState;
@@ -64,13 +65,19 @@ pub fn router(state: AppState, stop: watch::Receiver<bool>) -> Router {
                 .max_encoding_message_size(usize::MAX)
         };
     }
-    tonic::service::Routes::new(server!(pb::info_server::InfoServer<Grpc>))
+    let routes = tonic::service::Routes::new(server!(pb::info_server::InfoServer<Grpc>))
         .add_service(server!(pb::embed_server::EmbedServer<Grpc>))
         .add_service(server!(pb::predict_server::PredictServer<Grpc>))
         .add_service(server!(pb::rerank_server::RerankServer<Grpc>))
         .add_service(server!(pb::tokenize_server::TokenizeServer<Grpc>))
         .prepare()
-        .into_axum_router()
+        .into_axum_router();
+    // Only with --otlp-endpoint: otherwise calls create no spans at all.
+    if crate::otel::enabled() {
+        routes.layer(axum::middleware::from_fn(super::trace::rpc_span))
+    } else {
+        routes
+    }
 }
 
 /// The service behind every `tei.v1` method.
@@ -218,75 +225,84 @@ impl Grpc {
         let (tx, rx) = mpsc::channel::<Result<Resp, Status>>(window);
         let this = self.clone();
         let metadata = metadata.clone();
-        tokio::spawn(async move {
-            let mut stop = this.stop.clone();
-            let mut pending: FuturesOrdered<Answer<Resp>> = FuturesOrdered::new();
-            let mut reading = true;
-            let mut stopped = false;
-            loop {
-                tokio::select! {
-                    // Answers first, so a finished message never waits behind a read.
-                    biased;
-                    Some(answer) = pending.next(), if !pending.is_empty() => {
-                        let failed = answer.is_err();
-                        if tx.send(answer).await.is_err() || failed {
-                            // The client went away, or the stream ends with this error.
-                            return;
-                        }
-                    }
-                    _ = stopped_accepting(&mut stop), if reading => {
-                        reading = false;
-                        stopped = true;
-                    }
-                    msg = input.message(), if reading && pending.len() < window => match msg {
-                        Ok(Some(req)) => {
-                            if *this.stop.borrow() {
-                                // Read after the drain closed the listener: not accepted.
-                                reading = false;
-                                stopped = true;
-                                continue;
+        // The call's span (with --otlp-endpoint) covers the whole stream.
+        let span = if crate::otel::enabled() {
+            tracing::Span::current()
+        } else {
+            tracing::Span::none()
+        };
+        tokio::spawn(
+            async move {
+                let mut stop = this.stop.clone();
+                let mut pending: FuturesOrdered<Answer<Resp>> = FuturesOrdered::new();
+                let mut reading = true;
+                let mut stopped = false;
+                loop {
+                    tokio::select! {
+                        // Answers first, so a finished message never waits behind a read.
+                        biased;
+                        Some(answer) = pending.next(), if !pending.is_empty() => {
+                            let failed = answer.is_err();
+                            if tx.send(answer).await.is_err() || failed {
+                                // The client went away, or the stream ends with this error.
+                                return;
                             }
-                            match this.admit(route, &metadata) {
-                                Ok(ticket) => {
-                                    let work = handle(req);
-                                    pending.push_back(Box::pin(async move {
-                                        ticket.finish(work.await)
-                                    }));
-                                }
-                                Err(status) => {
-                                    // Refused (the drain raced the check above): the stream
-                                    // ends with this status after the earlier answers.
-                                    pending.push_back(Box::pin(async move { Err(status) }));
+                        }
+                        _ = stopped_accepting(&mut stop), if reading => {
+                            reading = false;
+                            stopped = true;
+                        }
+                        msg = input.message(), if reading && pending.len() < window => match msg {
+                            Ok(Some(req)) => {
+                                if *this.stop.borrow() {
+                                    // Read after the drain closed the listener: not accepted.
                                     reading = false;
+                                    stopped = true;
+                                    continue;
+                                }
+                                match this.admit(route, &metadata) {
+                                    Ok(ticket) => {
+                                        let work = handle(req);
+                                        pending.push_back(Box::pin(async move {
+                                            ticket.finish(work.await)
+                                        }));
+                                    }
+                                    Err(status) => {
+                                        // Refused (the drain raced the check above): the stream
+                                        // ends with this status after the earlier answers.
+                                        pending.push_back(Box::pin(async move { Err(status) }));
+                                        reading = false;
+                                    }
                                 }
                             }
-                        }
-                        Ok(None) => reading = false,
-                        Err(status) => {
-                            // A broken request stream: answer what was accepted, then end with
-                            // its status.
-                            while let Some(answer) = pending.next().await {
-                                if tx.send(answer).await.is_err() {
-                                    return;
+                            Ok(None) => reading = false,
+                            Err(status) => {
+                                // A broken request stream: answer what was accepted, then end with
+                                // its status.
+                                while let Some(answer) = pending.next().await {
+                                    if tx.send(answer).await.is_err() {
+                                        return;
+                                    }
                                 }
+                                let _ = tx.send(Err(status)).await;
+                                return;
                             }
-                            let _ = tx.send(Err(status)).await;
-                            return;
-                        }
-                    },
-                    else => break,
+                        },
+                        else => break,
+                    }
+                }
+                if stopped {
+                    let _ = tx
+                        .send(Err(status::status_of(&ApiError::new(
+                            ErrorKind::Unavailable,
+                            "this replica is shutting down: every message before this status was \
+                         answered; send the rest to another replica",
+                        ))))
+                        .await;
                 }
             }
-            if stopped {
-                let _ = tx
-                    .send(Err(status::status_of(&ApiError::new(
-                        ErrorKind::Unavailable,
-                        "this replica is shutting down: every message before this status was \
-                         answered; send the rest to another replica",
-                    ))))
-                    .await;
-            }
-        });
+            .instrument(span),
+        );
         let out = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
