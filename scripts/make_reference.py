@@ -168,7 +168,7 @@ def main() -> int:
     ap.add_argument(
         "--tei-snapshots",
         type=Path,
-        default=Path("/work/shared/tei_snapshots"),
+        default=REPO_ROOT.parent / "shared" / "tei_snapshots",
         help="folder with TEI snapshot JSONs to cross-check against (skipped if missing)",
     )
     args = ap.parse_args()
@@ -281,7 +281,7 @@ def main() -> int:
                     }
                 )
         checks["tei_snapshots"] = {
-            "note": "TEI (candle CPU f32) snapshots, see /work/shared/tei_snapshots/README.md. TEI computes "
+            "note": "TEI (candle CPU f32) snapshots: TEI's own expected vectors of this model. TEI computes "
             "hidden_act 'gelu' with the tanh approximation; this file uses exact erf GELU (PyTorch), "
             "hence max abs diffs ~1e-3. The *_if_tanh_gelu column recomputes with tanh GELU.",
             "results": tei_checks,
