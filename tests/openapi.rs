@@ -202,22 +202,11 @@ fn every_example_request_succeeds() {
 }
 
 fn openapi_python() -> String {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/make-openapi-venv.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/make-openapi-venv.sh");
-    assert!(
-        out.status.success(),
-        "scripts/make-openapi-venv.sh failed: openapi-spec-validator is needed"
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .last()
-        .expect("the venv's python")
-        .trim()
-        .to_string()
+    script_result(
+        "make-openapi-venv.sh",
+        &[],
+        "openapi-spec-validator is needed",
+    )
 }
 
 #[test]

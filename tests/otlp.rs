@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{blocking_client, repo_root, tiny_model_dir, Server};
+use common::{blocking_client, repo_root, script_result, tiny_model_dir, Server};
 use serde_json::{json, Value};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -37,18 +37,11 @@ print("ok")
 "#;
 
 fn otlp_python() -> String {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/make-otlp-venv.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/make-otlp-venv.sh");
-    assert!(out.status.success(), "scripts/make-otlp-venv.sh failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .expect("the venv's python")
-        .trim()
-        .to_string()
+    script_result(
+        "make-otlp-venv.sh",
+        &[],
+        "grpcio and the OpenTelemetry protos are needed",
+    )
 }
 
 /// The receiver, killed on drop; it also exits when its stdin closes.

