@@ -25,6 +25,9 @@ pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16384;
 /// move; it now moves per line, and `spotinfer batch` keeps as many lines queued as before
 /// by running more chunks at once.
 pub const DEFAULT_CHUNK_LINES: usize = 64;
+/// The shortest batch-job lease accepted: renewals every third of it must fit a store round
+/// trip with room to spare.
+pub const MIN_LEASE_SECS: u64 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -366,9 +369,10 @@ pub struct ServeArgs {
     #[arg(long, env = "BATCH_CHUNK_LINES", default_value_t = DEFAULT_CHUNK_LINES, help_heading = JOBS)]
     pub batch_chunk_lines: usize,
 
-    /// Seconds a replica's claim on a batch-job segment lasts without renewal (renewed as its
-    /// chunks commit). A replica that dies silently holds its segments this long before
-    /// another takes them over; replica clocks must agree to well within it.
+    /// Seconds a replica's claim on a batch-job segment lasts without renewal (a heartbeat
+    /// renews it every third of that, whatever the device is doing). A replica that dies
+    /// silently holds its segments this long before another takes them over; replica clocks
+    /// must agree to well within it. At least 3.
     #[arg(long, env = "BATCH_LEASE_SECS", default_value_t = 30, help_heading = JOBS)]
     pub batch_lease_secs: u64,
 
@@ -390,9 +394,16 @@ pub struct ServeArgs {
     #[arg(long, env = "INTAKE_ONLY", default_value_t = false, help_heading = JOBS)]
     pub intake_only: bool,
 
-    /// Folder for batch-job files, metadata and checkpoints (a PVC in Kubernetes).
+    /// Where batch-job files, state and results live, shared by every replica: a folder (one
+    /// replica, or a ReadWriteMany volume), or a bucket URL — `s3://bucket/prefix` (AWS S3 or
+    /// an S3-compatible store; credentials, region and endpoint from the standard `AWS_*`
+    /// environment, e.g. AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP=true for plain HTTP,
+    /// IRSA's web identity), `gs://bucket/prefix` (GOOGLE_* environment, workload identity) or
+    /// `az://container/prefix` (AZURE_* environment). The store must support create-only
+    /// writes (S3 If-None-Match, GCS generation match, Azure If-None-Match): exactly once rests
+    /// on them.
     #[arg(long, env = "STATE_DIR", default_value = "./spotinfer-state", help_heading = JOBS)]
-    pub state_dir: PathBuf,
+    pub state_dir: String,
 
     /// OpenTelemetry collector for traces, e.g. `http://otel-collector:4317`. Unset: no
     /// exporter and no spans.
@@ -711,6 +722,12 @@ impl ServeArgs {
         }
         if self.batch_chunk_lines == 0 || self.batch_segment_lines == 0 {
             return Err("--batch-chunk-lines and --batch-segment-lines must be at least 1".into());
+        }
+        if self.batch_lease_secs < MIN_LEASE_SECS {
+            return Err(format!(
+                "--batch-lease-secs must be at least {MIN_LEASE_SECS}: a shorter lease expires \
+                 under a live replica between two renewals and its segments run twice"
+            ));
         }
         if self.batch_backlog_interval.is_zero() {
             return Err("--batch-backlog-interval must be above 0".into());

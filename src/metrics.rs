@@ -101,6 +101,7 @@ pub struct Metrics {
     pub jobs: IntGaugeVec,
     pub job_lines_total: IntCounterVec,
     pub job_checkpoints_total: IntCounter,
+    pub job_segments_lost_total: IntCounter,
     pub job_backlog_lines: IntGauge,
     pub job_device_seconds_total: Counter,
     pub job_cost_dollars_total: Counter,
@@ -326,11 +327,19 @@ impl Metrics {
                 &r,
                 IntCounter::new("inference_batch_checkpoints_total", "Batch-job checkpoints written durably.").expect(e),
             ),
+            job_segments_lost_total: reg(
+                &r,
+                IntCounter::new(
+                    "inference_batch_segments_lost_total",
+                    "Batch-job segments this replica stopped because another replica had taken them over (this one stalled past its lease); their chunks are committed once either way.",
+                )
+                .expect(e),
+            ),
             job_backlog_lines: reg(
                 &r,
                 IntGauge::new(
                     "inference_batch_backlog_lines",
-                    "Batch-job lines not yet done over all jobs in the shared state directory: the fleet's backlog, the same on every replica (re-read every --batch-backlog-interval).",
+                    "Batch-job lines not yet done over all jobs that can still run in the shared job store: the fleet's backlog, the same on every replica (re-read every --batch-backlog-interval).",
                 )
                 .expect(e),
             ),

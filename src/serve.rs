@@ -30,8 +30,8 @@ fn url(addr: SocketAddr) -> String {
 }
 
 /// Opens (creating) the job store on a blocking thread: the state dir may be a network volume.
-async fn open_store(dir: &std::path::Path) -> anyhow::Result<crate::jobs::JobStore> {
-    let dir = dir.to_path_buf();
+async fn open_store(dir: &str) -> anyhow::Result<crate::jobs::JobStore> {
+    let dir = dir.to_string();
     Ok(tokio::task::spawn_blocking(move || crate::jobs::JobStore::open(&dir)).await??)
 }
 
@@ -92,6 +92,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 chunk_lines: args.batch_chunk_lines,
                 lease_secs: args.batch_lease_secs,
                 segment_lines: args.batch_segment_lines,
+                max_line_bytes: args.payload_limit as u64,
                 refresh: args.batch_backlog_interval,
                 cost_per_hour: args.cost_per_hour,
             },

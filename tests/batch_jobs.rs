@@ -137,8 +137,51 @@ fn wait_for(server: &Server, id: &str, frac: f64) -> u64 {
     }
 }
 
+/// Where a test keeps the job store: a folder, or a prefix in a real S3-compatible bucket.
+enum Store {
+    Dir(PathBuf),
+    Bucket(common::s3::S3, String),
+}
+
+impl Store {
+    fn dir(dir: &Path) -> Self {
+        Store::Dir(dir.join("state"))
+    }
+
+    fn bucket(prefix: &str) -> Self {
+        Store::Bucket(common::s3::S3::start(), prefix.to_string())
+    }
+
+    /// A server on this store.
+    fn server(&self, builder: ServerBuilder) -> ServerBuilder {
+        match self {
+            Store::Dir(d) => builder.args(["--state-dir", d.to_str().unwrap()]),
+            Store::Bucket(s3, prefix) => {
+                let mut b = builder.args(["--state-dir", &s3.url(prefix)]);
+                for (k, v) in s3.env() {
+                    b = b.env(k, v);
+                }
+                b
+            }
+        }
+    }
+}
+
 #[test]
 fn openai_sdk_runs_a_batch_unchanged() {
+    let dir = temp_dir("sdk");
+    sdk_batch(&dir, Store::dir(&dir));
+}
+
+/// The same on S3: state, uploads and results in a bucket (moto's server, with conditional
+/// writes), and a second job whose input the user put in the bucket, submitted by its URL.
+#[test]
+fn openai_sdk_runs_a_batch_on_s3() {
+    let dir = temp_dir("sdk-s3");
+    sdk_batch(&dir, Store::bucket("jobs"));
+}
+
+fn sdk_batch(dir: &Path, store: Store) -> Store {
     let python = {
         let out = Command::new("bash")
             .arg(repo_root().join("scripts/make-test-venv.sh"))
@@ -157,7 +200,6 @@ fn openai_sdk_runs_a_batch_unchanged() {
             .trim()
             .to_string()
     };
-    let dir = temp_dir("sdk");
     let input = dir.join("in.jsonl");
     let t = texts(40);
     write_input(&input, &t);
@@ -168,9 +210,7 @@ fn openai_sdk_runs_a_batch_unchanged() {
     raw.push('\n');
     std::fs::write(&input, raw).unwrap();
 
-    let server = Server::builder(&test_model_dir())
-        .args(["--state-dir", dir.join("state").to_str().unwrap()])
-        .start();
+    let server = store.server(Server::builder(&test_model_dir())).start();
     let out = Command::new(&python)
         .arg(repo_root().join("tests/python/openai_batch.py"))
         .arg(&server.base)
@@ -208,25 +248,107 @@ fn openai_sdk_runs_a_batch_unchanged() {
         "{m}"
     );
     assert!(m.contains("inference_batch_jobs{status=\"completed\"} 1"));
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Store::Bucket(s3, prefix) = &store {
+        bucket_extras(&server, s3, prefix, &t, &want);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    store
+}
+
+/// On a bucket: the assembled output is an object the user can read straight from it (its key
+/// is in the file record), and a job runs on an input already in the bucket, named by URL.
+fn bucket_extras(
+    server: &Server,
+    s3: &common::s3::S3,
+    prefix: &str,
+    t: &[String],
+    want: &HashMap<String, Vec<f32>>,
+) {
+    let outputs: Vec<String> = s3
+        .keys(&format!("{prefix}/batches/"))
+        .into_iter()
+        .filter(|k| k.ends_with("/output.jsonl"))
+        .collect();
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    let text = String::from_utf8(s3.get_object(&outputs[0]).unwrap()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    check_output(&lines, want);
+    assert!(
+        s3.keys(&format!("{prefix}/batches/"))
+            .iter()
+            .all(|k| !k.contains("/segments/")),
+        "chunks are deleted once assembled"
+    );
+    let mut raw = String::new();
+    for (i, text) in t.iter().enumerate() {
+        raw.push_str(&json!({"custom_id": format!("req-{i}"), "method": "POST", "url": "/v1/embeddings", "body": {"input": text}}).to_string());
+        raw.push('\n');
+    }
+    s3.put_object("inputs/day-1.jsonl", raw.into_bytes());
+    let url = format!("s3://{}/inputs/day-1.jsonl", s3.bucket);
+    let (status, b) = server.post_json(
+        "/v1/batches",
+        json!({"input_file_id": url, "endpoint": "/v1/embeddings", "completion_window": "24h"}),
+    );
+    assert_eq!(status, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while progress(server, &id).0 != "completed" {
+        assert!(
+            Instant::now() < deadline,
+            "the bucket-input job never completed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, b) = server.get_json(&format!("/v1/batches/{id}"));
+    assert_eq!(b["request_counts"]["completed"], 40, "{b}");
+    let out_id = b["output_file_id"].as_str().unwrap();
+    let text = blocking_client()
+        .get(server.url(&format!("/v1/files/{out_id}/content")))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    check_output(&lines, want);
+    // An object outside the store's bucket is refused with a clear message.
+    let (status, e) = server.post_json(
+        "/v1/batches",
+        json!({"input_file_id": "s3://another-bucket/x.jsonl", "endpoint": "/v1/embeddings", "completion_window": "24h"}),
+    );
+    assert_eq!(status, 400, "{e}");
+    assert!(e.to_string().contains("not in this server's bucket"), "{e}");
 }
 
 #[test]
 fn server_batch_survives_sigterm_and_sigkill() {
     let dir = temp_dir("server-kill");
-    let state = dir.join("state");
+    survives_sigterm_and_sigkill(&dir, Store::dir(&dir));
+}
+
+#[test]
+fn server_batch_on_s3_survives_sigterm_and_sigkill() {
+    let dir = temp_dir("server-kill-s3");
+    survives_sigterm_and_sigkill(&dir, Store::bucket("kill"));
+}
+
+fn survives_sigterm_and_sigkill(dir: &Path, store: Store) {
     let input = dir.join("in.jsonl");
     let t = texts(320);
     write_input(&input, &t);
+    // One pod restarted: its new process takes the dead one's leases at once.
     let start = || {
-        Server::builder(&test_model_dir())
-            .args([
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--batch-chunk-lines",
-                "16",
-            ])
+        store
+            .server(Server::builder(&test_model_dir()))
+            .args(["--batch-chunk-lines", "16"])
             .args(["--drain-delay", "0", "--batch-lease-secs", "60"])
+            .env("POD_NAME", "spotinfer-0")
             .start()
     };
 
@@ -302,7 +424,7 @@ fn server_batch_survives_sigterm_and_sigkill() {
     assert_eq!(list["data"][0]["id"], id.as_str());
     let (status, _) = server.post_json(&format!("/v1/batches/{id}/cancel"), json!({}));
     assert_eq!(status, 400);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Small chunks, and small device batches (~50 of these lines) so a run checkpoints many times

@@ -1,156 +1,162 @@
-//! The end of a job: its segments' results concatenated in input order into one output file
-//! and one error file, registered as files, and the job marked final, atomically.
+//! The end of a job: its chunks' results concatenated in input order into one output object
+//! and one error object, registered as files, and the job marked final.
 //!
 //! Any replica may assemble (the one that finished the last segment, or any that sees them all
-//! done): each writes its own temp files, then, under the job's lock, the first to get there
-//! renames them into place, registers them and saves the final batch object; a later one finds
-//! the job final and deletes its copies. No reader ever sees a half-written output.
+//! done): each streams its own copy under `batches/<job>/results/<nonce>/` and registers it,
+//! then one compare-and-swap of the job's state decides whose copy the job points to; a loser
+//! deletes its copy and its records. No reader ever sees a half-written or partial output.
 
-use std::fs::{self, File};
-use std::io::{self, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
 
-use super::durable::{fsync_dir, io_err, unix_now, StoreError};
-use super::segment::{Piece, SegmentDir, SegmentProgress};
+use super::blob::Blobs;
+use super::durable::{unix_now, StoreError};
+use super::segment::{chunk_key, read_body, Plan};
 use super::store::{JobStore, Totals};
 use super::types::{random_id, BatchObject, BatchStatus};
 use super::JobError;
 
-/// Temp output and error files (None when empty) and what they hold.
-struct Assembled {
-    output: Option<PathBuf>,
-    errors: Option<PathBuf>,
-    totals: Totals,
-}
-
-/// Copies each segment's pieces, in segment order, into fresh temp files in `job_dir`.
-fn assemble(
-    job_dir: &Path,
-    parts: &[(SegmentDir, SegmentProgress)],
-) -> Result<Assembled, StoreError> {
-    let nonce = random_id("");
-    let mut totals = Totals::default();
-    for (sd, p) in parts {
-        totals.lines_done += p.lines_done;
-        totals.completed += p.completed;
-        totals.failed += p.failed;
-        totals.device_seconds += p.device_seconds;
-        totals.cost_dollars += p.cost_dollars;
-        if p.is_done(&sd.seg) {
-            totals.segments_done += 1;
-        }
-    }
-    let write = |kind: &str,
-                 pick: fn(&SegmentProgress) -> &[Piece]|
-     -> Result<Option<PathBuf>, StoreError> {
-        let path = job_dir.join(format!(".{kind}-{nonce}.jsonl"));
-        let mut out = File::create(&path).map_err(io_err(&path))?;
-        let mut bytes = 0u64;
-        for (sd, p) in parts {
-            for piece in pick(p) {
-                let src = sd.dir.join(&piece.file);
-                let mut f = File::open(&src).map_err(io_err(&src))?;
-                f.seek(SeekFrom::Start(piece.start)).map_err(io_err(&src))?;
-                let want = piece.end - piece.start;
-                let copied =
-                    io::copy(&mut io::Read::take(&mut f, want), &mut out).map_err(io_err(&path))?;
-                if copied != want {
-                    return Err(StoreError::Corrupt {
-                        path: src.display().to_string(),
-                        reason: format!(
-                            "{copied} bytes at {} where the checkpoint records {want}",
-                            piece.start
-                        ),
-                    });
-                }
-                bytes += copied;
+/// Streams every committed chunk's results (`errors`: its error lines) into `key`; returns
+/// the bytes written.
+async fn write_part(
+    blobs: &Blobs,
+    id: &str,
+    parts: &[(usize, u64)],
+    key: &str,
+    errors: bool,
+) -> Result<u64, StoreError> {
+    let mut w = blobs.writer(key);
+    let mut bytes = 0u64;
+    // Empty: nothing is uploaded, and the job gets no such file.
+    let written = async {
+        for &(seg, chunks) in parts {
+            for k in 0..chunks {
+                let (out, err) = read_body(blobs, &chunk_key(id, seg, k)).await?;
+                let data = if errors { err } else { out };
+                bytes += data.len() as u64;
+                w.write_all(&data)
+                    .await
+                    .map_err(|e| Some(blobs.write_err(key, e)))?;
             }
         }
-        out.flush().map_err(io_err(&path))?;
-        out.sync_all().map_err(io_err(&path))?;
         if bytes == 0 {
-            fs::remove_file(&path).map_err(io_err(&path))?;
-            return Ok(None);
+            return Err(None);
         }
-        Ok(Some(path))
-    };
-    let output = write("output", |p| &p.output)?;
-    let errors = match write("errors", |p| &p.errors) {
-        Ok(e) => e,
-        Err(e) => {
-            if let Some(o) = &output {
-                let _ = fs::remove_file(o);
-            }
-            return Err(e);
-        }
-    };
-    fsync_dir(job_dir)?;
-    Ok(Assembled {
-        output,
-        errors,
-        totals,
-    })
+        w.shutdown()
+            .await
+            .map_err(|e| Some(blobs.write_err(key, e)))
+    }
+    .await;
+    if let Err(e) = written {
+        // Nothing partial is left behind: an unfinished upload is aborted.
+        let _ = w.abort().await;
+        return e.map_or(Ok(0), Err);
+    }
+    Ok(bytes)
 }
 
-/// Assembles the job from its segments' latest checkpoints and marks it `want` (Completed, or
-/// Cancelled with the lines done so far). Returns the final object if this call finished it,
+/// Assembles the job from its committed chunks and marks it `want` (Completed, or Cancelled /
+/// Expired with the lines done so far). Returns the final object if this call finished it,
 /// None if another replica had already.
-pub fn finish(
+pub async fn finish(
     store: &JobStore,
     id: &str,
     want: BatchStatus,
-    parts: &[(SegmentDir, SegmentProgress)],
+    plan: Option<&Plan>,
 ) -> Result<Option<BatchObject>, JobError> {
-    let dir = store.batch_dir(id);
-    let a = assemble(&dir, parts)?;
+    let blobs = store.blobs();
+    let mut totals = Totals::default();
+    let mut parts = Vec::new();
+    if let Some(plan) = plan {
+        let keys = store.scan(id).await?;
+        for seg in &plan.segments {
+            let k = keys.get(&seg.index);
+            let p = store.segment_progress(id, seg, k).await?;
+            if p.is_done(seg) {
+                totals.segments_done += 1;
+            }
+            totals.add(&p);
+            parts.push((seg.index, p.chunks));
+        }
+    }
+    let copy = format!("batches/{id}/results/{}", random_id(""));
+    let mut files = Vec::new();
+    let written = async {
+        for (name, errors) in [("output", false), ("errors", true)] {
+            let key = format!("{copy}/{name}.jsonl");
+            if write_part(blobs, id, &parts, &key, errors).await? == 0 {
+                continue;
+            }
+            let (file_id, _) = store.new_upload();
+            let f = store
+                .record_file(
+                    &file_id,
+                    &key,
+                    &format!("{id}_{name}.jsonl"),
+                    "batch_output",
+                )
+                .await?;
+            files.push((name, f.id));
+        }
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    let ids: Vec<String> = Vec::new();
+    let discard = |ids: Vec<String>| async move {
+        for f in ids {
+            let _ = store.delete_file(&f).await;
+        }
+        let _ = blobs.delete_all(&copy).await;
+    };
+    let _ = ids;
+    if let Err(e) = written {
+        discard(files.into_iter().map(|(_, f)| f).collect()).await;
+        return Err(e.into());
+    }
     let mut won = false;
-    let result = store.update_batch(id, |b| {
-        if !b.status.is_active() {
-            return Ok(false);
+    let b = store
+        .update_batch(id, |b| {
+            won = false;
+            if !b.status.is_active() {
+                return Ok(false);
+            }
+            // A cancel that arrived while the last lines finished still counts as a cancel.
+            let status = if b.status == BatchStatus::Cancelling && want == BatchStatus::Completed {
+                BatchStatus::Cancelled
+            } else {
+                want
+            };
+            let now = unix_now();
+            for (name, file_id) in &files {
+                match *name {
+                    "output" => b.output_file_id = Some(file_id.clone()),
+                    _ => b.error_file_id = Some(file_id.clone()),
+                }
+            }
+            b.request_counts.completed = totals.completed;
+            b.request_counts.failed = totals.failed;
+            b.set_cost(totals.device_seconds, totals.cost_dollars);
+            b.status = status;
+            if b.finalizing_at.is_none() {
+                b.finalizing_at = Some(now);
+            }
+            match status {
+                BatchStatus::Cancelled => b.cancelled_at = Some(now),
+                BatchStatus::Expired => b.expired_at = Some(now),
+                _ => b.completed_at = Some(now),
+            }
+            won = true;
+            Ok(true)
+        })
+        .await;
+    let b = match b {
+        Ok(b) if won => b,
+        other => {
+            discard(files.into_iter().map(|(_, f)| f).collect()).await;
+            return other.map(|_| None);
         }
-        // A cancel that arrived while the last lines finished still counts as a cancel.
-        let status = if b.status == BatchStatus::Cancelling {
-            BatchStatus::Cancelled
-        } else {
-            want
-        };
-        let now = unix_now();
-        for (tmp, name, slot) in [
-            (&a.output, "output", &mut b.output_file_id),
-            (&a.errors, "errors", &mut b.error_file_id),
-        ] {
-            let Some(tmp) = tmp else { continue };
-            let path = dir.join(format!("{name}.jsonl"));
-            fs::rename(tmp, &path).map_err(io_err(&path))?;
-            let f = store.register_file(&path, &format!("{id}_{name}.jsonl"), "batch_output")?;
-            *slot = Some(f.id);
-        }
-        fsync_dir(&dir)?;
-        b.request_counts.completed = a.totals.completed;
-        b.request_counts.failed = a.totals.failed;
-        b.set_cost(a.totals.device_seconds, a.totals.cost_dollars);
-        b.status = status;
-        if b.finalizing_at.is_none() {
-            b.finalizing_at = Some(now);
-        }
-        match status {
-            BatchStatus::Cancelled => b.cancelled_at = Some(now),
-            _ => b.completed_at = Some(now),
-        }
-        won = true;
-        Ok(true)
-    });
-    if !won {
-        for tmp in [&a.output, &a.errors].into_iter().flatten() {
-            let _ = fs::remove_file(tmp);
-        }
-    }
-    let b = result?;
-    if !won {
-        return Ok(None);
-    }
-    // The results now live in the assembled files; segment data is no longer needed.
-    let _ = fs::remove_dir_all(dir.join("segments"));
+    };
+    // The results now live in the assembled objects; chunks are no longer needed.
+    let _ = blobs.delete_all(&format!("batches/{id}/segments")).await;
     store.forget(id);
     Ok(Some(b))
 }

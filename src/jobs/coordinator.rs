@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::assemble;
 use super::durable::{unix_now, StoreError};
-use super::lease::holder_is_dead;
 use super::store::JobStore;
 use super::types::{BatchObject, BatchStatus};
 use super::JobError;
@@ -19,9 +18,9 @@ use crate::metrics::Metrics;
 /// What a tick saw and did.
 #[derive(Debug, Default)]
 pub struct Tick {
-    /// Pending lines over all jobs.
+    /// Pending lines over all jobs that can still run.
     pub backlog: u64,
-    /// Jobs asked to stop: every segment running one of them stops.
+    /// Jobs asked to stop (cancelled or past their window): every segment running one stops.
     pub cancelled: HashSet<String>,
     /// Jobs that became runnable (validated) in this tick.
     pub validated: usize,
@@ -33,49 +32,45 @@ pub struct Coordinator<'a> {
     pub store: &'a JobStore,
     pub me: &'a str,
     pub lease_secs: u64,
-    pub segment_lines: u64,
     pub metrics: &'a Metrics,
 }
 
 enum Action {
     Validate(Box<BatchObject>),
-    Complete(String),
-    CancelNow(String),
+    Finish(String, BatchStatus),
+    Fail(String, String),
 }
 
 impl Coordinator<'_> {
-    /// One pass over the store: publishes the gauges first, then does what is due.
-    pub fn tick(&self) -> Result<Tick, StoreError> {
+    /// One pass over the jobs that are not final: publishes the gauges first, then does what
+    /// is due. One job's unreadable state is logged and counted, never a stop for the others.
+    pub async fn tick(&self) -> Result<Tick, StoreError> {
         let mut tick = Tick::default();
         let mut statuses: HashMap<&'static str, i64> = HashMap::new();
         let mut actions = Vec::new();
-        for b in self.store.list_stored()? {
+        let now = unix_now();
+        for entry in self.store.list_active().await? {
+            let b = match entry {
+                Ok(b) => b,
+                Err((id, e)) => {
+                    tracing::error!(batch = %id, error = %e, "cannot read a batch job's state; retrying at the next tick");
+                    // It may still run: the fleet must not scale to zero under it.
+                    tick.backlog += 1;
+                    continue;
+                }
+            };
             *statuses.entry(b.status.as_str()).or_default() += 1;
-            match b.status {
-                BatchStatus::Validating => actions.push(Action::Validate(Box::new(b))),
-                BatchStatus::InProgress | BatchStatus::Finalizing => {
-                    let Some(plan) = self.store.plan(&b.id)? else {
-                        // Validated by an older version (one job-wide checkpoint): plan it now.
-                        actions.push(Action::Validate(Box::new(b)));
-                        continue;
-                    };
-                    let t = self.store.job_totals(&b.id, &plan)?;
-                    tick.backlog += plan.total.saturating_sub(t.lines_done);
-                    if t.segments_done == plan.segments.len() {
-                        actions.push(Action::Complete(b.id));
-                    }
+            let id = b.id.clone();
+            match self.plan_step(b, now, &mut tick).await {
+                Ok(Some(a)) => actions.push(a),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(batch = %id, error = %e, "batch job step failed; retrying at the next tick");
+                    tick.backlog += 1;
                 }
-                BatchStatus::Cancelling => {
-                    tick.cancelled.insert(b.id.clone());
-                    if !self.any_segment_running(&b.id)? {
-                        actions.push(Action::CancelNow(b.id));
-                    }
-                }
-                // Finished (here or elsewhere): nothing about it needs caching any more.
-                _ => self.store.forget(&b.id),
             }
         }
-        self.publish_statuses(&statuses);
+        self.publish_statuses(&statuses).await;
         self.metrics.job_backlog_lines.set(tick.backlog as i64);
         self.metrics.job_queue_depth.set(tick.backlog as i64);
         let changes = !actions.is_empty();
@@ -83,9 +78,10 @@ impl Coordinator<'_> {
             let r = match a {
                 Action::Validate(b) => self
                     .validate(&b)
+                    .await
                     .map(|ok| tick.validated += usize::from(ok)),
-                Action::Complete(id) => self.finish(&id, BatchStatus::Completed, &mut tick),
-                Action::CancelNow(id) => self.finish(&id, BatchStatus::Cancelled, &mut tick),
+                Action::Finish(id, want) => self.finish(&id, want, &mut tick).await,
+                Action::Fail(id, reason) => self.fail(&id, "input_unavailable", &reason).await,
             };
             if let Err(e) = r {
                 tracing::error!(error = %e, "batch job step failed; retrying at the next tick");
@@ -94,67 +90,161 @@ impl Coordinator<'_> {
         if changes {
             // A job this tick finished shows as finished at once, not a tick later.
             let mut statuses: HashMap<&'static str, i64> = HashMap::new();
-            for b in self.store.list_stored()? {
+            for b in self.store.list_active().await?.into_iter().flatten() {
                 *statuses.entry(b.status.as_str()).or_default() += 1;
             }
-            self.publish_statuses(&statuses);
+            self.publish_statuses(&statuses).await;
         }
         Ok(tick)
     }
 
-    fn publish_statuses(&self, statuses: &HashMap<&'static str, i64>) {
+    /// What one job needs now, and its share of the backlog.
+    async fn plan_step(
+        &self,
+        b: BatchObject,
+        now: u64,
+        tick: &mut Tick,
+    ) -> Result<Option<Action>, StoreError> {
+        let expired = b.expires_at.is_some_and(|t| t <= now);
+        match b.status {
+            BatchStatus::Validating if expired => {
+                return Ok(Some(Action::Finish(b.id, BatchStatus::Expired)))
+            }
+            BatchStatus::Validating => return Ok(Some(Action::Validate(Box::new(b)))),
+            BatchStatus::Cancelling => {
+                tick.cancelled.insert(b.id.clone());
+                if !self.any_segment_running(&b.id).await? {
+                    return Ok(Some(Action::Finish(b.id, BatchStatus::Cancelled)));
+                }
+                return Ok(None);
+            }
+            BatchStatus::InProgress | BatchStatus::Finalizing => {}
+            _ => return Ok(None),
+        }
+        let Some(plan) = self.store.plan(&b.id).await? else {
+            return Ok(Some(Action::Validate(Box::new(b))));
+        };
+        if expired {
+            // As OpenAI does: the lines done so far are kept, the rest are not run.
+            tick.cancelled.insert(b.id.clone());
+            if !self.any_segment_running(&b.id).await? {
+                return Ok(Some(Action::Finish(b.id, BatchStatus::Expired)));
+            }
+            return Ok(None);
+        }
+        let t = self.store.job_totals(&b.id, &plan).await?;
+        let left = plan.total.saturating_sub(t.lines_done);
+        if t.segments_done == plan.segments.len() {
+            return Ok(Some(Action::Finish(b.id, BatchStatus::Completed)));
+        }
+        let spec = self.store.spec(&b.id).await?;
+        if self.store.blobs().size(&spec.input).await?.is_none() {
+            let reason = format!(
+                "the input {} was deleted while the job ran; {} of {} lines were done",
+                self.store.blobs().describe(&spec.input),
+                t.lines_done,
+                plan.total
+            );
+            return Ok(Some(Action::Fail(b.id, reason)));
+        }
+        tick.backlog += left;
+        Ok(None)
+    }
+
+    /// Active jobs by status from this tick, final ones from the store's index.
+    async fn publish_statuses(&self, statuses: &HashMap<&'static str, i64>) {
+        let finals = match self.store.final_counts().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count finished batch jobs");
+                return;
+            }
+        };
         for s in crate::metrics::JOB_STATUSES {
-            let n = statuses.get(s).copied().unwrap_or(0);
+            let n = statuses.get(s).copied().unwrap_or(0) + finals.get(*s).copied().unwrap_or(0);
             self.metrics.jobs.with_label_values(&[s]).set(n);
         }
     }
 
     /// A live replica holds a lease on one of the job's segments (this one included: its
     /// slots release theirs once they stop).
-    fn any_segment_running(&self, id: &str) -> Result<bool, StoreError> {
-        let Some(plan) = self.store.plan(id)? else {
-            return Ok(false);
-        };
-        let now = unix_now();
-        Ok(plan.segments.iter().any(|seg| {
-            self.store
-                .segment_dir(id, *seg)
-                .lease()
-                .read()
-                .is_some_and(|l| l.expires_at > now && !holder_is_dead(&l, self.me))
-        }))
+    async fn any_segment_running(&self, id: &str) -> Result<bool, StoreError> {
+        for (seg, keys) in self.store.scan(id).await? {
+            let Some(epoch) = keys.lease_epoch else {
+                continue;
+            };
+            let lease = self.store.segment_lease(id, seg).read(epoch).await?;
+            if lease.is_some_and(|l| l.live()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Fails a job that cannot go on, keeping the reason in its errors.
+    async fn fail(&self, id: &str, code: &str, reason: &str) -> Result<(), JobError> {
+        let b = self
+            .store
+            .update_batch(id, |cur| {
+                if !cur.status.is_active() {
+                    return Ok(false);
+                }
+                cur.status = BatchStatus::Failed;
+                cur.failed_at = Some(unix_now());
+                cur.errors = Some(json!({"object": "list", "data": [
+                    {"code": code, "message": reason, "param": "input_file_id", "line": null}
+                ]}));
+                Ok(true)
+            })
+            .await?;
+        if b.status == BatchStatus::Failed {
+            tracing::warn!(batch = %id, reason, "batch job failed");
+            self.store.forget(id);
+        }
+        Ok(())
     }
 
     /// Cuts the input into segments and starts the job (or fails it when the input is gone).
-    fn validate(&self, b: &BatchObject) -> Result<bool, JobError> {
+    async fn validate(&self, b: &BatchObject) -> Result<bool, JobError> {
         let lease = self.store.lease(&b.id);
-        if !lease.claim(self.me, self.lease_secs) {
+        let Some(epoch) = lease.claim(self.me, self.lease_secs).await? else {
             return Ok(false);
-        }
-        let planned = self.store.make_plan(b, self.segment_lines);
-        let updated = self.store.update_batch(&b.id, |cur| {
-            if !matches!(cur.status, BatchStatus::Validating | BatchStatus::InProgress) {
-                return Ok(false);
+        };
+        let planned = match self.store.make_plan(&b.id).await {
+            Ok(plan) => Ok(plan),
+            // An input that is gone or unreadable cannot become readable: fail the job.
+            Err(e @ (StoreError::NotFound { .. } | StoreError::Corrupt { .. })) => Err(e),
+            // Transient store trouble: try again at the next tick.
+            Err(e) => {
+                lease.release(self.me, epoch).await?;
+                return Err(e.into());
             }
-            match &planned {
-                Ok(plan) => {
-                    cur.request_counts.total = plan.total;
-                    if cur.status == BatchStatus::Validating {
-                        cur.status = BatchStatus::InProgress;
-                        cur.in_progress_at = Some(unix_now());
-                    }
-                }
-                Err(e) => {
-                    cur.status = BatchStatus::Failed;
-                    cur.failed_at = Some(unix_now());
-                    cur.errors = Some(json!({"object": "list", "data": [
-                        {"code": "invalid_input_file", "message": e.to_string(), "param": "input_file_id", "line": null}
-                    ]}));
-                }
+        };
+        let updated = match &planned {
+            Ok(plan) => {
+                self.store
+                    .update_batch(&b.id, |cur| {
+                        if !matches!(
+                            cur.status,
+                            BatchStatus::Validating | BatchStatus::InProgress
+                        ) {
+                            return Ok(false);
+                        }
+                        cur.request_counts.total = plan.total;
+                        if cur.status == BatchStatus::Validating {
+                            cur.status = BatchStatus::InProgress;
+                            cur.in_progress_at = Some(unix_now());
+                        }
+                        Ok(true)
+                    })
+                    .await
             }
-            Ok(true)
-        });
-        lease.release(self.me)?;
+            Err(e) => self
+                .fail(&b.id, "invalid_input_file", &e.to_string())
+                .await
+                .map(|()| b.clone()),
+        };
+        lease.release(self.me, epoch).await?;
         let updated = updated?;
         if let Ok(plan) = &planned {
             tracing::info!(
@@ -169,32 +259,30 @@ impl Coordinator<'_> {
     }
 
     /// Assembles and finalises the job; another replica doing it at the same time is safe.
-    fn finish(&self, id: &str, want: BatchStatus, tick: &mut Tick) -> Result<(), JobError> {
-        if !self.store.lease(id).claim(self.me, self.lease_secs) {
+    async fn finish(&self, id: &str, want: BatchStatus, tick: &mut Tick) -> Result<(), JobError> {
+        let lease = self.store.lease(id);
+        let Some(epoch) = lease.claim(self.me, self.lease_secs).await? else {
             return Ok(());
-        }
-        self.store.update_batch(id, |b| {
-            if b.status != BatchStatus::InProgress {
-                return Ok(false);
-            }
-            b.status = BatchStatus::Finalizing;
-            b.finalizing_at = Some(unix_now());
-            Ok(true)
-        })?;
-        let parts = match self.store.plan(id)? {
-            Some(plan) => plan
-                .segments
-                .iter()
-                .map(|seg| {
-                    Ok((
-                        self.store.segment_dir(id, *seg),
-                        self.store.segment_progress(id, *seg)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?,
-            None => Vec::new(),
         };
-        if let Some(b) = assemble::finish(self.store, id, want, &parts)? {
+        let result = async {
+            if want == BatchStatus::Completed {
+                self.store
+                    .update_batch(id, |b| {
+                        if b.status != BatchStatus::InProgress {
+                            return Ok(false);
+                        }
+                        b.status = BatchStatus::Finalizing;
+                        b.finalizing_at = Some(unix_now());
+                        Ok(true)
+                    })
+                    .await?;
+            }
+            let plan = self.store.plan(id).await?;
+            assemble::finish(self.store, id, want, plan.as_deref()).await
+        }
+        .await;
+        lease.release(self.me, epoch).await?;
+        if let Some(b) = result? {
             tracing::info!(
                 batch = %id,
                 status = b.status.as_str(),
@@ -212,38 +300,60 @@ impl Coordinator<'_> {
 mod tests {
     use super::*;
     use crate::jobs::drive::{ChunkResult, Sink};
-    use crate::jobs::segment::SegmentWriter;
+    use crate::jobs::segment::{Segment, SegmentProgress, SegmentWriter};
 
     fn store(name: &str) -> JobStore {
         let root =
             std::env::temp_dir().join(format!("spotinfer-coord-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        JobStore::open(&root).unwrap()
+        JobStore::open(root.to_str().unwrap()).unwrap()
     }
 
     fn job(store: &JobStore, lines: usize) -> BatchObject {
-        let tmp = store.upload_temp();
         let text: String = (0..lines).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-        std::fs::write(&tmp, text).unwrap();
-        let f = store.add_file(&tmp, "in.jsonl", "batch").unwrap();
-        store
-            .create_batch(&f.id, "/v1/embeddings", "24h", None)
-            .unwrap()
+        store.blobs().run(async {
+            let (id, key) = store.new_upload();
+            store.blobs().put(&key, text.into_bytes()).await.unwrap();
+            let f = store
+                .record_file(&id, &key, "in.jsonl", "batch")
+                .await
+                .unwrap();
+            store
+                .create_batch(&f.id, "/v1/embeddings", "24h", None, 2, 2)
+                .await
+                .unwrap()
+        })
     }
 
-    fn coordinator<'a>(store: &'a JobStore, me: &'a str, metrics: &'a Metrics) -> Coordinator<'a> {
-        Coordinator {
+    fn tick(store: &JobStore, me: &str, metrics: &Metrics) -> Tick {
+        let c = Coordinator {
             store,
             me,
             lease_secs: 30,
-            segment_lines: 2,
             metrics,
-        }
+        };
+        store.blobs().run(c.tick()).unwrap()
     }
 
-    /// Runs a segment to its end with one output line per input line, "<line>".
-    fn run_segment(store: &JobStore, id: &str, seg: crate::jobs::segment::Segment) {
-        let mut w = SegmentWriter::open(store.segment_dir(id, seg), None, 36.0).unwrap();
+    fn batch(store: &JobStore, id: &str) -> BatchObject {
+        store.blobs().run(store.batch(id)).unwrap()
+    }
+
+    fn plan(store: &JobStore, id: &str) -> std::sync::Arc<crate::jobs::segment::Plan> {
+        store.blobs().run(store.plan(id)).unwrap().unwrap()
+    }
+
+    /// Runs a segment to its end (one chunk) with one output line per input line, "<line>".
+    fn run_segment(store: &JobStore, id: &str, seg: Segment) {
+        let mut w = SegmentWriter::new(
+            store.blobs().clone(),
+            id,
+            seg,
+            "w",
+            SegmentProgress::start(&seg),
+            Default::default(),
+            36.0,
+        );
         let lines: String = (seg.first_line..seg.first_line + seg.lines)
             .map(|i| format!("{i}\n"))
             .collect();
@@ -259,66 +369,75 @@ mod tests {
         .unwrap();
     }
 
+    fn content(store: &JobStore, file: &str) -> String {
+        store.blobs().run(async {
+            let key = store.file_key(file).await.unwrap();
+            let b = store.blobs().get(&key).await.unwrap().unwrap();
+            String::from_utf8(b.to_vec()).unwrap()
+        })
+    }
+
     #[test]
     fn validates_then_assembles_in_input_order_exactly_once() {
         let store = store("finish");
         let metrics = Metrics::new();
         let b = job(&store, 5);
-        let t = coordinator(&store, "a/1", &metrics).tick().unwrap();
+        let t = tick(&store, "a/1", &metrics);
         assert_eq!(t.validated, 1);
-        let b = store.batch(&b.id).unwrap();
+        let b = batch(&store, &b.id);
         assert_eq!(b.status, BatchStatus::InProgress);
         assert_eq!(b.request_counts.total, 5);
-        let plan = store.plan(&b.id).unwrap().unwrap();
+        let plan = plan(&store, &b.id);
         assert_eq!(plan.segments.len(), 3);
         assert_eq!(
             metrics.job_backlog_lines.get(),
             0,
             "published before it was validated"
         );
-        coordinator(&store, "a/1", &metrics).tick().unwrap();
+        tick(&store, "a/1", &metrics);
         assert_eq!(metrics.job_backlog_lines.get(), 5);
         // Segments finish out of order, on different replicas.
         run_segment(&store, &b.id, plan.segments[2]);
         run_segment(&store, &b.id, plan.segments[0]);
-        coordinator(&store, "a/1", &metrics).tick().unwrap();
+        tick(&store, "a/1", &metrics);
         assert_eq!(metrics.job_backlog_lines.get(), 2);
-        assert_eq!(store.batch(&b.id).unwrap().request_counts.completed, 1);
+        assert_eq!(batch(&store, &b.id).request_counts.completed, 1);
         run_segment(&store, &b.id, plan.segments[1]);
-        let t = coordinator(&store, "b/2", &metrics).tick().unwrap();
+        let t = tick(&store, "b/2", &metrics);
         assert_eq!(t.finished.len(), 1);
         // Another replica seeing it finished does nothing.
-        assert!(coordinator(&store, "a/1", &metrics)
-            .tick()
-            .unwrap()
-            .finished
-            .is_empty());
-        let done = store.batch(&b.id).unwrap();
+        assert!(tick(&store, "a/1", &metrics).finished.is_empty());
+        let done = batch(&store, &b.id);
         assert_eq!(done.status, BatchStatus::Completed);
         assert_eq!(done.request_counts.completed, 2);
         assert_eq!(done.request_counts.failed, 3);
-        let out = store
-            .file_path(done.output_file_id.as_ref().unwrap())
-            .unwrap();
-        assert_eq!(std::fs::read_to_string(out).unwrap(), "0\n1\n2\n3\n4\n");
-        let errs = store
-            .file_path(done.error_file_id.as_ref().unwrap())
-            .unwrap();
-        assert_eq!(std::fs::read_to_string(errs).unwrap(), "e\ne\ne\n");
+        assert_eq!(
+            content(&store, done.output_file_id.as_ref().unwrap()),
+            "0\n1\n2\n3\n4\n"
+        );
+        assert_eq!(
+            content(&store, done.error_file_id.as_ref().unwrap()),
+            "e\ne\ne\n"
+        );
         let m = done.metadata.unwrap();
         assert_eq!(m["spotinfer_device_seconds"], "3.000");
         assert_eq!(m["spotinfer_cost_usd"], "0.030000");
         assert_eq!(metrics.job_backlog_lines.get(), 0);
         assert_eq!(metrics.jobs.with_label_values(&["completed"]).get(), 1);
-        assert!(!store.batch_dir(&b.id).join("segments").exists());
+        let left = store
+            .blobs()
+            .run(store.blobs().list(&format!("batches/{}/segments", b.id)))
+            .unwrap();
+        assert!(left.is_empty(), "chunks are deleted once assembled");
         let outputs = store
-            .list_files()
+            .blobs()
+            .run(store.list_files())
             .unwrap()
             .into_iter()
             .filter(|f| f.purpose == "batch_output")
             .count();
         assert_eq!(outputs, 2, "registered once");
-        std::fs::remove_dir_all(store.root()).ok();
+        std::fs::remove_dir_all(store.blobs().location()).ok();
     }
 
     #[test]
@@ -326,26 +445,99 @@ mod tests {
         let store = store("cancel");
         let metrics = Metrics::new();
         let b = job(&store, 6);
-        coordinator(&store, "a/1", &metrics).tick().unwrap();
-        let plan = store.plan(&b.id).unwrap().unwrap();
+        tick(&store, "a/1", &metrics);
+        let plan = plan(&store, &b.id);
         run_segment(&store, &b.id, plan.segments[1]);
         // Another (live) replica runs segment 2.
-        let seg2 = store.segment_dir(&b.id, plan.segments[2]);
-        std::fs::create_dir_all(&seg2.dir).unwrap();
-        assert!(seg2.lease().claim("otherhost/1", 30));
-        store.cancel(&b.id).unwrap();
-        let t = coordinator(&store, "a/1", &metrics).tick().unwrap();
+        let lease = store.segment_lease(&b.id, 2);
+        let epoch = store
+            .blobs()
+            .run(lease.claim("otherhost/1", 30))
+            .unwrap()
+            .unwrap();
+        store.blobs().run(store.cancel(&b.id)).unwrap();
+        let t = tick(&store, "a/1", &metrics);
         assert!(t.cancelled.contains(&b.id));
-        assert_eq!(store.batch(&b.id).unwrap().status, BatchStatus::Cancelling);
-        seg2.lease().release("otherhost/1").unwrap();
-        coordinator(&store, "a/1", &metrics).tick().unwrap();
-        let done = store.batch(&b.id).unwrap();
+        assert_eq!(batch(&store, &b.id).status, BatchStatus::Cancelling);
+        store
+            .blobs()
+            .run(lease.release("otherhost/1", epoch))
+            .unwrap();
+        tick(&store, "a/1", &metrics);
+        let done = batch(&store, &b.id);
         assert_eq!(done.status, BatchStatus::Cancelled);
         assert_eq!(done.request_counts.completed, 1);
-        let out = store
-            .file_path(done.output_file_id.as_ref().unwrap())
+        assert_eq!(
+            content(&store, done.output_file_id.as_ref().unwrap()),
+            "2\n3\n"
+        );
+        std::fs::remove_dir_all(store.blobs().location()).ok();
+    }
+
+    #[test]
+    fn a_deleted_input_fails_its_job_and_leaves_no_backlog_while_others_run() {
+        let store = store("deleted");
+        let metrics = Metrics::new();
+        let gone = job(&store, 4);
+        let kept = job(&store, 4);
+        tick(&store, "a/1", &metrics);
+        assert_eq!(metrics.job_backlog_lines.get(), 0);
+        tick(&store, "a/1", &metrics);
+        assert_eq!(metrics.job_backlog_lines.get(), 8);
+        let input = store.blobs().run(store.spec(&gone.id)).unwrap().input;
+        store.blobs().run(store.blobs().delete(&input)).unwrap();
+        // Garbage in a third job's state: logged, the others go on, the gauge stays honest.
+        store
+            .blobs()
+            .run(
+                store
+                    .blobs()
+                    .put("batches/batch_junk/state/0000000001.json", b"{".to_vec()),
+            )
             .unwrap();
-        assert_eq!(std::fs::read_to_string(out).unwrap(), "2\n3\n");
-        std::fs::remove_dir_all(store.root()).ok();
+        store
+            .blobs()
+            .run(store.blobs().put("active/batch_junk", Vec::new()))
+            .unwrap();
+        tick(&store, "a/1", &metrics);
+        let failed = batch(&store, &gone.id);
+        assert_eq!(failed.status, BatchStatus::Failed);
+        let reason = failed.errors.unwrap().to_string();
+        assert!(reason.contains("deleted"), "{reason}");
+        tick(&store, "a/1", &metrics);
+        assert_eq!(
+            metrics.job_backlog_lines.get(),
+            4 + 1,
+            "the kept job's lines, and one for the unreadable job"
+        );
+        assert_eq!(batch(&store, &kept.id).status, BatchStatus::InProgress);
+        std::fs::remove_dir_all(store.blobs().location()).ok();
+    }
+
+    #[test]
+    fn a_job_past_its_window_expires_with_the_lines_done() {
+        let store = store("expire");
+        let metrics = Metrics::new();
+        let b = job(&store, 4);
+        tick(&store, "a/1", &metrics);
+        let plan = plan(&store, &b.id);
+        run_segment(&store, &b.id, plan.segments[0]);
+        store
+            .blobs()
+            .run(store.update_batch(&b.id, |b| {
+                b.expires_at = Some(1);
+                Ok(true)
+            }))
+            .unwrap();
+        let t = tick(&store, "a/1", &metrics);
+        assert_eq!(t.finished.len(), 1);
+        let done = batch(&store, &b.id);
+        assert_eq!(done.status, BatchStatus::Expired);
+        assert!(done.expired_at.is_some());
+        assert_eq!(
+            content(&store, done.output_file_id.as_ref().unwrap()),
+            "0\n1\n"
+        );
+        std::fs::remove_dir_all(store.blobs().location()).ok();
     }
 }

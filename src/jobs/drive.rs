@@ -2,16 +2,53 @@
 //! by chunk through the inference API, committing each chunk's lines to a [`Sink`] in order.
 //! All file I/O runs on blocking threads, never on an async worker.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::blob::Blobs;
 use super::durable::{io_err, StoreError};
 pub use super::lines::LineDone;
 use super::lines::{self, LineOutcome};
 use crate::inference::Inference;
 use crate::lifecycle::work::WorkGuard;
+
+/// Where a run reads its lines: a local file (`spotinfer batch`) or an object of the job store.
+#[derive(Debug, Clone)]
+pub enum Input {
+    File(PathBuf),
+    Object {
+        blobs: Blobs,
+        key: String,
+        /// Longest line read (the online body limit); longer ones fail.
+        max_line: u64,
+    },
+}
+
+impl Input {
+    async fn read_chunk(
+        &self,
+        offset: u64,
+        end: u64,
+        line_no: u64,
+        max: usize,
+    ) -> Result<(Vec<lines::RawLine>, u64), StoreError> {
+        match self {
+            Input::File(path) => {
+                let p = path.clone();
+                blocking(move || lines::read_chunk(&p, offset, end, line_no, max))
+                    .await?
+                    .map_err(io_err(path))
+            }
+            Input::Object {
+                blobs,
+                key,
+                max_line,
+            } => lines::read_object_chunk(blobs, key, offset, end, line_no, max, *max_line).await,
+        }
+    }
+}
 
 /// Where a run stands: the next input byte and line, and the totals so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -111,7 +148,7 @@ async fn blocking<T: Send + 'static>(
 pub async fn drive(
     inference: &Inference,
     batch_id: &str,
-    input: &Path,
+    input: &Input,
     end: u64,
     sink: Box<dyn Sink>,
     chunk_lines: usize,
@@ -128,19 +165,15 @@ pub async fn drive(
     let mut eof = false;
     let mut stopping = false;
     let mut in_flight = FuturesOrdered::new();
-    let input: PathBuf = input.to_path_buf();
     loop {
         while !eof && !stopping && in_flight.len() < depth {
             if hooks.should_stop() {
                 stopping = true;
                 break;
             }
-            let path = input.clone();
-            let (offset, line_no, max) = (read_offset, read_line_no, chunk_lines.max(1));
-            let (chunk, next) =
-                blocking(move || lines::read_chunk(&path, offset, end, line_no, max))
-                    .await?
-                    .map_err(io_err(&input))?;
+            let (chunk, next) = input
+                .read_chunk(read_offset, end, read_line_no, chunk_lines.max(1))
+                .await?;
             if chunk.is_empty() {
                 eof = true;
                 break;

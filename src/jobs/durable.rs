@@ -28,6 +28,9 @@ pub enum StoreError {
     /// (anyhow's `{:#}`) would print it twice.
     #[error("{path}: {cause}{}", disk_full_hint(.cause))]
     Io { path: String, cause: io::Error },
+    /// A bucket (or the object-store view of a folder) refused or failed a request.
+    #[error("{path}: {cause}")]
+    Object { path: String, cause: String },
     #[error("{path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
     #[error("no such {kind}: {id}")]

@@ -22,6 +22,92 @@ use crate::priority::Priority;
 pub struct RawLine {
     pub line_no: u64,
     pub text: String,
+    /// The line was longer than the largest request body (this many bytes): it was skipped
+    /// unread and fails.
+    pub too_long: Option<u64>,
+}
+
+/// Bytes fetched per ranged read of an object input.
+const READ_WINDOW: u64 = 1 << 20;
+
+/// Reads up to `max` non-empty lines of an object from byte `offset` to `end` (a line
+/// boundary) in ranged reads. A line may be as large as an online request body (`max_line`);
+/// a longer one is skipped without being held in memory and fails with a clear error.
+pub async fn read_object_chunk(
+    blobs: &crate::jobs::blob::Blobs,
+    key: &str,
+    offset: u64,
+    end: u64,
+    first_line_no: u64,
+    max: usize,
+    max_line: u64,
+) -> Result<(Vec<RawLine>, u64), crate::jobs::StoreError> {
+    let mut out = Vec::new();
+    // `pos`: start of the line in `buf`; `read`: next byte to fetch.
+    let (mut pos, mut read) = (offset, offset);
+    let mut buf: Vec<u8> = Vec::new();
+    // Bytes of an over-long line skipped so far (its start is `pos`).
+    let mut skipping: Option<u64> = None;
+    while out.len() < max && pos < end {
+        if read >= end {
+            // The input's last line has no newline.
+            push_line(
+                &mut out,
+                first_line_no,
+                &buf,
+                skipping.map(|n| n + buf.len() as u64),
+            );
+            pos = end;
+            break;
+        }
+        let bytes = blobs
+            .get_range(key, read..end.min(read + READ_WINDOW))
+            .await?;
+        if bytes.is_empty() {
+            return Err(crate::jobs::StoreError::Corrupt {
+                path: blobs.describe(key),
+                reason: format!(
+                    "it ends before byte {end}: the input changed after the job was validated"
+                ),
+            });
+        }
+        read += bytes.len() as u64;
+        buf.extend_from_slice(&bytes);
+        let mut start = 0;
+        while out.len() < max {
+            let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            let line = &buf[start..start + nl + 1];
+            let len = skipping.take().map(|n| n + line.len() as u64);
+            pos += line.len() as u64;
+            push_line(&mut out, first_line_no, line, len);
+            start += nl + 1;
+        }
+        buf.drain(..start);
+        if out.len() < max && (skipping.is_some() || buf.len() as u64 > max_line) {
+            // Too long to hold: count it, drop what is buffered, and read on to its end.
+            skipping = Some(skipping.unwrap_or(0) + buf.len() as u64);
+            pos += buf.len() as u64;
+            buf.clear();
+        }
+    }
+    Ok((out, pos))
+}
+
+/// Adds a line unless it is blank; `skipped`: the whole length of an over-long line.
+fn push_line(out: &mut Vec<RawLine>, first_line_no: u64, line: &[u8], skipped: Option<u64>) {
+    if skipped.is_none() && line.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    out.push(RawLine {
+        line_no: first_line_no + out.len() as u64,
+        text: match skipped {
+            Some(_) => String::new(),
+            None => String::from_utf8_lossy(line).trim_end().to_string(),
+        },
+        too_long: skipped,
+    });
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +180,17 @@ async fn process_one(
                           "error": {"code": code, "message": message}});
         (LineOutcome::Failed(line.to_string()), Duration::ZERO)
     };
+    if let Some(n) = line.too_long {
+        return fail(
+            Value::Null,
+            "line_too_long",
+            format!(
+                "line {}: {n} bytes, over the server's request body limit \
+                 (--payload-limit); split its input into several lines",
+                line.line_no + 1
+            ),
+        );
+    }
     let parsed: InputLine = match serde_json::from_str(&line.text) {
         Ok(p) => p,
         Err(e) => {
@@ -199,6 +296,7 @@ pub fn read_chunk(
         out.push(RawLine {
             line_no: first_line_no + out.len() as u64,
             text: String::from_utf8_lossy(&buf).trim_end().to_string(),
+            too_long: None,
         });
     }
     Ok((out, pos))

@@ -27,6 +27,7 @@
 //! `assemble`, `runner` (the server's loops) and `offline` (`spotinfer batch`).
 
 pub(crate) mod assemble;
+pub(crate) mod blob;
 pub(crate) mod coordinator;
 pub(crate) mod drive;
 pub(crate) mod durable;
@@ -41,7 +42,8 @@ pub(crate) mod types;
 
 pub use durable::StoreError;
 pub use runner::{JobRunner, RunnerConfig};
-pub use store::{count_lines, JobStore};
+pub use segment::count_lines;
+pub use store::JobStore;
 pub use types::{BatchObject, BatchStatus, FileObject, RequestCounts};
 
 #[derive(Debug, thiserror::Error)]

@@ -339,7 +339,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
     let (end, c) = drive::drive(
         &inference,
         "batch_offline",
-        &args.input,
+        &drive::Input::File(args.input.clone()),
         u64::MAX,
         Box::new(out),
         args.chunk_lines,

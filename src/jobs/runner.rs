@@ -13,10 +13,10 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use super::coordinator::Coordinator;
-use super::drive::{self, ChunkResult, DriveEnd, DriveHooks, Position};
+use super::drive::{self, ChunkResult, DriveEnd, DriveHooks, Input, Position};
 use super::durable::StoreError;
 use super::schedule::{self, LocalRunning, Picked};
-use super::segment::{RunLease, SegmentWriter};
+use super::segment::{Fence, SegmentWriter};
 use super::store::JobStore;
 use super::types::{BatchStatus, META_COST};
 use crate::inference::Inference;
@@ -31,11 +31,14 @@ const SLOTS: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// This replica's lease holder name (`pod/pid`).
+    /// This replica's lease holder name (`pod/nonce`, unique per process).
     pub replica: String,
+    /// Chunk and segment sizes of the jobs this replica creates (each job keeps its own).
     pub chunk_lines: usize,
     pub lease_secs: u64,
     pub segment_lines: u64,
+    /// The longest job line read (the online body limit): longer ones fail.
+    pub max_line_bytes: u64,
     /// Coordinator tick: how fresh the fleet gauges are.
     pub refresh: Duration,
     pub cost_per_hour: f64,
@@ -61,14 +64,6 @@ pub struct JobRunner {
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 impl JobRunner {
@@ -107,58 +102,62 @@ impl JobRunner {
     /// Before Ready: reports the jobs whose interrupted segments this replica may resume (no
     /// live replica holds them). Returns how many jobs.
     pub async fn recover(self: &Arc<Self>) -> usize {
-        let me = self.clone();
-        let found = blocking(move || {
-            let mut jobs = Vec::new();
-            for b in me.store.list_stored()? {
-                if b.status != BatchStatus::InProgress {
-                    continue;
-                }
-                let Some(plan) = me.store.plan(&b.id)? else {
-                    continue;
-                };
-                let mut lines = 0;
-                for seg in &plan.segments {
-                    let p = me.store.segment_progress(&b.id, *seg)?;
-                    let free = me
-                        .store
-                        .segment_dir(&b.id, *seg)
-                        .lease()
-                        .read()
-                        .is_none_or(|l| !l.blocks(&me.cfg.replica));
-                    if free && p.lines_done > 0 && !p.is_done(seg) {
-                        lines += p.lines_done;
-                    }
-                }
-                if lines > 0 {
-                    jobs.push((b.id, lines, plan.total));
-                }
-            }
-            Ok(jobs)
-        })
-        .await
-        .unwrap_or_default();
+        let found = self.resumable().await.unwrap_or_default();
         for (batch, line, total) in &found {
             tracing::info!(%batch, line, total, "resuming batch job from its checkpoint");
         }
         found.len()
     }
 
+    /// Jobs with started, unfinished segments that no live replica holds: (job, lines done in
+    /// them, job total).
+    async fn resumable(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let mut jobs = Vec::new();
+        for b in self.store.list_active().await?.into_iter().flatten() {
+            if b.status != BatchStatus::InProgress {
+                continue;
+            }
+            let Some(plan) = self.store.plan(&b.id).await? else {
+                continue;
+            };
+            let keys = self.store.scan(&b.id).await?;
+            let mut lines = 0;
+            for seg in &plan.segments {
+                let Some(k) = keys.get(&seg.index) else {
+                    continue;
+                };
+                let done = plan.lines_in(seg, k.committed());
+                let held = match k.lease_epoch {
+                    Some(e) => self
+                        .store
+                        .segment_lease(&b.id, seg.index)
+                        .read(e)
+                        .await?
+                        .is_some_and(|l| l.blocks(&self.cfg.replica)),
+                    None => false,
+                };
+                if !held && done > 0 && done < seg.lines {
+                    lines += done;
+                }
+            }
+            if lines > 0 {
+                jobs.push((b.id, lines, plan.total));
+            }
+        }
+        Ok(jobs)
+    }
+
     /// The coordinator loop, on every replica; ends once stopped.
     pub async fn run_coordinator(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         while !*stop.borrow() {
-            let me = self.clone();
-            let tick = blocking(move || {
-                Coordinator {
-                    store: &me.store,
-                    me: &me.cfg.replica,
-                    lease_secs: me.cfg.lease_secs,
-                    segment_lines: me.cfg.segment_lines,
-                    metrics: &me.metrics,
-                }
-                .tick()
-            })
+            let tick = Coordinator {
+                store: &self.store,
+                me: &self.cfg.replica,
+                lease_secs: self.cfg.lease_secs,
+                metrics: &self.metrics,
+            }
+            .tick()
             .await;
             match tick {
                 Ok(t) => {
@@ -198,10 +197,12 @@ impl JobRunner {
         let mut stop = self.stop.subscribe();
         let mut state = self.lifecycle.subscribe();
         while !self.stopping() {
-            let me = self.clone();
-            let picked = blocking(move || {
-                schedule::pick(&me.store, &me.cfg.replica, me.cfg.lease_secs, &me.local)
-            })
+            let picked = schedule::pick(
+                &self.store,
+                &self.cfg.replica,
+                self.cfg.lease_secs,
+                &self.local,
+            )
             .await;
             match picked {
                 Ok(Some(work)) => {
@@ -232,43 +233,81 @@ impl JobRunner {
     }
 
     async fn run_segment(&self, work: &Picked) -> Result<(), StoreError> {
+        let lease = self.store.segment_lease(&work.batch_id, work.seg.index);
         let Some(inference) = self.inference.get() else {
-            return Ok(());
+            return lease.release(&self.cfg.replica, work.epoch).await;
         };
-        let dir = self.store.segment_dir(&work.batch_id, work.seg);
-        let lease = RunLease {
-            holder: self.cfg.replica.clone(),
-            ttl_secs: self.cfg.lease_secs,
-        };
-        let cost = self.cfg.cost_per_hour;
-        let writer = blocking({
-            let dir = dir.clone();
-            move || SegmentWriter::open(dir, Some(lease), cost)
-        })
-        .await?;
-        let resumed_at = writer.progress().lines_done;
-        if resumed_at > 0 {
-            tracing::info!(batch = %work.batch_id, segment = work.seg.index, line = work.seg.first_line + resumed_at, "resuming a segment from its checkpoint");
+        let keys = self.store.scan(&work.batch_id).await?;
+        let progress = self
+            .store
+            .segment_progress(&work.batch_id, &work.seg, keys.get(&work.seg.index))
+            .await?;
+        if progress.is_done(&work.seg) {
+            return lease.release(&self.cfg.replica, work.epoch).await;
         }
+        if progress.lines_done > 0 {
+            tracing::info!(batch = %work.batch_id, segment = work.seg.index, line = work.seg.first_line + progress.lines_done, "resuming a segment from its checkpoint");
+        }
+        let fence = Arc::new(Fence::default());
+        // The heartbeat renews the lease on its own clock, whatever the device is doing.
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(work.epoch));
+        let beat = tokio::spawn(heartbeat(
+            self.store.clone(),
+            work.batch_id.clone(),
+            work.seg.index,
+            self.cfg.replica.clone(),
+            self.cfg.lease_secs,
+            epoch.clone(),
+            fence.clone(),
+        ));
+        let writer = SegmentWriter::new(
+            self.store.blobs().clone(),
+            &work.batch_id,
+            work.seg,
+            &self.cfg.replica,
+            progress,
+            fence.clone(),
+            self.cfg.cost_per_hour,
+        );
         let mut hooks = SlotHooks {
             runner: self,
             batch_id: &work.batch_id,
+            fence: &fence,
             cancelled: false,
         };
-        let (end, at) = drive::drive(
+        let input = Input::Object {
+            blobs: self.store.blobs().clone(),
+            key: work.input.clone(),
+            max_line: self.cfg.max_line_bytes,
+        };
+        let driven = drive::drive(
             inference,
             &work.batch_id,
-            &work.input,
+            &input,
             work.seg.end,
             Box::new(writer),
-            self.cfg.chunk_lines,
+            work.plan.chunk_lines as usize,
             &mut hooks,
         )
-        .await?;
+        .await;
+        beat.abort();
+        let _ = beat.await;
+        let held = epoch.load(std::sync::atomic::Ordering::Acquire);
+        let (end, at) = match driven {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = lease.release(&self.cfg.replica, held).await;
+                return Err(e);
+            }
+        };
         match end {
             DriveEnd::Done => {
                 // Maybe the last segment: assemble now rather than at the next tick.
                 self.wake_coordinator.notify_one();
+            }
+            DriveEnd::Stopped | DriveEnd::Interrupted if hooks.fence.lost() => {
+                tracing::warn!(batch = %work.batch_id, segment = work.seg.index, "segment lease lost to another replica; stopping here");
+                return Ok(());
             }
             DriveEnd::Stopped | DriveEnd::Interrupted if !hooks.cancelled => {
                 tracing::info!(
@@ -283,18 +322,52 @@ impl JobRunner {
                 self.wake_coordinator.notify_one();
             }
             DriveEnd::LeaseLost => {
+                self.metrics.job_segments_lost_total.inc();
                 tracing::warn!(batch = %work.batch_id, segment = work.seg.index, "segment lease lost to another replica; stopping here");
                 return Ok(());
             }
         }
-        let me = self.cfg.replica.clone();
-        blocking(move || dir.lease().release(&me)).await
+        lease.release(&self.cfg.replica, held).await
+    }
+}
+
+/// Renews a running segment's lease every third of its length. When another replica has
+/// taken it (this one stalled past its lease), fences the run: it stops before its next
+/// commit. A renewal that fails on a store error is tried again at the next beat.
+async fn heartbeat(
+    store: JobStore,
+    batch: String,
+    seg: usize,
+    me: String,
+    lease_secs: u64,
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    fence: Arc<Fence>,
+) {
+    use std::sync::atomic::Ordering;
+    let every = Duration::from_millis(lease_secs * 1000 / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(every).await;
+        let lease = store.segment_lease(&batch, seg);
+        match lease
+            .renew(&me, lease_secs, epoch.load(Ordering::Acquire))
+            .await
+        {
+            Ok(Some(e)) => epoch.store(e, Ordering::Release),
+            Ok(None) => {
+                fence.lose();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%batch, segment = seg, error = %e, "renewing a segment lease failed; trying again")
+            }
+        }
     }
 }
 
 struct SlotHooks<'a> {
     runner: &'a JobRunner,
     batch_id: &'a str,
+    fence: &'a Fence,
     cancelled: bool,
 }
 
@@ -304,6 +377,9 @@ impl DriveHooks for SlotHooks<'_> {
     }
 
     fn should_stop(&mut self) -> bool {
+        if self.fence.lost() {
+            return true;
+        }
         if locked(&self.runner.cancelled).contains(self.batch_id) {
             self.cancelled = true;
             return true;

@@ -4,20 +4,22 @@
 //! before fresh ones, so interrupted work resumes first.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use super::durable::{io_err, StoreError};
-use super::segment::Segment;
+use super::durable::{unix_now, StoreError};
+use super::segment::{Plan, Segment};
 use super::store::JobStore;
 use super::types::BatchStatus;
 
-/// A claimed segment: its lease is ours and it is marked running in this process.
+/// A claimed segment: its lease is ours (at `epoch`) and it is marked running in this process.
 #[derive(Debug, Clone)]
 pub struct Picked {
     pub batch_id: String,
-    pub input: PathBuf,
+    /// The key of the job's input.
+    pub input: String,
+    pub plan: Arc<Plan>,
     pub seg: Segment,
+    pub epoch: u64,
 }
 
 /// Segments this process runs right now, (job, segment index): local slots share one lease
@@ -26,57 +28,72 @@ pub type LocalRunning = Mutex<HashSet<(String, usize)>>;
 
 struct Candidates {
     batch_id: String,
-    input: PathBuf,
+    input: String,
+    plan: Arc<Plan>,
     running: usize,
     free: Vec<(bool, Segment)>,
 }
 
 /// Claims the next segment for `me`, or None when there is nothing to run.
-pub fn pick(
+pub async fn pick(
     store: &JobStore,
     me: &str,
     lease_secs: u64,
     local: &LocalRunning,
 ) -> Result<Option<Picked>, StoreError> {
     let mut jobs = Vec::new();
-    for b in store.list_stored()? {
-        if b.status != BatchStatus::InProgress {
+    let now = unix_now();
+    for b in store.list_active().await?.into_iter().flatten() {
+        if b.status != BatchStatus::InProgress || b.expires_at.is_some_and(|t| t <= now) {
             continue;
         }
-        let Some(plan) = store.plan(&b.id)? else {
-            continue;
-        };
-        let Ok(input) = store.file_path(&b.input_file_id) else {
-            continue;
-        };
-        let mut c = Candidates {
-            batch_id: b.id.clone(),
-            input,
-            running: 0,
-            free: Vec::new(),
-        };
-        let mine = lock(local);
-        for seg in &plan.segments {
-            if store.segment_done(&b.id, *seg) {
-                continue;
+        // One job's trouble never keeps this replica from the others.
+        let found = async {
+            let Some(plan) = store.plan(&b.id).await? else {
+                return Ok(None);
+            };
+            let spec = store.spec(&b.id).await?;
+            let keys = store.scan(&b.id).await?;
+            let mut c = Candidates {
+                batch_id: b.id.clone(),
+                input: spec.input,
+                plan: plan.clone(),
+                running: 0,
+                free: Vec::new(),
+            };
+            for seg in &plan.segments {
+                let k = keys.get(&seg.index);
+                let committed = k.map_or(0, |k| k.committed());
+                if plan.lines_in(seg, committed) >= seg.lines {
+                    continue;
+                }
+                if lock(local).contains(&(b.id.clone(), seg.index)) {
+                    c.running += 1;
+                    continue;
+                }
+                let lease = match k.and_then(|k| k.lease_epoch) {
+                    Some(e) => store.segment_lease(&b.id, seg.index).read(e).await?,
+                    None => None,
+                };
+                match lease {
+                    Some(l) if l.blocks(me) => c.running += 1,
+                    _ => c.free.push((committed > 0, *seg)),
+                }
             }
-            if mine.contains(&(b.id.clone(), seg.index)) {
-                c.running += 1;
-                continue;
-            }
-            match store.segment_dir(&b.id, *seg).lease().read() {
-                Some(l) if l.blocks(me) => c.running += 1,
-                started => c.free.push((started.is_some(), *seg)),
-            }
+            Ok::<_, StoreError>(Some(c))
         }
-        drop(mine);
-        if !c.free.is_empty() {
-            // Started segments first (stable: index order within each group).
-            c.free.sort_by_key(|(started, seg)| (!started, seg.index));
-            jobs.push(c);
+        .await;
+        match found {
+            Ok(Some(mut c)) if !c.free.is_empty() => {
+                // Started segments first (stable: index order within each group).
+                c.free.sort_by_key(|(started, seg)| (!started, seg.index));
+                jobs.push(c);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(batch = %b.id, error = %e, "skipping a batch job this round"),
         }
     }
-    // Fewest running first; `list_stored` is oldest first and the sort is stable.
+    // Fewest running first; `list_active` is oldest first and the sort is stable.
     jobs.sort_by_key(|c| c.running);
     for c in jobs {
         for (_, seg) in c.free {
@@ -84,18 +101,25 @@ pub fn pick(
             if !lock(local).insert(key.clone()) {
                 continue;
             }
-            let dir = store.segment_dir(&c.batch_id, seg);
-            std::fs::create_dir_all(&dir.dir).map_err(io_err(&dir.dir))?;
-            let lease = dir.lease();
-            if lease.claim(me, lease_secs) {
-                if !store.segment_done(&c.batch_id, seg) {
+            match store
+                .segment_lease(&c.batch_id, seg.index)
+                .claim(me, lease_secs)
+                .await
+            {
+                Ok(Some(epoch)) => {
                     return Ok(Some(Picked {
                         batch_id: c.batch_id,
                         input: c.input,
+                        plan: c.plan,
                         seg,
-                    }));
+                        epoch,
+                    }))
                 }
-                lease.release(me)?;
+                Ok(None) => {}
+                Err(e) => {
+                    lock(local).remove(&key);
+                    return Err(e);
+                }
             }
             lock(local).remove(&key);
         }
@@ -110,50 +134,50 @@ pub fn lock(local: &LocalRunning) -> std::sync::MutexGuard<'_, HashSet<(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::segment::plan_input;
 
     #[test]
     fn jobs_share_the_fleet_oldest_first_and_local_slots_never_share_a_segment() {
         let root = std::env::temp_dir().join(format!("spotinfer-sched-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let store = JobStore::open(&root).unwrap();
+        let store = JobStore::open(root.to_str().unwrap()).unwrap();
+        let blobs = store.blobs().clone();
         let mut ids = Vec::new();
         for _ in 0..2 {
-            let tmp = store.upload_temp();
-            std::fs::write(&tmp, "a\nb\nc\nd\n").unwrap();
-            let f = store.add_file(&tmp, "in.jsonl", "batch").unwrap();
-            let b = store
-                .create_batch(&f.id, "/v1/embeddings", "24h", None)
-                .unwrap();
-            store.make_plan(&b, 1).unwrap();
-            store
-                .update_batch(&b.id, |b| {
-                    b.status = BatchStatus::InProgress;
-                    Ok(true)
-                })
-                .unwrap();
+            let b = blobs.run(async {
+                let (id, key) = store.new_upload();
+                blobs.put(&key, b"a\nb\nc\nd\n".to_vec()).await.unwrap();
+                let f = store
+                    .record_file(&id, &key, "in.jsonl", "batch")
+                    .await
+                    .unwrap();
+                let b = store
+                    .create_batch(&f.id, "/v1/embeddings", "24h", None, 1, 1)
+                    .await
+                    .unwrap();
+                assert_eq!(store.make_plan(&b.id).await.unwrap().segments.len(), 4);
+                store
+                    .update_batch(&b.id, |b| {
+                        b.status = BatchStatus::InProgress;
+                        Ok(true)
+                    })
+                    .await
+                    .unwrap()
+            });
             ids.push(b.id);
         }
-        assert_eq!(
-            plan_input(
-                &store
-                    .file_path(&store.batch(&ids[0]).unwrap().input_file_id)
-                    .unwrap(),
-                1
-            )
-            .unwrap()
-            .segments
-            .len(),
-            4
-        );
         let (oldest, newest) = {
-            let all = store.list_stored().unwrap();
+            let all: Vec<_> = blobs
+                .run(store.list_active())
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .collect();
             (all[0].id.clone(), all[1].id.clone())
         };
         let local = LocalRunning::default();
         let picks: Vec<(String, usize)> = (0..4)
             .map(|_| {
-                let p = pick(&store, "a/1", 30, &local).unwrap().unwrap();
+                let p = blobs.run(pick(&store, "a/1", 30, &local)).unwrap().unwrap();
                 (p.batch_id, p.seg.index)
             })
             .collect();
@@ -168,7 +192,7 @@ mod tests {
         );
         // Another replica sees the same running counts through the leases.
         let other = LocalRunning::default();
-        let p = pick(&store, "b/2", 30, &other).unwrap().unwrap();
+        let p = blobs.run(pick(&store, "b/2", 30, &other)).unwrap().unwrap();
         assert_eq!((p.batch_id, p.seg.index), (oldest, 2));
         std::fs::remove_dir_all(&root).ok();
     }

@@ -1,31 +1,27 @@
 //! A job's input cut into segments (byte ranges of whole lines, decided once when the job is
-//! validated) and each segment's progress on the shared state dir.
+//! validated), each segment cut into chunks of a fixed number of lines, and each chunk's
+//! results committed once.
 //!
-//! A segment's directory holds, per run (one replica's claim, from its start to its end):
-//! ```text
-//! run-<nonce>.out   result lines this run appended (never written by anyone else)
-//! run-<nonce>.err   its error lines
-//! run-<nonce>.json  its checkpoint: the whole prefix of the segment done so far, as
-//!                   byte ranges ("pieces") of run files, its own and earlier runs'
-//! done.json         the checkpoint that reached the segment's end
-//! lease.json        who runs it now, until when (lease.rs)
-//! ```
-//! Every checkpoint describes a prefix of the segment in which each line appears exactly once,
-//! and run files are append-only with one writer each, so whichever checkpoint is read, and
-//! whoever else wrote meanwhile (a replica whose lease expired while it stalled), the output
-//! it describes has every line once, in input order. The segment's state is its most advanced
-//! checkpoint; two replicas that both ran the same lines only wasted time.
+//! Chunk k of segment s holds lines `[k·C, (k+1)·C)` of the segment (C fixed per job in its
+//! plan), so its key `batches/<job>/segments/<s>/chunks/<k>.jsonl` names the same lines
+//! whoever runs them. A chunk is committed by a create-if-absent write of one object: a
+//! header line (counts, device time, where the next chunk starts in the input), the result
+//! lines, then the error lines. A second writer of the same chunk (a replica whose lease
+//! expired while it stalled) loses and drops its copy, so every line is answered exactly once
+//! whatever the leases and clocks did. A segment's progress is its run of committed chunks
+//! from 0; it is done when the last one exists.
 
-use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::blob::{Blobs, Created};
 use super::drive::{ChunkResult, Commit, Position, Sink};
-use super::durable::{append_durably, io_err, read_json, unix_now, write_json, StoreError};
-use super::lease::LeaseFile;
-use super::types::random_id;
+use super::durable::StoreError;
+use super::lease::epoch_of;
 
 /// Whole lines `[start, end)` of the input, numbered from `first_line`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -37,83 +33,297 @@ pub struct Segment {
     pub lines: u64,
 }
 
-/// How a job's input is cut, written once (`segments.json`) before the job starts.
+/// How a job's input is cut, fixed when the job is validated (`plan.json`); the same input
+/// and settings always give the same plan, so a lost or corrupt plan is rebuilt identically.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Plan {
     pub total: u64,
     pub segment_lines: u64,
+    /// Lines per chunk, the unit of commit: every replica cuts chunks alike.
+    #[serde(default = "default_chunk_lines")]
+    pub chunk_lines: u64,
+    /// Input size when planned: an input that changed since is refused.
+    #[serde(default)]
+    pub input_bytes: u64,
     pub segments: Vec<Segment>,
 }
 
-/// One pass over the input: counts its non-empty lines and cuts it every `segment_lines`.
-pub fn plan_input(path: &Path, segment_lines: u64) -> Result<Plan, StoreError> {
-    let per = segment_lines.max(1);
-    let f = fs::File::open(path).map_err(io_err(path))?;
-    let mut reader = BufReader::with_capacity(1 << 20, f);
-    let mut segments = Vec::new();
-    let (mut pos, mut total) = (0u64, 0u64);
-    let mut current: Option<Segment> = None;
-    let mut buf = Vec::new();
+fn default_chunk_lines() -> u64 {
+    crate::config::DEFAULT_CHUNK_LINES as u64
+}
+
+impl Plan {
+    /// Chunks in a segment.
+    pub fn chunks(&self, seg: &Segment) -> u64 {
+        seg.lines.div_ceil(self.chunk_lines.max(1))
+    }
+
+    /// Lines done in a segment with `chunks` chunks committed.
+    pub fn lines_in(&self, seg: &Segment, chunks: u64) -> u64 {
+        (chunks * self.chunk_lines).min(seg.lines)
+    }
+}
+
+/// Cuts an input into segments as its bytes stream by: every `segment_lines` non-empty lines.
+pub struct Planner {
+    per: u64,
+    pos: u64,
+    total: u64,
+    line_start: u64,
+    /// The line being read has a non-space byte.
+    content: bool,
+    current: Option<Segment>,
+    segments: Vec<Segment>,
+}
+
+impl Planner {
+    pub fn new(segment_lines: u64) -> Self {
+        Self {
+            per: segment_lines.max(1),
+            pos: 0,
+            total: 0,
+            line_start: 0,
+            content: false,
+            current: None,
+            segments: Vec::new(),
+        }
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.pos += 1;
+            if b == b'\n' {
+                self.end_line();
+            } else if !b.is_ascii_whitespace() {
+                self.content = true;
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let (start, end) = (self.line_start, self.pos);
+        self.line_start = self.pos;
+        if !std::mem::take(&mut self.content) {
+            // Blank lines belong to the segment they sit in (or start the next one).
+            if let Some(s) = &mut self.current {
+                s.end = end;
+            }
+            return;
+        }
+        let s = self.current.get_or_insert(Segment {
+            index: self.segments.len(),
+            start,
+            end: start,
+            first_line: self.total,
+            lines: 0,
+        });
+        s.end = end;
+        s.lines += 1;
+        self.total += 1;
+        if s.lines == self.per {
+            self.segments.extend(self.current.take());
+        }
+    }
+
+    pub fn finish(mut self, chunk_lines: u64) -> Plan {
+        if self.line_start < self.pos {
+            self.end_line();
+        }
+        self.segments.extend(self.current.take());
+        Plan {
+            total: self.total,
+            segment_lines: self.per,
+            chunk_lines: chunk_lines.max(1),
+            input_bytes: self.pos,
+            segments: self.segments,
+        }
+    }
+}
+
+/// One pass over a local file.
+pub fn plan_file(path: &std::path::Path, segment_lines: u64) -> std::io::Result<Plan> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut planner = Planner::new(segment_lines);
+    let mut buf = vec![0u8; 1 << 20];
     loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(io_err(path))? as u64;
+        let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        let start = pos;
-        pos += n;
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            // Blank lines belong to the segment they sit in (or start the next one).
-            if let Some(s) = &mut current {
-                s.end = pos;
-            }
-            continue;
-        }
-        let s = current.get_or_insert(Segment {
-            index: segments.len(),
-            start,
-            end: start,
-            first_line: total,
-            lines: 0,
-        });
-        s.end = pos;
-        s.lines += 1;
-        total += 1;
-        if s.lines == per {
-            segments.extend(current.take());
-        }
+        planner.feed(&buf[..n]);
     }
-    segments.extend(current);
-    Ok(Plan {
-        total,
-        segment_lines: per,
-        segments,
+    Ok(planner.finish(1))
+}
+
+/// Counts the non-empty lines of a JSONL file.
+pub fn count_lines(path: &std::path::Path) -> Result<u64, StoreError> {
+    plan_file(path, u64::MAX)
+        .map(|p| p.total)
+        .map_err(super::durable::io_err(path))
+}
+
+/// One streamed pass over an object.
+pub async fn plan_object(
+    blobs: &Blobs,
+    key: &str,
+    segment_lines: u64,
+    chunk_lines: u64,
+) -> Result<Plan, StoreError> {
+    let mut stream = blobs.stream(key).await?;
+    let mut planner = Planner::new(segment_lines);
+    while let Some(bytes) = stream.next().await {
+        let bytes = bytes.map_err(|e| StoreError::Object {
+            path: blobs.describe(key),
+            cause: e.to_string(),
+        })?;
+        planner.feed(&bytes);
+    }
+    Ok(planner.finish(chunk_lines))
+}
+
+/// The first line of a chunk object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChunkHeader {
+    pub writer: String,
+    pub lines: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub device_seconds: f64,
+    pub cost_dollars: f64,
+    pub next_offset: u64,
+    pub output_bytes: u64,
+    pub error_bytes: u64,
+}
+
+/// A chunk's header fits in this many bytes (a writer name and a few numbers).
+const HEADER_MAX: u64 = 4096;
+
+pub fn chunk_key(job: &str, seg: usize, chunk: u64) -> String {
+    format!("batches/{job}/segments/{seg:05}/chunks/{chunk:06}.jsonl")
+}
+
+pub fn lease_dir(job: &str, seg: usize) -> String {
+    format!("batches/{job}/segments/{seg:05}/lease")
+}
+
+/// Encodes a chunk object: header line, results, errors.
+fn encode(h: &ChunkHeader, chunk: &ChunkResult) -> Result<Vec<u8>, StoreError> {
+    let mut out = serde_json::to_vec(h).map_err(|e| StoreError::Task(e.to_string()))?;
+    out.push(b'\n');
+    out.extend_from_slice(&chunk.output);
+    out.extend_from_slice(&chunk.errors);
+    Ok(out)
+}
+
+/// Reads a chunk's header (one small ranged read).
+pub async fn read_header(blobs: &Blobs, key: &str, size: u64) -> Result<ChunkHeader, StoreError> {
+    let head = blobs.get_range(key, 0..size.min(HEADER_MAX)).await?;
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    serde_json::from_slice(line).map_err(|e| StoreError::Corrupt {
+        path: blobs.describe(key),
+        reason: format!("chunk header: {e}"),
     })
 }
 
-/// A byte range of one run file in a segment's directory.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Piece {
-    pub file: String,
-    pub start: u64,
-    pub end: u64,
+/// A chunk's result and error bytes.
+pub async fn read_body(blobs: &Blobs, key: &str) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let bytes = blobs.get(key).await?.ok_or_else(|| StoreError::Corrupt {
+        path: blobs.describe(key),
+        reason: "a committed chunk is missing".into(),
+    })?;
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| StoreError::Corrupt {
+            path: blobs.describe(key),
+            reason: "no header line".into(),
+        })?;
+    let h: ChunkHeader = serde_json::from_slice(&bytes[..nl]).map_err(|e| StoreError::Corrupt {
+        path: blobs.describe(key),
+        reason: format!("chunk header: {e}"),
+    })?;
+    let body = &bytes[nl + 1..];
+    let (o, e) = (h.output_bytes as usize, h.error_bytes as usize);
+    if body.len() != o + e {
+        return Err(StoreError::Corrupt {
+            path: blobs.describe(key),
+            reason: format!(
+                "{} bytes of results where the header says {}",
+                body.len(),
+                o + e
+            ),
+        });
+    }
+    Ok((body[..o].to_vec(), body[o..].to_vec()))
 }
 
-/// A prefix of a segment: lines done, their counts and cost, and where their results are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// What the store holds for one segment: committed chunks (index → object size) and the
+/// newest lease epoch.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentKeys {
+    pub chunks: BTreeMap<u64, u64>,
+    pub lease_epoch: Option<u64>,
+}
+
+impl SegmentKeys {
+    /// Chunks committed in a row from the first.
+    pub fn committed(&self) -> u64 {
+        let mut n = 0;
+        while self.chunks.contains_key(&n) {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Every segment's keys from one listing of the job's `segments/` folder.
+pub async fn scan(blobs: &Blobs, job: &str) -> Result<BTreeMap<usize, SegmentKeys>, StoreError> {
+    let mut out: BTreeMap<usize, SegmentKeys> = BTreeMap::new();
+    let base = format!("batches/{job}/segments/");
+    for l in blobs.list(&base).await? {
+        let Some(rest) = l.key.strip_prefix(&base) else {
+            continue;
+        };
+        let mut parts = rest.split('/');
+        let (Some(seg), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(seg) = seg.parse::<usize>() else {
+            continue;
+        };
+        let entry = out.entry(seg).or_default();
+        match kind {
+            "chunks" => {
+                if let Some(k) = name.strip_suffix(".jsonl").and_then(|k| k.parse().ok()) {
+                    entry.chunks.insert(k, l.size);
+                }
+            }
+            "lease" => {
+                if let Some(e) = epoch_of(&l.key) {
+                    entry.lease_epoch = entry.lease_epoch.max(Some(e));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A prefix of a segment: lines done, their counts and cost, where the next chunk starts.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SegmentProgress {
+    pub chunks: u64,
     pub input_offset: u64,
     pub lines_done: u64,
     pub completed: u64,
     pub failed: u64,
     pub device_seconds: f64,
     pub cost_dollars: f64,
-    pub output: Vec<Piece>,
-    pub errors: Vec<Piece>,
 }
 
 impl SegmentProgress {
-    fn start(seg: &Segment) -> Self {
+    pub fn start(seg: &Segment) -> Self {
         Self {
             input_offset: seg.start,
             ..Self::default()
@@ -123,132 +333,64 @@ impl SegmentProgress {
     pub fn is_done(&self, seg: &Segment) -> bool {
         self.lines_done >= seg.lines
     }
-}
 
-/// Appends `[start, end)` of `file`, merging with the last piece when it continues it.
-fn push_piece(pieces: &mut Vec<Piece>, file: &str, start: u64, end: u64) {
-    match pieces.last_mut() {
-        Some(p) if p.file == file && p.end == start => p.end = end,
-        _ => pieces.push(Piece {
-            file: file.to_string(),
-            start,
-            end,
-        }),
+    pub fn add(&mut self, h: &ChunkHeader) {
+        self.chunks += 1;
+        self.input_offset = h.next_offset;
+        self.lines_done += h.lines;
+        self.completed += h.completed;
+        self.failed += h.failed;
+        self.device_seconds += h.device_seconds;
+        self.cost_dollars += h.cost_dollars;
     }
 }
 
-/// A segment's directory on the shared state dir.
-#[derive(Debug, Clone)]
-pub struct SegmentDir {
-    pub dir: PathBuf,
-    pub seg: Segment,
+/// Whether a running segment was lost to another replica (its heartbeat found a newer lease
+/// epoch, or another writer committed its next chunk): the run stops before its next commit.
+#[derive(Debug, Default)]
+pub struct Fence {
+    lost: AtomicBool,
 }
 
-impl SegmentDir {
-    pub fn new(job_dir: &Path, seg: Segment) -> Self {
-        Self {
-            dir: job_dir.join("segments").join(format!("{:05}", seg.index)),
-            seg,
-        }
+impl Fence {
+    pub fn lose(&self) {
+        self.lost.store(true, Ordering::Release);
     }
 
-    pub fn lease(&self) -> LeaseFile {
-        LeaseFile::new(&self.dir)
-    }
-
-    fn done_path(&self) -> PathBuf {
-        self.dir.join("done.json")
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.done_path().exists()
-    }
-
-    /// The most advanced checkpoint (the segment's start when it never ran).
-    pub fn latest(&self) -> Result<SegmentProgress, StoreError> {
-        if let Ok(p) = read_json::<SegmentProgress>(&self.done_path()) {
-            return Ok(p);
-        }
-        let mut best = SegmentProgress::start(&self.seg);
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(best),
-            Err(e) => return Err(io_err(&self.dir)(e)),
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if !(name.starts_with("run-") && name.ends_with(".json")) {
-                continue;
-            }
-            // Checkpoints are written atomically; one that does not parse only costs the
-            // progress it recorded, never a duplicate line.
-            match read_json::<SegmentProgress>(&entry.path()) {
-                Ok(p) if p.lines_done > best.lines_done => best = p,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable segment checkpoint"),
-            }
-        }
-        Ok(best)
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
     }
 }
 
-/// Lease settings a segment run renews with.
-#[derive(Debug, Clone)]
-pub struct RunLease {
-    pub holder: String,
-    pub ttl_secs: u64,
-}
-
-/// One run of a segment: appends to its own run files, checkpoints the whole prefix.
+/// One run of a segment from its committed prefix: commits each chunk create-only.
 pub struct SegmentWriter {
-    seg: SegmentDir,
-    name: String,
+    blobs: Blobs,
+    job: String,
+    seg: Segment,
+    writer: String,
     progress: SegmentProgress,
-    lease: Option<RunLease>,
+    fence: Arc<Fence>,
     cost_per_hour: f64,
 }
 
 impl SegmentWriter {
-    /// Starts a run from the segment's most advanced checkpoint.
-    pub fn open(
-        seg: SegmentDir,
-        lease: Option<RunLease>,
+    pub fn new(
+        blobs: Blobs,
+        job: &str,
+        seg: Segment,
+        writer: &str,
+        progress: SegmentProgress,
+        fence: Arc<Fence>,
         cost_per_hour: f64,
-    ) -> Result<Self, StoreError> {
-        fs::create_dir_all(&seg.dir).map_err(io_err(&seg.dir))?;
-        let progress = seg.latest()?;
-        let name = random_id("run-");
-        for ext in ["out", "err"] {
-            let p = seg.dir.join(format!("{name}.{ext}"));
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&p)
-                .map_err(io_err(&p))?;
-        }
-        Ok(Self {
+    ) -> Self {
+        Self {
+            blobs,
+            job: job.to_string(),
             seg,
-            name,
+            writer: writer.to_string(),
             progress,
-            lease,
+            fence,
             cost_per_hour,
-        })
-    }
-
-    pub fn progress(&self) -> &SegmentProgress {
-        &self.progress
-    }
-
-    /// Still ours? Renews when a third of the lease has gone, so a renewal is rarely a write.
-    fn keep_lease(&self) -> bool {
-        let Some(l) = &self.lease else {
-            return true;
-        };
-        let file = self.seg.lease();
-        match file.read() {
-            Some(cur) if cur.holder != l.holder => false,
-            Some(cur) if cur.expires_at >= unix_now() + l.ttl_secs * 2 / 3 => true,
-            _ => file.claim(&l.holder, l.ttl_secs),
         }
     }
 }
@@ -257,7 +399,7 @@ impl Sink for SegmentWriter {
     fn position(&self) -> Position {
         Position {
             input_offset: self.progress.input_offset,
-            line_no: self.seg.seg.first_line + self.progress.lines_done,
+            line_no: self.seg.first_line + self.progress.lines_done,
             completed: self.progress.completed,
             failed: self.progress.failed,
             device_seconds: self.progress.device_seconds,
@@ -269,37 +411,33 @@ impl Sink for SegmentWriter {
     }
 
     fn commit(&mut self, chunk: &ChunkResult) -> Result<Commit, StoreError> {
-        if !self.keep_lease() {
+        if self.fence.lost() {
             return Ok(Commit::LeaseLost);
         }
-        let mut next = self.progress.clone();
-        for (ext, data) in [("out", &chunk.output), ("err", &chunk.errors)] {
-            if data.is_empty() {
-                continue;
+        let header = ChunkHeader {
+            writer: self.writer.clone(),
+            lines: chunk.lines,
+            completed: chunk.completed,
+            failed: chunk.failed,
+            device_seconds: chunk.device_seconds,
+            cost_dollars: chunk.device_seconds * self.cost_per_hour / 3600.0,
+            next_offset: chunk.next_offset,
+            output_bytes: chunk.output.len() as u64,
+            error_bytes: chunk.errors.len() as u64,
+        };
+        let key = chunk_key(&self.job, self.seg.index, self.progress.chunks);
+        let bytes = encode(&header, chunk)?;
+        match self.blobs.run(self.blobs.create(&key, bytes))? {
+            Created::Mine => {
+                self.progress.add(&header);
+                Ok(Commit::Done(self.position()))
             }
-            let file = format!("{}.{ext}", self.name);
-            let path = self.seg.dir.join(&file);
-            let start = fs::metadata(&path).map_err(io_err(&path))?.len();
-            append_durably(&path, data)?;
-            let pieces = if ext == "out" {
-                &mut next.output
-            } else {
-                &mut next.errors
-            };
-            push_piece(pieces, &file, start, start + data.len() as u64);
+            // Someone else committed these lines: they are theirs, and so is the segment.
+            Created::Taken => {
+                self.fence.lose();
+                Ok(Commit::LeaseLost)
+            }
         }
-        next.input_offset = chunk.next_offset;
-        next.lines_done += chunk.lines;
-        next.completed += chunk.completed;
-        next.failed += chunk.failed;
-        next.device_seconds += chunk.device_seconds;
-        next.cost_dollars += chunk.device_seconds * self.cost_per_hour / 3600.0;
-        write_json(&self.seg.dir.join(format!("{}.json", self.name)), &next)?;
-        if next.is_done(&self.seg.seg) {
-            write_json(&self.seg.done_path(), &next)?;
-        }
-        self.progress = next;
-        Ok(Commit::Done(self.position()))
     }
 }
 
@@ -307,19 +445,14 @@ impl Sink for SegmentWriter {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("spotinfer-seg-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn plans_cut_whole_lines_and_skip_blank_ones() {
-        let d = tmp("plan");
-        let p = d.join("in.jsonl");
-        fs::write(&p, "a\nb\n\nc\nd\ne\n  \n").unwrap();
-        let plan = plan_input(&p, 2).unwrap();
+        let mut p = Planner::new(2);
+        // Fed in odd pieces: the cut does not depend on how bytes arrive.
+        for piece in [&b"a\nb"[..], b"\n\nc\nd", b"\ne\n  \n"] {
+            p.feed(piece);
+        }
+        let plan = p.finish(1);
         assert_eq!(plan.total, 5);
         let spans: Vec<_> = plan
             .segments
@@ -327,16 +460,21 @@ mod tests {
             .map(|s| (s.start, s.end, s.first_line, s.lines))
             .collect();
         assert_eq!(spans, [(0, 4, 0, 2), (5, 9, 2, 2), (9, 14, 4, 1)]);
-        assert_eq!(plan_input(&p, 100).unwrap().segments.len(), 1);
-        fs::write(&p, "").unwrap();
-        assert!(plan_input(&p, 2).unwrap().segments.is_empty());
-        fs::remove_dir_all(&d).ok();
+        let mut p = Planner::new(100);
+        p.feed(b"x\ny");
+        let plan = p.finish(1);
+        assert_eq!(
+            (plan.total, plan.segments[0].end),
+            (2, 3),
+            "last line without \\n"
+        );
+        assert!(Planner::new(2).finish(1).segments.is_empty());
     }
 
     fn chunk(text: &str, next: u64, lines: u64) -> ChunkResult {
         ChunkResult {
             output: text.as_bytes().to_vec(),
-            errors: Vec::new(),
+            errors: b"e\n".to_vec(),
             next_offset: next,
             lines,
             completed: lines,
@@ -345,19 +483,11 @@ mod tests {
         }
     }
 
-    fn read_pieces(dir: &Path, pieces: &[Piece]) -> String {
-        pieces
-            .iter()
-            .map(|p| {
-                let b = fs::read(dir.join(&p.file)).unwrap();
-                String::from_utf8(b[p.start as usize..p.end as usize].to_vec()).unwrap()
-            })
-            .collect()
-    }
-
     #[test]
-    fn two_runs_racing_on_a_segment_each_describe_every_line_once() {
-        let d = tmp("race");
+    fn two_writers_of_a_chunk_commit_it_once_and_the_loser_stops() {
+        let d = std::env::temp_dir().join(format!("spotinfer-seg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let blobs = Blobs::open(d.to_str().unwrap()).unwrap();
         let seg = Segment {
             index: 0,
             start: 0,
@@ -365,53 +495,51 @@ mod tests {
             first_line: 100,
             lines: 3,
         };
-        let sd = SegmentDir::new(&d, seg);
-        let mut a = SegmentWriter::open(sd.clone(), None, 3.6).unwrap();
+        let writer = |name: &str, from: SegmentProgress| {
+            SegmentWriter::new(
+                blobs.clone(),
+                "batch_x",
+                seg,
+                name,
+                from,
+                Arc::default(),
+                3.6,
+            )
+        };
+        let mut a = writer("a", SegmentProgress::start(&seg));
         assert!(matches!(
             a.commit(&chunk("l0\n", 10, 1)).unwrap(),
             Commit::Done(_)
         ));
-        // B starts from A's checkpoint while A goes on (A's lease expired while it stalled).
-        let mut b = SegmentWriter::open(sd.clone(), None, 3.6).unwrap();
-        assert_eq!(b.position().line_no, 101);
-        a.commit(&chunk("l1\n", 20, 1)).unwrap();
-        b.commit(&chunk("l1\n", 20, 1)).unwrap();
-        b.commit(&chunk("l2\n", 30, 1)).unwrap();
-        let latest = sd.latest().unwrap();
-        assert!(sd.is_done() && latest.is_done(&seg));
-        assert_eq!(read_pieces(&sd.dir, &latest.output), "l0\nl1\nl2\n");
-        assert_eq!(latest.completed, 3);
-        assert!((latest.cost_dollars - 1.5 * 3.6 / 3600.0).abs() < 1e-12);
-        // A's own checkpoint is a shorter prefix, also exact.
-        assert_eq!(read_pieces(&sd.dir, &a.progress().output), "l0\nl1\n");
-        fs::remove_dir_all(&d).ok();
-    }
-
-    #[test]
-    fn a_run_stops_once_another_replica_holds_the_lease() {
-        let d = tmp("lost");
-        let seg = Segment {
-            index: 3,
-            start: 0,
-            end: 20,
-            first_line: 0,
-            lines: 2,
-        };
-        let sd = SegmentDir::new(&d, seg);
-        fs::create_dir_all(&sd.dir).unwrap();
-        let lease = |h: &str| {
-            Some(RunLease {
-                holder: h.into(),
-                ttl_secs: 60,
-            })
-        };
-        assert!(sd.lease().claim("otherhost/1", 60));
-        let mut w = SegmentWriter::open(sd.clone(), lease("me/1"), 0.0).unwrap();
+        // B starts from the same point as A (A's lease expired while it stalled).
+        let mut b = writer("b", SegmentProgress::start(&seg));
         assert!(matches!(
-            w.commit(&chunk("x\n", 10, 1)).unwrap(),
+            b.commit(&chunk("L0\n", 10, 1)).unwrap(),
             Commit::LeaseLost
         ));
-        assert_eq!(sd.latest().unwrap().lines_done, 0, "nothing committed");
-        fs::remove_dir_all(&d).ok();
+        assert!(matches!(
+            a.commit(&chunk("l1\n", 20, 1)).unwrap(),
+            Commit::Done(_)
+        ));
+        assert!(
+            matches!(b.commit(&chunk("l1\n", 20, 1)).unwrap(), Commit::LeaseLost),
+            "fenced after losing once"
+        );
+        let keys = blobs.run(scan(&blobs, "batch_x")).unwrap();
+        assert_eq!(keys[&0].committed(), 2);
+        let (out, err) = blobs
+            .run(read_body(&blobs, &chunk_key("batch_x", 0, 0)))
+            .unwrap();
+        assert_eq!(
+            (out.as_slice(), err.as_slice()),
+            (&b"l0\n"[..], &b"e\n"[..])
+        );
+        let size = keys[&0].chunks[&1];
+        let h = blobs
+            .run(read_header(&blobs, &chunk_key("batch_x", 0, 1), size))
+            .unwrap();
+        assert_eq!((h.writer.as_str(), h.next_offset), ("a", 20));
+        assert!((h.cost_dollars - 0.5 * 3.6 / 3600.0).abs() < 1e-12);
+        std::fs::remove_dir_all(&d).ok();
     }
 }

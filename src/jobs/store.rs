@@ -1,15 +1,35 @@
-//! The state dir's files and job metadata: uploads and their records, batch objects (updated
-//! under a per-job lock so a cancel and a replica finishing the job never overwrite each
-//! other), a job's segment plan, and its live counts summed over its segments.
+//! The job store: files and their records, batch objects (one create-only version per change,
+//! so a cancel and a replica finishing the job never overwrite each other), a job's fixed
+//! settings and segment plan, its live counts summed over its chunks, and the index of jobs
+//! that can still run (so a tick reads only those).
+//!
+//! Keys under `--state-dir` (a folder or a bucket prefix):
+//! ```text
+//! files/<file-id>.json                          file record ({"file": <OpenAI file>, "data": <key>})
+//! files/<file-id>.jsonl                         uploaded content
+//! active/<batch-id>                             present while the job is not final
+//! final/<status>/<batch-id>                     present once it ended so (the status gauge)
+//! batches/<batch-id>/spec.json                  input key, segment and chunk size (fixed)
+//! batches/<batch-id>/state/<version>.json       the OpenAI batch object; the highest is current
+//! batches/<batch-id>/plan.json                  segment plan (rebuilt identically if lost)
+//! batches/<batch-id>/lease/<epoch>.json         who validates or assembles it
+//! batches/<batch-id>/segments/<n>/chunks/<k>.jsonl   committed results of chunk k (segment.rs)
+//! batches/<batch-id>/segments/<n>/lease/<epoch>.json who runs segment n
+//! batches/<batch-id>/output.jsonl, errors.jsonl the assembled results, in input order
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use super::durable::{io_err, read_json, unix_now, write_json, StoreError};
-use super::lease::{lock_waiting, LeaseFile};
-use super::segment::{plan_input, Plan, Segment, SegmentDir, SegmentProgress};
+use serde::{Deserialize, Serialize};
+
+use super::blob::{Blobs, Created};
+use super::durable::{unix_now, StoreError};
+use super::lease::LeaseKeys;
+use super::segment::{
+    chunk_key, lease_dir, plan_object, read_header, scan, ChunkHeader, Plan, Segment, SegmentKeys,
+    SegmentProgress,
+};
 use super::types::{random_id, valid_id, BatchObject, BatchStatus, FileObject, FileRecord};
 use super::{lines, JobError};
 
@@ -25,7 +45,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, p: &SegmentProgress) {
+    pub fn add(&mut self, p: &SegmentProgress) {
         self.lines_done += p.lines_done;
         self.completed += p.completed;
         self.failed += p.failed;
@@ -34,109 +54,130 @@ impl Totals {
     }
 }
 
-/// Immutable facts read once: plans never change, and neither does a finished segment.
+/// A job's settings, fixed when it is created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobSpec {
+    /// Key of the input's bytes (`abs:<key>` for an object outside the state prefix).
+    pub input: String,
+    pub segment_lines: u64,
+    pub chunk_lines: u64,
+}
+
+/// Immutable facts read once: plans and specs never change, nor do committed chunks.
 #[derive(Default)]
 struct Cache {
     plans: HashMap<String, Arc<Plan>>,
-    done: HashMap<(String, usize), SegmentProgress>,
+    specs: HashMap<String, JobSpec>,
+    headers: HashMap<String, ChunkHeader>,
 }
 
-/// The state dir: files and batch metadata. Cheap to clone. Every method does blocking file
-/// I/O: call it from a blocking thread (`tokio::task::spawn_blocking`).
+/// The job store. Cheap to clone; every method is async and talks to the object store.
 #[derive(Clone)]
 pub struct JobStore {
-    root: PathBuf,
+    blobs: Blobs,
     cache: Arc<Mutex<Cache>>,
 }
 
-/// A replica that waits longer than this for a job's lock reports the job busy.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// Versions of a batch object kept behind the newest.
+const KEEP_VERSIONS: u64 = 2;
+/// A compare-and-swap update that keeps losing to other writers gives up after this many tries.
+const CAS_TRIES: usize = 32;
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Task(e.to_string()))
+}
+
+fn state_key(id: &str, version: u64) -> String {
+    format!("batches/{id}/state/{version:010}.json")
+}
+
+fn version_of(key: &str) -> Option<u64> {
+    key.rsplit('/').next()?.strip_suffix(".json")?.parse().ok()
+}
 
 impl JobStore {
-    pub fn open(root: &Path) -> Result<Self, StoreError> {
-        for sub in ["files", "batches"] {
-            let d = root.join(sub);
-            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
-        }
+    pub fn open(state_dir: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            root: root.to_path_buf(),
+            blobs: Blobs::open(state_dir)?,
             cache: Arc::default(),
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
     }
 
-    fn file_meta(&self, id: &str) -> PathBuf {
-        self.root.join("files").join(format!("{id}.json"))
-    }
-
-    pub fn batch_dir(&self, id: &str) -> PathBuf {
-        self.root.join("batches").join(id)
-    }
-
-    /// A temp path for an upload being streamed in (inside the state dir, so the final rename
-    /// stays on one filesystem).
-    pub fn upload_temp(&self) -> PathBuf {
-        self.root
-            .join("files")
-            .join(format!(".upload-{}", rand::random::<u64>()))
-    }
-
-    /// Stores an upload that was streamed to `tmp` (inside the state dir) under a new id.
-    pub fn add_file(
+    fn parse<T: serde::de::DeserializeOwned>(
         &self,
-        tmp: &Path,
-        filename: &str,
-        purpose: &str,
-    ) -> Result<FileObject, StoreError> {
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            path: self.blobs.describe(key),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.blobs.get(key).await? {
+            Some(b) => Ok(Some(self.parse(key, &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    // ---- files ----
+
+    fn file_meta(id: &str) -> String {
+        format!("files/{id}.json")
+    }
+
+    /// A new file id and the key its upload streams to.
+    pub fn new_upload(&self) -> (String, String) {
         let id = random_id("file-");
-        let data = self.root.join("files").join(format!("{id}.jsonl"));
-        std::fs::File::open(tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(tmp))?;
-        std::fs::rename(tmp, &data).map_err(io_err(&data))?;
-        self.record_file(id, &data, filename, purpose)
+        let key = format!("files/{id}.jsonl");
+        (id, key)
     }
 
-    /// Registers an existing file (a job's output) without copying it.
-    pub fn register_file(
+    /// Records an upload (or a job's output) already written under `key`.
+    pub async fn record_file(
         &self,
-        data: &Path,
+        id: &str,
+        key: &str,
         filename: &str,
         purpose: &str,
     ) -> Result<FileObject, StoreError> {
-        self.record_file(random_id("file-"), data, filename, purpose)
-    }
-
-    fn record_file(
-        &self,
-        id: String,
-        data: &Path,
-        filename: &str,
-        purpose: &str,
-    ) -> Result<FileObject, StoreError> {
+        let bytes = self
+            .blobs
+            .size(key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "object",
+                id: self.blobs.describe(key),
+            })?;
         let file = FileObject {
-            id: id.clone(),
+            id: id.to_string(),
             object: "file".into(),
-            bytes: std::fs::metadata(data).map_err(io_err(data))?.len(),
+            bytes,
             created_at: unix_now(),
             filename: filename.to_string(),
             purpose: purpose.to_string(),
             status: "processed".into(),
         };
-        write_json(
-            &self.file_meta(&id),
-            &FileRecord {
-                file: file.clone(),
-                data: data.to_path_buf(),
-            },
-        )?;
-        Ok(file)
+        let rec = FileRecord {
+            file: file.clone(),
+            data: key.to_string(),
+        };
+        // Create-only: a second assembler registering the same output finds the first record.
+        match self.blobs.create(&Self::file_meta(id), json(&rec)?).await? {
+            Created::Mine => Ok(file),
+            Created::Taken => self.file(id).await,
+        }
     }
 
-    fn file_record(&self, id: &str) -> Result<FileRecord, StoreError> {
+    async fn file_record(&self, id: &str) -> Result<FileRecord, StoreError> {
         let not_found = || StoreError::NotFound {
             kind: "file",
             id: id.to_string(),
@@ -144,30 +185,30 @@ impl JobStore {
         if !valid_id(id, "file-") {
             return Err(not_found());
         }
-        let p = self.file_meta(id);
-        if !p.exists() {
-            return Err(not_found());
-        }
-        read_json(&p)
+        self.read(&Self::file_meta(id)).await?.ok_or_else(not_found)
     }
 
-    pub fn file(&self, id: &str) -> Result<FileObject, StoreError> {
-        Ok(self.file_record(id)?.file)
+    pub async fn file(&self, id: &str) -> Result<FileObject, StoreError> {
+        Ok(self.file_record(id).await?.file)
     }
 
-    pub fn file_path(&self, id: &str) -> Result<PathBuf, StoreError> {
-        Ok(self.file_record(id)?.data)
+    /// The key of a file's bytes.
+    pub async fn file_key(&self, id: &str) -> Result<String, StoreError> {
+        Ok(self.file_record(id).await?.data)
     }
 
-    pub fn list_files(&self) -> Result<Vec<FileObject>, StoreError> {
-        let dir = self.root.join("files");
+    pub async fn list_files(&self) -> Result<Vec<FileObject>, StoreError> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if let Some(id) = name.strip_suffix(".json") {
-                if let Ok(f) = self.file(id) {
-                    out.push(f);
-                }
+        for l in self.blobs.list("files").await? {
+            let Some(id) = l
+                .key
+                .strip_prefix("files/")
+                .and_then(|k| k.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if let Ok(f) = self.file(id).await {
+                out.push(f);
             }
         }
         out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
@@ -175,43 +216,66 @@ impl JobStore {
     }
 
     /// Deletes an upload. Job outputs stay with their job; only their record goes.
-    pub fn delete_file(&self, id: &str) -> Result<(), StoreError> {
-        let rec = self.file_record(id)?;
-        let meta = self.file_meta(id);
-        std::fs::remove_file(&meta).map_err(io_err(&meta))?;
-        if rec.data.starts_with(self.root.join("files")) {
-            let _ = std::fs::remove_file(&rec.data);
+    pub async fn delete_file(&self, id: &str) -> Result<(), StoreError> {
+        let rec = self.file_record(id).await?;
+        self.blobs.delete(&Self::file_meta(id)).await?;
+        if rec.data.starts_with("files/") {
+            self.blobs.delete(&rec.data).await?;
         }
         Ok(())
     }
 
-    pub fn create_batch(
+    // ---- batches ----
+
+    /// Creates a job on an uploaded file, or on an object URL in the store's own bucket (a
+    /// user's input that is already there, never copied).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_batch(
         &self,
         input_file_id: &str,
         endpoint: &str,
         completion_window: &str,
         metadata: Option<BTreeMap<String, String>>,
+        segment_lines: u64,
+        chunk_lines: u64,
     ) -> Result<BatchObject, JobError> {
         if !lines::ENDPOINTS.contains(&endpoint) {
             return Err(JobError::Invalid(format!(
                 "endpoint must be /v1/embeddings (this server embeds), got `{endpoint}`"
             )));
         }
-        if completion_window != "24h" {
-            return Err(JobError::Invalid(format!(
-                "completion_window must be `24h`, got `{completion_window}`"
-            )));
-        }
-        let input = self.file(input_file_id)?;
-        if input.purpose != "batch" {
-            return Err(JobError::Invalid(format!(
-                "file {input_file_id} has purpose `{}`, not `batch`",
-                input.purpose
-            )));
-        }
+        let window = parse_window(completion_window)?;
+        let input = if super::blob::is_url(input_file_id) {
+            let key = self.blobs.key_of_url(input_file_id).ok_or_else(|| {
+                JobError::Invalid(format!(
+                    "input_file_id `{input_file_id}` is not in this server's bucket ({}); \
+                     upload it with POST /v1/files or copy it into that bucket",
+                    self.blobs.location()
+                ))
+            })?;
+            if self.blobs.size(&key).await?.is_none() {
+                return Err(JobError::Invalid(format!("no object at `{input_file_id}`")));
+            }
+            key
+        } else {
+            let input = self.file(input_file_id).await?;
+            if input.purpose != "batch" {
+                return Err(JobError::Invalid(format!(
+                    "file {input_file_id} has purpose `{}`, not `batch`",
+                    input.purpose
+                )));
+            }
+            self.file_key(input_file_id).await?
+        };
         let id = random_id("batch_");
-        let dir = self.batch_dir(&id);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let spec = JobSpec {
+            input,
+            segment_lines: segment_lines.max(1),
+            chunk_lines: chunk_lines.max(1),
+        };
+        self.blobs
+            .create(&format!("batches/{id}/spec.json"), json(&spec)?)
+            .await?;
         let now = unix_now();
         let batch = BatchObject {
             id: id.clone(),
@@ -225,7 +289,7 @@ impl JobStore {
             error_file_id: None,
             created_at: now,
             in_progress_at: None,
-            expires_at: Some(now + 24 * 3600),
+            expires_at: Some(now + window),
             finalizing_at: None,
             completed_at: None,
             failed_at: None,
@@ -235,15 +299,28 @@ impl JobStore {
             request_counts: Default::default(),
             metadata,
         };
-        self.save_batch(&batch)?;
+        self.blobs.create(&state_key(&id, 1), json(&batch)?).await?;
+        // The job shows up in ticks once indexed; its state is already readable.
+        self.blobs.put(&format!("active/{id}"), Vec::new()).await?;
         Ok(batch)
     }
 
-    fn save_batch(&self, b: &BatchObject) -> Result<(), StoreError> {
-        write_json(&self.batch_dir(&b.id).join("batch.json"), b)
+    pub async fn spec(&self, id: &str) -> Result<JobSpec, StoreError> {
+        if let Some(s) = self.lock_cache().specs.get(id) {
+            return Ok(s.clone());
+        }
+        let key = format!("batches/{id}/spec.json");
+        let spec: JobSpec = self.read(&key).await?.ok_or_else(|| StoreError::Corrupt {
+            path: self.blobs.describe(&key),
+            reason: "missing".into(),
+        })?;
+        self.lock_cache().specs.insert(id.to_string(), spec.clone());
+        Ok(spec)
     }
 
-    fn stored_batch(&self, id: &str) -> Result<BatchObject, StoreError> {
+    /// The current version of a batch object and its number. A version that does not parse
+    /// is skipped for the one before it (its change is lost, the job goes on).
+    async fn stored_batch(&self, id: &str) -> Result<(u64, BatchObject), StoreError> {
         let not_found = || StoreError::NotFound {
             kind: "batch",
             id: id.to_string(),
@@ -251,34 +328,73 @@ impl JobStore {
         if !valid_id(id, "batch_") {
             return Err(not_found());
         }
-        let p = self.batch_dir(id).join("batch.json");
-        if !p.exists() {
-            return Err(not_found());
+        let mut versions: Vec<u64> = self
+            .blobs
+            .list(&format!("batches/{id}/state"))
+            .await?
+            .iter()
+            .filter_map(|l| version_of(&l.key))
+            .collect();
+        versions.sort_unstable();
+        let newest = *versions.last().ok_or_else(not_found)?;
+        let mut last_err = None;
+        for v in versions.into_iter().rev() {
+            let key = state_key(id, v);
+            match self.blobs.get(&key).await? {
+                Some(b) => match self.parse::<BatchObject>(&key, &b) {
+                    Ok(obj) => {
+                        if v != newest {
+                            tracing::warn!(batch = %id, version = newest, "the newest batch state is unreadable; going on from the one before");
+                        }
+                        // The next write goes after the newest, readable or not.
+                        return Ok((newest, obj));
+                    }
+                    Err(e) => last_err = Some(e),
+                },
+                // Deleted by a newer writer's clean-up between our list and get.
+                None => {}
+            }
         }
-        read_json(&p)
+        Err(last_err.unwrap_or_else(not_found))
     }
 
-    /// Read-modify-write of a batch object under its lock: `f` says whether to save.
-    pub fn update_batch(
+    /// Compare-and-swap of a batch object: `f` says whether to save; the save creates the next
+    /// version, and a writer that loses that race reads again and retries.
+    pub async fn update_batch(
         &self,
         id: &str,
-        f: impl FnOnce(&mut BatchObject) -> Result<bool, JobError>,
+        mut f: impl FnMut(&mut BatchObject) -> Result<bool, JobError>,
     ) -> Result<BatchObject, JobError> {
-        let mut b = self.stored_batch(id)?;
-        let _guard = lock_waiting(&self.batch_dir(id).join("batch.lock"), LOCK_WAIT)?;
-        b = self.stored_batch(&b.id)?;
-        if f(&mut b)? {
-            self.save_batch(&b)?;
+        for _ in 0..CAS_TRIES {
+            let (v, mut b) = self.stored_batch(id).await?;
+            if !f(&mut b)? {
+                return Ok(b);
+            }
+            if self.blobs.create(&state_key(id, v + 1), json(&b)?).await? == Created::Mine {
+                if v > KEEP_VERSIONS {
+                    let _ = self.blobs.delete(&state_key(id, v - KEEP_VERSIONS)).await;
+                }
+                if !b.status.is_active() {
+                    self.blobs
+                        .put(&format!("final/{}/{id}", b.status.as_str()), Vec::new())
+                        .await?;
+                    let _ = self.blobs.delete(&format!("active/{id}")).await;
+                }
+                return Ok(b);
+            }
         }
-        Ok(b)
+        Err(JobError::Store(StoreError::Busy {
+            path: self.blobs.describe(&format!("batches/{id}/state")),
+            secs: 0,
+        }))
     }
 
-    /// The stored object with live counts (and device time and cost) from its segments.
-    pub fn batch(&self, id: &str) -> Result<BatchObject, StoreError> {
-        let mut b = self.stored_batch(id)?;
+    /// The stored object with live counts (and device time and cost) from its chunks.
+    pub async fn batch(&self, id: &str) -> Result<BatchObject, StoreError> {
+        let (_, mut b) = self.stored_batch(id).await?;
         if b.status.is_active() {
-            if let Some(plan) = self.plan(id)? {
-                let t = self.job_totals(id, &plan)?;
+            if let Some(plan) = self.plan(id).await? {
+                let t = self.job_totals(id, &plan).await?;
                 b.request_counts.completed = t.completed;
                 b.request_counts.failed = t.failed;
                 b.set_cost(t.device_seconds, t.cost_dollars);
@@ -288,11 +404,10 @@ impl JobStore {
     }
 
     /// All batches, newest first.
-    pub fn list_batches(&self) -> Result<Vec<BatchObject>, StoreError> {
-        let dir = self.root.join("batches");
+    pub async fn list_batches(&self) -> Result<Vec<BatchObject>, StoreError> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-            if let Ok(b) = self.batch(&entry.file_name().to_string_lossy()) {
+        for id in self.blobs.list_dirs("batches").await? {
+            if let Ok(b) = self.batch(&id).await {
                 out.push(b);
             }
         }
@@ -300,23 +415,61 @@ impl JobStore {
         Ok(out)
     }
 
-    /// All batch objects as stored (without live counts), oldest first: the order jobs are
-    /// served in.
-    pub fn list_stored(&self) -> Result<Vec<BatchObject>, StoreError> {
-        let dir = self.root.join("batches");
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-            if let Ok(b) = self.stored_batch(&entry.file_name().to_string_lossy()) {
-                out.push(b);
+    /// How many jobs ended in each final status, from the index (keys only, no job is read).
+    pub async fn final_counts(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let mut out: HashMap<String, i64> = HashMap::new();
+        for l in self.blobs.list("final").await? {
+            if let Some(status) = l.key.split('/').nth(1) {
+                *out.entry(status.to_string()).or_default() += 1;
             }
         }
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// Ids of the jobs that are not final, from the index.
+    pub async fn active_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .blobs
+            .list("active")
+            .await?
+            .into_iter()
+            .filter_map(|l| l.key.strip_prefix("active/").map(str::to_string))
+            .filter(|id| valid_id(id, "batch_"))
+            .collect())
+    }
+
+    /// The jobs that are not final, as stored (without live counts), oldest first: the order
+    /// jobs are served in. A job whose state cannot be read is returned as an error beside
+    /// the others, never instead of them.
+    pub async fn list_active(
+        &self,
+    ) -> Result<Vec<Result<BatchObject, (String, StoreError)>>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.active_ids().await? {
+            match self.stored_batch(&id).await {
+                Ok((_, b)) if !b.status.is_active() => {
+                    // Final, but its index entry outlived it (a crash between the two).
+                    let _ = self.blobs.delete(&format!("active/{id}")).await;
+                }
+                Ok((_, b)) => out.push(Ok(b)),
+                Err(StoreError::NotFound { .. }) => {
+                    let _ = self.blobs.delete(&format!("active/{id}")).await;
+                }
+                Err(e) => out.push(Err((id, e))),
+            }
+        }
+        out.sort_by(|a, b| match (a, b) {
+            (Ok(a), Ok(b)) => (a.created_at, &a.id).cmp(&(b.created_at, &b.id)),
+            (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+            (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+            (Err((a, _)), Err((b, _))) => a.cmp(b),
+        });
         Ok(out)
     }
 
     /// Asks for a cancel; every replica running one of its segments stops, and one of them
     /// finishes the job with the outputs so far.
-    pub fn cancel(&self, id: &str) -> Result<BatchObject, JobError> {
+    pub async fn cancel(&self, id: &str) -> Result<BatchObject, JobError> {
         self.update_batch(id, |b| match b.status {
             BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {
                 b.status = BatchStatus::Cancelling;
@@ -329,74 +482,113 @@ impl JobStore {
                 other.as_str()
             ))),
         })
+        .await
     }
 
     /// The job-level lease: who validates or assembles it.
-    pub fn lease(&self, id: &str) -> LeaseFile {
-        LeaseFile::new(&self.batch_dir(id))
+    pub fn lease(&self, id: &str) -> LeaseKeys<'_> {
+        LeaseKeys {
+            blobs: &self.blobs,
+            dir: format!("batches/{id}/lease"),
+        }
     }
 
-    fn plan_path(&self, id: &str) -> PathBuf {
-        self.batch_dir(id).join("segments.json")
+    pub fn segment_lease(&self, id: &str, seg: usize) -> LeaseKeys<'_> {
+        LeaseKeys {
+            blobs: &self.blobs,
+            dir: lease_dir(id, seg),
+        }
     }
 
-    /// The job's segment plan, once it was validated.
-    pub fn plan(&self, id: &str) -> Result<Option<Arc<Plan>>, StoreError> {
+    /// The job's segment plan, once it was validated. A plan that does not parse is rebuilt
+    /// from the input (the same input and spec give the same plan).
+    pub async fn plan(&self, id: &str) -> Result<Option<Arc<Plan>>, StoreError> {
         if let Some(p) = self.lock_cache().plans.get(id) {
             return Ok(Some(p.clone()));
         }
-        let path = self.plan_path(id);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let plan = Arc::new(read_json::<Plan>(&path)?);
+        let key = format!("batches/{id}/plan.json");
+        let plan = match self.blobs.get(&key).await? {
+            None => return Ok(None),
+            Some(b) => match self.parse::<Plan>(&key, &b) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(batch = %id, error = %e, "rebuilding an unreadable segment plan");
+                    let plan = self.compute_plan(id).await?;
+                    self.blobs.put(&key, json(&plan)?).await?;
+                    plan
+                }
+            },
+        };
+        let plan = Arc::new(plan);
         self.lock_cache().plans.insert(id.to_string(), plan.clone());
         Ok(Some(plan))
     }
 
-    /// Cuts the job's input into segments and stores the plan (the same input always gives the
-    /// same plan, so two replicas validating at once agree).
-    pub fn make_plan(&self, b: &BatchObject, segment_lines: u64) -> Result<Arc<Plan>, StoreError> {
-        if let Some(p) = self.plan(&b.id)? {
+    async fn compute_plan(&self, id: &str) -> Result<Plan, StoreError> {
+        let spec = self.spec(id).await?;
+        plan_object(
+            &self.blobs,
+            &spec.input,
+            spec.segment_lines,
+            spec.chunk_lines,
+        )
+        .await
+    }
+
+    /// Cuts the job's input into segments and stores the plan (two replicas validating at
+    /// once compute the same plan; the first write stands).
+    pub async fn make_plan(&self, id: &str) -> Result<Arc<Plan>, StoreError> {
+        if let Some(p) = self.plan(id).await? {
             return Ok(p);
         }
-        let input = self.file_path(&b.input_file_id)?;
-        let plan = plan_input(&input, segment_lines)?;
-        write_json(&self.plan_path(&b.id), &plan)?;
+        let plan = self.compute_plan(id).await?;
+        self.blobs
+            .create(&format!("batches/{id}/plan.json"), json(&plan)?)
+            .await?;
         let plan = Arc::new(plan);
-        self.lock_cache().plans.insert(b.id.clone(), plan.clone());
+        self.lock_cache().plans.insert(id.to_string(), plan.clone());
         Ok(plan)
     }
 
-    pub fn segment_dir(&self, id: &str, seg: Segment) -> SegmentDir {
-        SegmentDir::new(&self.batch_dir(id), seg)
+    /// Every segment's committed chunks and lease epoch, from one listing.
+    pub async fn scan(&self, id: &str) -> Result<BTreeMap<usize, SegmentKeys>, StoreError> {
+        scan(&self.blobs, id).await
     }
 
-    /// A segment's most advanced checkpoint; finished segments are read once.
-    pub fn segment_progress(&self, id: &str, seg: Segment) -> Result<SegmentProgress, StoreError> {
-        let key = (id.to_string(), seg.index);
-        if let Some(p) = self.lock_cache().done.get(&key) {
-            return Ok(p.clone());
+    async fn header(&self, key: &str, size: u64) -> Result<ChunkHeader, StoreError> {
+        if let Some(h) = self.lock_cache().headers.get(key) {
+            return Ok(h.clone());
         }
-        let p = self.segment_dir(id, seg).latest()?;
-        if p.is_done(&seg) {
-            self.lock_cache().done.insert(key, p.clone());
+        let h = read_header(&self.blobs, key, size).await?;
+        self.lock_cache().headers.insert(key.to_string(), h.clone());
+        Ok(h)
+    }
+
+    /// A segment's committed prefix, from its chunks' headers (each read once per process).
+    pub async fn segment_progress(
+        &self,
+        id: &str,
+        seg: &Segment,
+        keys: Option<&SegmentKeys>,
+    ) -> Result<SegmentProgress, StoreError> {
+        let mut p = SegmentProgress::start(seg);
+        let Some(keys) = keys else {
+            return Ok(p);
+        };
+        for k in 0..keys.committed() {
+            let size = keys.chunks.get(&k).copied().unwrap_or(0);
+            let h = self.header(&chunk_key(id, seg.index, k), size).await?;
+            p.add(&h);
         }
         Ok(p)
     }
 
-    pub fn segment_done(&self, id: &str, seg: Segment) -> bool {
-        self.lock_cache()
-            .done
-            .contains_key(&(id.to_string(), seg.index))
-            || self.segment_dir(id, seg).is_done()
-    }
-
     /// The job's counts, device time and cost so far, summed over its segments.
-    pub fn job_totals(&self, id: &str, plan: &Plan) -> Result<Totals, StoreError> {
+    pub async fn job_totals(&self, id: &str, plan: &Plan) -> Result<Totals, StoreError> {
+        let keys = self.scan(id).await?;
         let mut t = Totals::default();
         for seg in &plan.segments {
-            let p = self.segment_progress(id, *seg)?;
+            let p = self.segment_progress(id, seg, keys.get(&seg.index)).await?;
             if p.is_done(seg) {
                 t.segments_done += 1;
             }
@@ -408,9 +600,10 @@ impl JobStore {
     /// Drops what is cached about a job that reached a final status.
     pub fn forget(&self, id: &str) {
         let mut c = self.lock_cache();
-        // Segments are only cached for jobs whose plan is: most calls stop here.
+        c.specs.remove(id);
         if c.plans.remove(id).is_some() {
-            c.done.retain(|(job, _), _| job != id);
+            let prefix = format!("batches/{id}/");
+            c.headers.retain(|k, _| !k.starts_with(&prefix));
         }
     }
 
@@ -420,46 +613,109 @@ impl JobStore {
     }
 }
 
-/// Counts the non-empty lines of a JSONL file.
-pub fn count_lines(path: &Path) -> Result<u64, StoreError> {
-    Ok(plan_input(path, u64::MAX)?.total)
+/// OpenAI's only window is `24h`; any duration from one second to seven days is accepted too
+/// (`90m`, `2h`, `30s`), for jobs that must end sooner.
+fn parse_window(w: &str) -> Result<u64, JobError> {
+    let bad = || {
+        JobError::Invalid(format!(
+            "completion_window must be `24h` (or a duration up to 7d such as `2h`), got `{w}`"
+        ))
+    };
+    let d = humantime::parse_duration(w).map_err(|_| bad())?;
+    let secs = d.as_secs();
+    if secs == 0 || secs > 7 * 24 * 3600 {
+        return Err(bad());
+    }
+    Ok(secs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    pub fn store(name: &str) -> JobStore {
+        let root =
+            std::env::temp_dir().join(format!("spotinfer-jobs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        JobStore::open(root.to_str().unwrap()).unwrap()
+    }
+
     #[test]
     fn files_and_batches_round_trip() {
-        let root = std::env::temp_dir().join(format!("spotinfer-jobs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let store = JobStore::open(&root).unwrap();
-        let tmp = root.join("upload.tmp");
-        std::fs::write(&tmp, b"{\"a\":1}\n\n{\"b\":2}\n").unwrap();
-        let f = store.add_file(&tmp, "in.jsonl", "batch").unwrap();
-        assert_eq!(f.bytes, 17);
-        assert_eq!(store.file(&f.id).unwrap(), f);
-        assert_eq!(count_lines(&store.file_path(&f.id).unwrap()).unwrap(), 2);
-        assert!(store
-            .create_batch(&f.id, "/v1/chat/completions", "24h", None)
-            .is_err());
-        let b = store
-            .create_batch(&f.id, "/v1/embeddings", "24h", None)
-            .unwrap();
-        assert_eq!(store.batch(&b.id).unwrap().status, BatchStatus::Validating);
-        assert_eq!(store.list_batches().unwrap().len(), 1);
-        let plan = store.make_plan(&b, 1).unwrap();
-        assert_eq!((plan.total, plan.segments.len()), (2, 2));
-        assert_eq!(store.plan(&b.id).unwrap().unwrap(), plan);
-        let c = store.cancel(&b.id).unwrap();
-        assert_eq!(c.status, BatchStatus::Cancelling);
-        assert_eq!(store.cancel(&b.id).unwrap().status, BatchStatus::Cancelling);
-        assert!(matches!(
-            store.file("file-nope"),
-            Err(StoreError::NotFound { .. })
-        ));
-        store.delete_file(&f.id).unwrap();
-        assert!(store.file(&f.id).is_err());
-        std::fs::remove_dir_all(&root).ok();
+        let s = store("roundtrip");
+        let b = s.blobs().clone();
+        b.run(async {
+            let (id, key) = s.new_upload();
+            s.blobs
+                .put(&key, b"{\"a\":1}\n\n{\"b\":2}\n".to_vec())
+                .await
+                .unwrap();
+            let f = s.record_file(&id, &key, "in.jsonl", "batch").await.unwrap();
+            assert_eq!(f.bytes, 17);
+            assert_eq!(s.file(&f.id).await.unwrap(), f);
+            assert!(s
+                .create_batch(&f.id, "/v1/chat/completions", "24h", None, 1, 1)
+                .await
+                .is_err());
+            assert!(s
+                .create_batch(&f.id, "/v1/embeddings", "8d", None, 1, 1)
+                .await
+                .is_err());
+            assert!(
+                s.create_batch("s3://x/in.jsonl", "/v1/embeddings", "24h", None, 1, 1)
+                    .await
+                    .is_err(),
+                "a URL outside the store's bucket"
+            );
+            let b = s
+                .create_batch(&f.id, "/v1/embeddings", "2h", None, 1, 1)
+                .await
+                .unwrap();
+            assert_eq!(b.expires_at, Some(b.created_at + 7200));
+            assert_eq!(
+                s.batch(&b.id).await.unwrap().status,
+                BatchStatus::Validating
+            );
+            assert_eq!(s.list_batches().await.unwrap().len(), 1);
+            assert_eq!(s.active_ids().await.unwrap(), [b.id.clone()]);
+            let plan = s.make_plan(&b.id).await.unwrap();
+            assert_eq!((plan.total, plan.segments.len()), (2, 2));
+            assert_eq!(s.plan(&b.id).await.unwrap().unwrap(), plan);
+            // A corrupt plan is rebuilt identically.
+            s.forget(&b.id);
+            s.blobs
+                .put(&format!("batches/{}/plan.json", b.id), b"garbage".to_vec())
+                .await
+                .unwrap();
+            assert_eq!(s.plan(&b.id).await.unwrap().unwrap(), plan);
+            let c = s.cancel(&b.id).await.unwrap();
+            assert_eq!(c.status, BatchStatus::Cancelling);
+            assert_eq!(
+                s.cancel(&b.id).await.unwrap().status,
+                BatchStatus::Cancelling
+            );
+            // A garbage newest version: the one before stands, and the next write goes after.
+            s.blobs
+                .put(&state_key(&b.id, 3), b"{".to_vec())
+                .await
+                .unwrap();
+            let done = s
+                .update_batch(&b.id, |b| {
+                    b.status = BatchStatus::Cancelled;
+                    Ok(true)
+                })
+                .await
+                .unwrap();
+            assert_eq!(done.status, BatchStatus::Cancelled);
+            assert_eq!(s.stored_batch(&b.id).await.unwrap().0, 4);
+            assert!(s.active_ids().await.unwrap().is_empty(), "final: unindexed");
+            assert!(matches!(
+                s.file("file-nope").await,
+                Err(StoreError::NotFound { .. })
+            ));
+            s.delete_file(&f.id).await.unwrap();
+            assert!(s.file(&f.id).await.is_err());
+        });
+        std::fs::remove_dir_all(s.blobs().location()).ok();
     }
 }

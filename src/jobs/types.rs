@@ -3,7 +3,6 @@
 //! have made are accepted).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -24,8 +23,9 @@ pub struct FileObject {
 #[derive(Serialize, Deserialize)]
 pub struct FileRecord {
     pub file: FileObject,
-    /// Where the bytes are (an upload, or a job's assembled output).
-    pub data: PathBuf,
+    /// The key of its bytes in the store (an upload, a job's assembled output, or a user's
+    /// object in the store's bucket).
+    pub data: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]

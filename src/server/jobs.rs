@@ -1,6 +1,6 @@
 //! OpenAI Files and Batches routes over the job store, in OpenAI's shapes so the official SDKs
-//! work unchanged. Store calls do blocking file I/O (fsyncs, directory scans): each runs on a
-//! blocking thread, never on an async worker.
+//! work unchanged. Uploads stream into the store and downloads stream out of it: no file is
+//! ever held whole in memory.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +10,7 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -23,7 +24,7 @@ fn store(state: &AppState) -> Result<JobStore, ApiError> {
     state.job_store.clone().ok_or_else(|| {
         ApiError::new(
             ErrorKind::Unavailable,
-            "the batch API is unavailable: the state directory could not be opened",
+            "the batch API is unavailable: --state-dir could not be opened (see the server's log)",
         )
     })
 }
@@ -33,8 +34,8 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { .. } => ApiError::new(ErrorKind::NotFound, e.to_string()),
             _ => {
-                tracing::error!(error = %e, "state directory");
-                ApiError::new(ErrorKind::Backend, format!("state directory: {e}"))
+                tracing::error!(error = %e, "job store");
+                ApiError::new(ErrorKind::Backend, format!("job store: {e}"))
             }
         }
     }
@@ -49,18 +50,6 @@ impl From<JobError> for ApiError {
     }
 }
 
-/// Runs a store call on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        ApiError::new(
-            ErrorKind::Backend,
-            format!("state directory task failed: {e}"),
-        )
-    })?
-}
-
 fn respond<T: IntoResponse>(r: Result<T, ApiError>) -> Response {
     match r {
         Ok(v) => v.into_response(),
@@ -72,7 +61,7 @@ fn cannot_store(e: std::io::Error) -> ApiError {
     ApiError::new(ErrorKind::Backend, format!("cannot store the upload: {e}"))
 }
 
-/// `POST /v1/files`: multipart with `purpose` and `file`, streamed to disk.
+/// `POST /v1/files`: multipart with `purpose` and `file`, streamed into the store.
 pub async fn upload(
     State(state): State<AppState>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
@@ -81,19 +70,43 @@ pub async fn upload(
         Ok(s) => s,
         Err(e) => return respond::<Json<Value>>(Err(e)),
     };
-    let tmp = store.upload_temp();
-    let result = receive(store, &tmp, multipart).await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    respond(result.map(Json))
+    respond(receive(store, multipart).await.map(Json))
 }
 
 async fn receive(
     store: JobStore,
-    tmp: &std::path::Path,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<crate::jobs::FileObject, ApiError> {
+    let (id, key) = store.new_upload();
+    let mut stored = false;
+    let result = read_fields(&store, &key, &mut stored, multipart).await;
+    let (filename, purpose) = match result {
+        Ok(fields) => fields,
+        Err(e) => {
+            // Nothing is left behind by an upload that was refused half-way.
+            if stored {
+                let _ = store.blobs().delete(&key).await;
+            }
+            return Err(e);
+        }
+    };
+    match store.record_file(&id, &key, &filename, &purpose).await {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            let _ = store.blobs().delete(&key).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Streams the `file` field to `key` (setting `stored` once it is there) and returns the file
+/// name and the purpose.
+async fn read_fields(
+    store: &JobStore,
+    key: &str,
+    stored: &mut bool,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(String, String), ApiError> {
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
             ErrorKind::BadRequest,
@@ -108,14 +121,22 @@ async fn receive(
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
         match field.name() {
             Some("purpose") => purpose = Some(field.text().await.map_err(bad)?),
-            Some("file") => {
+            Some("file") if uploaded.is_none() => {
                 let filename = field.file_name().unwrap_or("upload.jsonl").to_string();
-                // tokio::fs writes on blocking threads; the fsync comes with add_file.
-                let mut f = tokio::fs::File::create(tmp).await.map_err(cannot_store)?;
-                while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    f.write_all(&chunk).await.map_err(cannot_store)?;
+                // Multipart on a bucket: the object is visible only once complete.
+                let mut w = store.blobs().writer(key);
+                let streamed = async {
+                    while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                        w.write_all(&chunk).await.map_err(cannot_store)?;
+                    }
+                    w.shutdown().await.map_err(cannot_store)
                 }
-                f.flush().await.map_err(cannot_store)?;
+                .await;
+                if let Err(e) = streamed {
+                    let _ = w.abort().await;
+                    return Err(e);
+                }
+                *stored = true;
                 uploaded = Some(filename);
             }
             _ => {}
@@ -136,15 +157,14 @@ async fn receive(
         )
         .param("purpose"));
     }
-    let tmp = tmp.to_path_buf();
-    blocking(move || Ok(store.add_file(&tmp, &filename, &purpose)?)).await
+    Ok((filename, purpose))
 }
 
 pub async fn list_files(State(state): State<AppState>) -> Response {
     respond(
         async {
             let store = store(&state)?;
-            let files = blocking(move || Ok(store.list_files()?)).await?;
+            let files = store.list_files().await?;
             Ok(Json(
                 json!({"object": "list", "data": files, "has_more": false}),
             ))
@@ -157,7 +177,7 @@ pub async fn get_file(State(state): State<AppState>, Path(id): Path<String>) -> 
     respond(
         async {
             let store = store(&state)?;
-            Ok(Json(blocking(move || Ok(store.file(&id)?)).await?))
+            Ok(Json(store.file(&id).await?))
         }
         .await,
     )
@@ -167,14 +187,13 @@ pub async fn file_content(State(state): State<AppState>, Path(id): Path<String>)
     respond(
         async {
             let store = store(&state)?;
-            let path = {
-                let id = id.clone();
-                blocking(move || Ok(store.file_path(&id)?)).await?
-            };
-            let file = tokio::fs::File::open(&path)
+            let key = store.file_key(&id).await?;
+            let stream = store
+                .blobs()
+                .stream(&key)
                 .await
-                .map_err(|e| ApiError::new(ErrorKind::NotFound, format!("file {id}: {e}")))?;
-            let stream = tokio_util::io::ReaderStream::new(file);
+                .map_err(|e| ApiError::new(ErrorKind::NotFound, format!("file {id}: {e}")))?
+                .map_err(std::io::Error::other);
             Ok((
                 [(header::CONTENT_TYPE, "application/jsonl")],
                 Body::from_stream(stream),
@@ -189,7 +208,7 @@ pub async fn delete_file(State(state): State<AppState>, Path(id): Path<String>) 
         async {
             let store = store(&state)?;
             let deleted = id.clone();
-            blocking(move || Ok(store.delete_file(&deleted)?)).await?;
+            store.delete_file(&deleted).await?;
             Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
         }
         .await,
@@ -214,15 +233,16 @@ pub async fn create_batch(
         async {
             let req: CreateBatch = parse_json(&headers, body)?;
             let store = store(&state)?;
-            let batch = blocking(move || {
-                Ok(store.create_batch(
+            let batch = store
+                .create_batch(
                     &req.input_file_id,
                     &req.endpoint,
                     &req.completion_window,
                     req.metadata,
-                )?)
-            })
-            .await?;
+                    state.cfg.batch_segment_lines,
+                    state.cfg.batch_chunk_lines as u64,
+                )
+                .await?;
             if let Some(runner) = state.job_runner.get() {
                 runner.notify();
             }
@@ -243,7 +263,7 @@ pub async fn list_batches(State(state): State<AppState>, Query(q): Query<ListQue
     respond(
         async {
             let store = store(&state)?;
-            let all = blocking(move || Ok(store.list_batches()?)).await?;
+            let all = store.list_batches().await?;
             let start = match &q.after {
                 Some(after) => all
                     .iter()
@@ -270,7 +290,7 @@ pub async fn get_batch(State(state): State<AppState>, Path(id): Path<String>) ->
     respond(
         async {
             let store = store(&state)?;
-            Ok(Json(blocking(move || Ok(store.batch(&id)?)).await?))
+            Ok(Json(store.batch(&id).await?))
         }
         .await,
     )
@@ -280,7 +300,7 @@ pub async fn cancel_batch(State(state): State<AppState>, Path(id): Path<String>)
     respond(
         async {
             let store = store(&state)?;
-            let b = blocking(move || Ok(store.cancel(&id)?)).await?;
+            let b = store.cancel(&id).await?;
             if let Some(runner) = state.job_runner.get() {
                 runner.notify();
             }

@@ -4,6 +4,7 @@
 
 pub mod hub_mirror;
 pub mod prometheus;
+pub mod s3;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
