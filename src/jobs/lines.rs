@@ -301,3 +301,51 @@ pub fn read_chunk(
     }
     Ok((out, pos))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::blob::Blobs;
+
+    #[test]
+    fn object_lines_are_read_in_ranges_and_an_over_long_one_fails_without_being_held() {
+        let d = std::env::temp_dir().join(format!("spotinfer-lines-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let blobs = Blobs::open(d.to_str().unwrap()).unwrap();
+        // Line 1 is 3 MiB: over a 2 MiB limit, and longer than one read window.
+        let long = "x".repeat(3 << 20);
+        let text = format!("a\n\n{long}\nb\nc");
+        let end = text.len() as u64;
+        blobs.run(blobs.put("in.jsonl", text.into_bytes())).unwrap();
+        let read = |offset, max| {
+            blobs
+                .run(read_object_chunk(
+                    &blobs,
+                    "in.jsonl",
+                    offset,
+                    end,
+                    10,
+                    max,
+                    2 << 20,
+                ))
+                .unwrap()
+        };
+        let (lines, next) = read(0, 2);
+        assert_eq!(lines.len(), 2);
+        assert_eq!((lines[0].text.as_str(), lines[0].too_long), ("a", None));
+        assert_eq!(lines[1].too_long, Some((3 << 20) + 1));
+        assert_eq!((lines[1].line_no, next), (11, 3 + (3 << 20) + 1));
+        let (rest, next) = read(next, 10);
+        let texts: Vec<_> = rest.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(
+            (texts, next),
+            (vec!["b", "c"], end),
+            "the last line has no newline"
+        );
+        // The same cut as a local file's reader, line for line.
+        let p = d.join("in.jsonl");
+        let (local, _) = read_chunk(&p, 0, end, 10, 1).unwrap();
+        assert_eq!(local[0].text, "a");
+        std::fs::remove_dir_all(&d).ok();
+    }
+}

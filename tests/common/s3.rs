@@ -10,6 +10,7 @@ use super::script_result;
 
 pub struct S3 {
     child: Child,
+    python: String,
     pub endpoint: String,
     pub bucket: String,
 }
@@ -21,7 +22,7 @@ impl S3 {
             &[],
             "the object-storage tests need moto's S3 server from PyPI",
         );
-        let mut child = Command::new(python)
+        let mut child = Command::new(&python)
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -59,6 +60,7 @@ impl S3 {
         );
         S3 {
             child,
+            python,
             endpoint,
             bucket,
         }
@@ -80,41 +82,55 @@ impl S3 {
         ]
     }
 
+    /// Runs tests/python/s3_object.py (boto3, signed as a user's client is).
+    fn object(&self, verb: &str, arg: &str, body: Option<Vec<u8>>) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(&self.python)
+            .arg(super::repo_root().join("tests/python/s3_object.py"))
+            .args([&self.endpoint, &self.bucket, verb, arg])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run s3_object.py");
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin
+            .write_all(&body.unwrap_or_default())
+            .expect("write body");
+        drop(stdin);
+        child.wait_with_output().expect("s3_object.py")
+    }
+
     /// Writes an object straight into the bucket (a user's own upload).
     pub fn put_object(&self, key: &str, body: Vec<u8>) {
-        let r = super::blocking_client()
-            .put(format!("{}/{}/{key}", self.endpoint, self.bucket))
-            .body(body)
-            .send()
-            .expect("put object");
-        assert!(r.status().is_success(), "put {key}: {}", r.status());
+        let out = self.object("put", key, Some(body));
+        assert!(
+            out.status.success(),
+            "put {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Reads an object straight from the bucket.
     pub fn get_object(&self, key: &str) -> Option<Vec<u8>> {
-        let r = super::blocking_client()
-            .get(format!("{}/{}/{key}", self.endpoint, self.bucket))
-            .send()
-            .expect("get object");
-        r.status()
-            .is_success()
-            .then(|| r.bytes().expect("body").to_vec())
+        let out = self.object("get", key, None);
+        match out.status.code() {
+            Some(0) => Some(out.stdout),
+            Some(3) => None,
+            _ => panic!("get {key}: {}", String::from_utf8_lossy(&out.stderr)),
+        }
     }
 
-    /// Keys under a prefix (S3 ListObjectsV2).
+    /// Keys under a prefix.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
-        let r = super::blocking_client()
-            .get(format!(
-                "{}/{}?list-type=2&prefix={prefix}",
-                self.endpoint, self.bucket
-            ))
-            .send()
-            .expect("list objects")
-            .text()
-            .expect("body");
-        r.split("<Key>")
-            .skip(1)
-            .filter_map(|s| s.split("</Key>").next())
+        let out = self.object("keys", prefix, None);
+        assert!(
+            out.status.success(),
+            "list {prefix}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
             .map(str::to_string)
             .collect()
     }
