@@ -20,13 +20,14 @@
 //! ```
 //!
 //! Modules: `types` (the OpenAI objects), `store` (files and job metadata), `durable` (atomic
-//! writes, fsync, the single-writer checkpointed output of `spotinfer batch`), `lease` (leases
+//! writes, fsync), `checkpoint` (`spotinfer batch`'s checkpointed output), `lease` (leases
 //! and locks), `segment` (plans and the shared per-segment checkpoints), `lines` (parsing and
 //! processing job lines), `drive` (one range of input through the inference API into a sink),
 //! `schedule` (which segment next), `coordinator` (validation, assembly, fleet gauges),
 //! `assemble`, `runner` (the server's loops) and `offline` (`spotinfer batch`).
 
 pub(crate) mod assemble;
+pub(crate) mod checkpoint;
 pub(crate) mod coordinator;
 pub(crate) mod drive;
 pub(crate) mod durable;

@@ -19,8 +19,8 @@ use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, P
 use signal_hook::consts::SIGTERM;
 use tokio_util::sync::CancellationToken;
 
+use super::checkpoint::CheckpointedOutput;
 use super::drive::{self, ChunkResult, DriveEnd, DriveHooks, LineDone, Position};
-use super::durable::CheckpointedOutput;
 use crate::batching::{BatchLimits, Queue};
 use crate::config::BatchArgs;
 use crate::inference::{self, RequestLimits, StartOptions};
