@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Modules: `types` (the OpenAI objects), `store` (files and job metadata), `durable` (atomic
-//! writes, fsync), `checkpoint` (`spotinfer batch`'s checkpointed output), `lease` (leases
+//! writes, fsync), `checkpoint` and `identity` (`spotinfer batch`'s checkpoint), `lease` (leases
 //! and locks), `segment` (plans and the shared per-segment checkpoints), `lines` (parsing and
 //! processing job lines), `drive` (one range of input through the inference API into a sink),
 //! `schedule` (which segment next), `coordinator` (validation, assembly, fleet gauges),
@@ -31,6 +31,7 @@ pub(crate) mod checkpoint;
 pub(crate) mod coordinator;
 pub(crate) mod drive;
 pub(crate) mod durable;
+pub(crate) mod identity;
 pub(crate) mod lease;
 pub(crate) mod lines;
 pub mod offline;
