@@ -467,7 +467,8 @@ pub struct BatchArgs {
     #[arg(long, help_heading = "Job")]
     pub input: PathBuf,
 
-    /// Output JSONL. A checkpoint file `<output>.ckpt` beside it makes reruns resume.
+    /// Output JSONL. A checkpoint file `<output>.ckpt` beside it makes reruns resume; it records
+    /// the input and the model, and a rerun with another of either is refused (exit 1).
     #[arg(long, help_heading = "Job")]
     pub output: PathBuf,
 

@@ -2,6 +2,9 @@
 //! as one range. Reads OpenAI batch lines, writes one output line per input line (results and
 //! errors in input order), and keeps `<output>.ckpt` beside the output so running the same
 //! command again after Ctrl-C, SIGTERM or SIGKILL resumes where the last checkpoint left off.
+//! The checkpoint records the input and the model too: a rerun with another input or model and
+//! the same `--output` is refused (exit 1, saying what differs), never resumed or reported
+//! complete (checkpoint.rs).
 //!
 //! The first Ctrl-C or SIGTERM stops at once: chunks already finished are committed, the rest
 //! are dropped (their lines run again on resume), and the command to resume is printed. A
@@ -19,8 +22,9 @@ use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, P
 use signal_hook::consts::SIGTERM;
 use tokio_util::sync::CancellationToken;
 
+use super::checkpoint::Resumable;
 use super::drive::{self, ChunkResult, DriveEnd, DriveHooks, LineDone, Position};
-use super::durable::CheckpointedOutput;
+use super::identity::{LoadedModel, ModelRequest};
 use crate::batching::{BatchLimits, Queue};
 use crate::config::BatchArgs;
 use crate::inference::{self, RequestLimits, StartOptions};
@@ -262,15 +266,17 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
     let total = tokio::task::spawn_blocking(move || super::count_lines(&input))
         .await?
         .with_context(|| format!("reading {}", args.input.display()))?;
-    let output = args.output.clone();
-    let ckpt_path = ckpt.clone();
-    // Its errors say what to do themselves (restore the output, or delete the checkpoint).
-    let out = tokio::task::spawn_blocking(move || {
-        CheckpointedOutput::open_or_resume(output, None, ckpt_path)
+    let request = ModelRequest::from_args(&args.model)?;
+    let (output, ckpt_path, input) = (args.output.clone(), ckpt.clone(), args.input.clone());
+    // Refuses another run's checkpoint before anything is loaded or written; its errors say
+    // what to do themselves (restore the output, delete the checkpoint, another --output).
+    let resumable = tokio::task::spawn_blocking(move || {
+        Resumable::check(output, None, ckpt_path, &input, request)
     })
     .await??;
-    let done_before = out.checkpoint.lines_done;
+    let done_before = resumable.checkpoint.lines_done;
     if done_before >= total {
+        tokio::task::spawn_blocking(move || resumable.settle()).await??;
         tracing::info!(lines = total, output = %args.output.display(), "already complete");
         return Ok(Outcome::Complete);
     }
@@ -321,6 +327,12 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
             return Ok(Outcome::Interrupted(stop.signal.load(Ordering::Acquire)));
         }
     };
+
+    // The same flags can load another model (a moved Hub branch, a folder with new contents,
+    // another default dtype on another device): checked before the output is touched.
+    let loaded = LoadedModel::of(&inference.info, &args.model);
+    resumable.check_model(&loaded)?;
+    let out = tokio::task::spawn_blocking(move || resumable.open(loaded)).await??;
 
     bar.set_length(total);
     bar.set_style(bar_style(done_before));
