@@ -340,8 +340,9 @@ impl JobStore {
         let mut last_err = None;
         for v in versions.into_iter().rev() {
             let key = state_key(id, v);
-            match self.blobs.get(&key).await? {
-                Some(b) => match self.parse::<BatchObject>(&key, &b) {
+            // None: deleted by a newer writer's clean-up between our list and get.
+            if let Some(b) = self.blobs.get(&key).await? {
+                match self.parse::<BatchObject>(&key, &b) {
                     Ok(obj) => {
                         if v != newest {
                             tracing::warn!(batch = %id, version = newest, "the newest batch state is unreadable; going on from the one before");
@@ -350,9 +351,7 @@ impl JobStore {
                         return Ok((newest, obj));
                     }
                     Err(e) => last_err = Some(e),
-                },
-                // Deleted by a newer writer's clean-up between our list and get.
-                None => {}
+                }
             }
         }
         Err(last_err.unwrap_or_else(not_found))
@@ -677,7 +676,7 @@ mod tests {
                 BatchStatus::Validating
             );
             assert_eq!(s.list_batches().await.unwrap().len(), 1);
-            assert_eq!(s.active_ids().await.unwrap(), [b.id.clone()]);
+            assert_eq!(s.active_ids().await.unwrap(), std::slice::from_ref(&b.id));
             let plan = s.make_plan(&b.id).await.unwrap();
             assert_eq!((plan.total, plan.segments.len()), (2, 2));
             assert_eq!(s.plan(&b.id).await.unwrap().unwrap(), plan);
