@@ -786,3 +786,120 @@ fn spotinfer_batch_help_documents_exit_codes_and_hides_test_hooks() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Through an unreliable network and S3 (delays, 503 SlowDown, 409 ConditionalRequestConflict on
+/// create-only writes, connections dropped before and after the store saw a request), a job
+/// still ends with every custom_id exactly once, in input order, vectors equal to direct
+/// requests. The client retries what the server answers 5xx, as any client of a store must.
+#[test]
+fn server_batch_through_store_faults_completes_exactly_once() {
+    let dir = temp_dir("faulty-s3");
+    let s3 = common::s3::S3::start();
+    let proxy = common::s3::FaultProxy::start(&s3, 7);
+    let input = dir.join("in.jsonl");
+    let t = texts(240);
+    write_input(&input, &t);
+    let mut builder = Server::builder(&test_model_dir())
+        .args(["--state-dir", &s3.url("faulty")])
+        .args(["--batch-chunk-lines", "8", "--batch-segment-lines", "48"])
+        .args(["--batch-lease-secs", "5", "--batch-backlog-interval", "0.5"]);
+    for (k, v) in proxy.env(&s3) {
+        builder = builder.env(k, v);
+    }
+    let server = builder.start();
+    let retry = |what: &str, mut call: Box<dyn FnMut() -> (u16, Value) + '_>| -> Value {
+        for _ in 0..20 {
+            let (status, v) = call();
+            if status == 200 {
+                return v;
+            }
+            assert!(status >= 500, "{what}: {status} {v}");
+        }
+        panic!("{what}: 20 tries answered 5xx");
+    };
+    let file_id = retry(
+        "upload",
+        Box::new(|| {
+            let form = reqwest::blocking::multipart::Form::new()
+                .text("purpose", "batch")
+                .file("file", &input)
+                .unwrap();
+            let r = blocking_client()
+                .post(server.url("/v1/files"))
+                .multipart(form)
+                .send()
+                .unwrap();
+            (r.status().as_u16(), r.json().unwrap_or_default())
+        }),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = retry(
+        "create",
+        Box::new(|| {
+            server.post_json(
+                "/v1/batches",
+                json!({"input_file_id": file_id, "endpoint": "/v1/embeddings", "completion_window": "24h"}),
+            )
+        }),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let b = loop {
+        let (status, b) = server.get_json(&format!("/v1/batches/{id}"));
+        if status == 200 && b["status"] == "completed" {
+            break b;
+        }
+        assert!(status == 200 || status >= 500, "{status} {b}");
+        assert!(
+            b["status"] != "failed" && Instant::now() < deadline,
+            "the job did not complete: {b}\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(b["request_counts"]["completed"], 240, "{b}");
+    let out_id = b["output_file_id"].as_str().unwrap().to_string();
+    let text = retry(
+        "download",
+        Box::new(|| {
+            let r = blocking_client()
+                .get(server.url(&format!("/v1/files/{out_id}/content")))
+                .send()
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, Value::String(r.text().unwrap_or_default()))
+        }),
+    );
+    let lines: Vec<Value> = text
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let order: Vec<String> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (0..240).map(|i| format!("req-{i}")).collect();
+    assert_eq!(order, expected, "every custom_id once, in input order");
+    let faults = proxy.stop();
+    // Direct requests go straight to the model: the proxy only sits in front of the store.
+    let want: HashMap<String, Vec<f32>> = direct(&server, &t)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("req-{i}"), v))
+        .collect();
+    check_output(&lines, &want);
+    for kind in ["delay", "slowdown", "conflict", "drop_before", "drop_after"] {
+        assert!(
+            faults.get(kind).copied().unwrap_or(0) > 0,
+            "the proxy injected no {kind}: {faults:?}"
+        );
+    }
+    eprintln!("faults injected: {faults:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -148,11 +148,26 @@ pub async fn finish(
             Ok(true)
         })
         .await;
+    let mine: Vec<String> = files.iter().map(|(_, f)| f.clone()).collect();
     let b = match b {
         Ok(b) if won => b,
-        other => {
-            discard(files.into_iter().map(|(_, f)| f).collect()).await;
-            return other.map(|_| None);
+        Ok(_) => {
+            discard(mine).await;
+            return Ok(None);
+        }
+        // Whether the state change landed is unknown: the stored job says whose copy it kept.
+        Err(e) => {
+            match store.batch(id).await {
+                Ok(cur)
+                    if [&cur.output_file_id, &cur.error_file_id]
+                        .into_iter()
+                        .flatten()
+                        .any(|f| mine.contains(f)) => {}
+                Ok(cur) if !cur.status.is_active() => discard(mine).await,
+                // Still open, or unreadable: keep the copy rather than risk the job's.
+                _ => {}
+            }
+            return Err(e);
         }
     };
     // The results now live in the assembled objects; chunks are no longer needed.

@@ -57,7 +57,8 @@ impl std::fmt::Debug for Blobs {
 }
 
 /// Create-if-absent writes that find an object they cannot see back (S3's 409
-/// ConditionalRequestConflict while another create of the key is in flight) retry this often.
+/// ConditionalRequestConflict while another create of the key is in flight), or whose answer
+/// was lost, retry this often.
 const CREATE_RETRIES: u32 = 8;
 
 pub fn is_url(state_dir: &str) -> bool {
@@ -274,6 +275,11 @@ impl Blobs {
                     Some(_) => return Ok(Created::Taken),
                     None => {}
                 },
+                // The network failed after the store's own retries: the write may or may not
+                // have landed. Writing again tells: our bytes found there are ours.
+                Err(e @ object_store::Error::Generic { .. }) => {
+                    tracing::debug!(key, error = %e, "a create-only write failed; trying again");
+                }
                 Err(e) => return Err(self.err(key, e)),
             }
             tokio::time::sleep(wait).await;

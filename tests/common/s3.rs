@@ -142,3 +142,89 @@ impl Drop for S3 {
         let _ = self.child.wait();
     }
 }
+
+/// tests/python/s3_fault_proxy.py in front of an [`S3`]: delays, 503 SlowDown, 409
+/// ConditionalRequestConflict on create-only writes, connections dropped before and after the
+/// server saw the request. Stopped when dropped.
+pub struct FaultProxy {
+    child: Child,
+    pub endpoint: String,
+    counts: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    pub fn start(s3: &S3, seed: u64) -> FaultProxy {
+        let mut child = Command::new(&s3.python)
+            .arg(super::repo_root().join("tests/python/s3_fault_proxy.py"))
+            .args([&s3.endpoint, &seed.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the fault proxy");
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the proxy's address");
+        let endpoint = line
+            .trim()
+            .strip_prefix("proxy on ")
+            .unwrap_or_else(|| panic!("unexpected proxy output: {line}"))
+            .to_string();
+        let counts = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped");
+        let last = counts.clone();
+        let reader = std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(c) = l.strip_prefix("faults ") {
+                    *last.lock().unwrap() = c.to_string();
+                }
+            }
+        });
+        FaultProxy {
+            child,
+            endpoint,
+            counts,
+            reader: Some(reader),
+        }
+    }
+
+    /// The AWS environment that sends a client through the proxy.
+    pub fn env(&self, s3: &S3) -> Vec<(&'static str, String)> {
+        let mut env = s3.env();
+        for (k, v) in env.iter_mut() {
+            if *k == "AWS_ENDPOINT_URL" {
+                *v = self.endpoint.clone();
+            }
+        }
+        env
+    }
+
+    /// Stops the proxy and returns how many of each fault it injected.
+    pub fn stop(mut self) -> std::collections::HashMap<String, u64> {
+        // SAFETY: plain signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let text = self.counts.lock().unwrap().clone();
+        let v: serde_json::Value =
+            serde_json::from_str(&text.replace('\'', "\"")).unwrap_or_default();
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
