@@ -463,12 +463,17 @@ Exit status:
 #[derive(Debug, Clone, Args)]
 #[command(after_help = BATCH_AFTER_HELP)]
 pub struct BatchArgs {
-    /// OpenAI batch input: one `{"custom_id","method","url","body"}` JSON object per line.
+    /// OpenAI batch input: one `{"custom_id","method","url","body"}` JSON object per line. A
+    /// file, or an object URL (`s3://`, `gs://`, `az://`) in the bucket of `--output`.
     #[arg(long, help_heading = "Job")]
     pub input: PathBuf,
 
     /// Output JSONL. A checkpoint file `<output>.ckpt` beside it makes reruns resume; it records
     /// the input and the model, and a rerun with another of either is refused (exit 1).
+    /// An object URL (`s3://bucket/out.jsonl`) instead makes the run a job in the bucket
+    /// (under `<output>.spotinfer/`) that every process given the same command shares — a
+    /// Kubernetes Job with `parallelism: N` is a fleet of its own; results go to `<output>`,
+    /// failed lines to `<output>.errors.jsonl`.
     #[arg(long, help_heading = "Job")]
     pub output: PathBuf,
 
@@ -480,6 +485,38 @@ pub struct BatchArgs {
     /// Token budget of one device batch (default as `serve --max-batch-tokens`).
     #[arg(long, env = "MAX_BATCH_TOKENS", help_heading = "Job")]
     pub max_batch_tokens: Option<usize>,
+
+    /// With object URLs (`--input s3://bucket/in.jsonl --output s3://bucket/out.jsonl`): input
+    /// lines per segment, the unit that the processes running the same command claim, each
+    /// with its own lease (same default as `serve --batch-segment-lines`). Fixed when the job
+    /// is created.
+    #[arg(
+        long,
+        env = "BATCH_SEGMENT_LINES",
+        default_value_t = 4096,
+        help_heading = "Job"
+    )]
+    pub segment_lines: u64,
+
+    /// With object URLs: seconds a process's claim on a segment lasts without renewal (a
+    /// heartbeat renews it every third of that). A process that dies silently holds its
+    /// segments this long. At least 3.
+    #[arg(
+        long,
+        env = "BATCH_LEASE_SECS",
+        default_value_t = 30,
+        help_heading = "Job"
+    )]
+    pub lease_secs: u64,
+
+    /// Testing only: sleep this many milliseconds in the device worker after each batch.
+    #[arg(
+        long,
+        env = "SPOTINFER_TEST_BATCH_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub test_batch_delay_ms: u64,
 
     // After the job's own flags, so `--help` lists those first.
     #[command(flatten)]

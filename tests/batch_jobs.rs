@@ -903,3 +903,89 @@ fn server_batch_through_store_faults_completes_exactly_once() {
     eprintln!("faults injected: {faults:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `spotinfer batch` with object URLs: processes given the same command share one job in the
+/// bucket (a Kubernetes Job with `parallelism: N`). Two run it; one is SIGKILLed mid-way and a
+/// third joins; the output object holds every custom_id once, in input order, vectors equal to
+/// direct requests, and the same command run again finds it complete.
+#[test]
+fn spotinfer_batch_processes_share_one_job_on_s3_through_a_kill() {
+    let s3 = common::s3::S3::start();
+    let t = texts(200);
+    let mut raw = String::new();
+    for (i, text) in t.iter().enumerate() {
+        raw.push_str(&json!({"custom_id": format!("req-{i}"), "method": "POST", "url": "/v1/embeddings", "body": {"input": text}}).to_string());
+        raw.push('\n');
+    }
+    s3.put_object("inputs/in.jsonl", raw.into_bytes());
+    let input = format!("s3://{}/inputs/in.jsonl", s3.bucket);
+    let output = format!("s3://{}/results/out.jsonl", s3.bucket);
+    let spawn = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotinfer"));
+        cmd.args(["batch", "--model-id", test_model_dir().to_str().unwrap()])
+            .args(["--input", &input, "--output", &output])
+            .args([
+                "--chunk-lines",
+                "8",
+                "--segment-lines",
+                "24",
+                "--lease-secs",
+                "3",
+            ])
+            .args(["--no-progress", "--test-batch-delay-ms", "30"])
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in s3.env() {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn spotinfer batch")
+    };
+    let mut first = spawn();
+    let second = spawn();
+    // The event: chunks committed in the bucket.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while s3
+        .keys("results/out.jsonl.spotinfer/batches/")
+        .iter()
+        .filter(|k| k.contains("/chunks/"))
+        .count()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "no chunk was committed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    let _ = first.wait();
+    let third = spawn();
+    for (name, child) in [("second", second), ("third", third)] {
+        let (code, stderr) = wait_exit(child, Duration::from_secs(300));
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        assert!(stderr.contains("batch complete"), "{name}: {stderr}");
+    }
+    let text = String::from_utf8(s3.get_object("results/out.jsonl").expect("output")).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let order: Vec<String> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (0..200).map(|i| format!("req-{i}")).collect();
+    assert_eq!(order, expected, "every custom_id once, in input order");
+    assert!(s3.get_object("results/out.jsonl.errors.jsonl").is_none());
+    let server = Server::start_minilm();
+    let want: HashMap<String, Vec<f32>> = direct(&server, &t)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("req-{i}"), v))
+        .collect();
+    check_output(&lines, &want);
+    // The same command again: already complete, the output untouched.
+    let (code, stderr) = wait_exit(spawn(), Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("batch complete"), "{stderr}");
+    assert_eq!(
+        s3.get_object("results/out.jsonl").unwrap(),
+        text.into_bytes()
+    );
+}

@@ -328,6 +328,14 @@ impl Blobs {
         Ok(out)
     }
 
+    /// Copies an object inside the bucket (either key may be `abs:`), server-side.
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        self.store
+            .copy(&self.resolve(from), &self.resolve(to))
+            .await
+            .map_err(|e| self.err(to, e))
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self.store.delete(&self.key(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

@@ -21,6 +21,7 @@ pub(crate) mod checkpoint;
 pub(crate) mod coordinator;
 pub(crate) mod drive;
 pub(crate) mod durable;
+pub(crate) mod fleet;
 pub(crate) mod identity;
 pub(crate) mod lease;
 pub(crate) mod lines;

@@ -253,7 +253,48 @@ fn watch_signals(stop: Stop, bar: ProgressBar, ckpt: PathBuf, json: bool) -> any
     Ok(())
 }
 
+/// Loads the model for a batch run: the queue sized for offline work (nothing to protect
+/// from waiting, no online lane to yield to) and requests as large as OpenAI allows.
+pub(crate) async fn start_model(
+    args: &BatchArgs,
+    metrics: Arc<Metrics>,
+) -> Result<inference::Inference, inference::start::StartError> {
+    let limits = BatchLimits {
+        max_batch_tokens: args
+            .max_batch_tokens
+            .unwrap_or(crate::config::DEFAULT_MAX_BATCH_TOKENS),
+        max_batch_requests: usize::MAX,
+        max_queue_time: Duration::from_secs(86_400),
+        job_slice: Duration::from_secs(3600),
+    };
+    let queue = Queue::new(limits, metrics.clone());
+    inference::start(
+        StartOptions {
+            model: args.model.clone(),
+            served_model_name: None,
+            limits,
+            explicit_budget: args.max_batch_tokens.is_some(),
+            request_limits: RequestLimits {
+                // Offline lines may carry as many inputs as OpenAI allows in one request.
+                max_client_batch_size: 2048,
+                auto_truncate: true,
+            },
+            max_concurrent_requests: usize::MAX,
+            tokenization_workers: (num_cpus::get() / 4).max(1),
+            test_batch_delay: Duration::from_millis(args.test_batch_delay_ms),
+            progress: !args.no_progress,
+            long_warm_up: false,
+        },
+        queue,
+        metrics,
+    )
+    .await
+}
+
 pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
+    if super::fleet::is_fleet(&args) {
+        return super::fleet::run(args).await;
+    }
     let started = Instant::now();
     let json = args.model.json_output;
     let ckpt = checkpoint_path(&args.output);
@@ -288,37 +329,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Interrupted(signal));
     }
 
-    let metrics = Metrics::new();
-    let limits = BatchLimits {
-        max_batch_tokens: args
-            .max_batch_tokens
-            .unwrap_or(crate::config::DEFAULT_MAX_BATCH_TOKENS),
-        max_batch_requests: usize::MAX,
-        // Offline: nothing to protect from waiting, and no online lane to yield to.
-        max_queue_time: Duration::from_secs(86_400),
-        job_slice: Duration::from_secs(3600),
-    };
-    let queue = Queue::new(limits, metrics.clone());
-    let starting = inference::start(
-        StartOptions {
-            model: args.model.clone(),
-            served_model_name: None,
-            limits,
-            explicit_budget: args.max_batch_tokens.is_some(),
-            request_limits: RequestLimits {
-                // Offline lines may carry as many inputs as OpenAI allows in one request.
-                max_client_batch_size: 2048,
-                auto_truncate: true,
-            },
-            max_concurrent_requests: usize::MAX,
-            tokenization_workers: (num_cpus::get() / 4).max(1),
-            test_batch_delay: Duration::ZERO,
-            progress: !args.no_progress,
-            long_warm_up: false,
-        },
-        queue,
-        metrics,
-    );
+    let starting = start_model(&args, Metrics::new());
     // A download or a model load is not worth waiting for once asked to stop.
     let inference = tokio::select! {
         started = starting => started?,

@@ -273,36 +273,55 @@ impl JobStore {
             segment_lines: segment_lines.max(1),
             chunk_lines: chunk_lines.max(1),
         };
-        self.blobs
-            .create(&format!("batches/{id}/spec.json"), json(&spec)?)
-            .await?;
-        let now = unix_now();
-        let batch = BatchObject {
-            id: id.clone(),
-            object: "batch".into(),
-            endpoint: endpoint.to_string(),
-            errors: None,
-            input_file_id: input_file_id.to_string(),
-            completion_window: completion_window.to_string(),
-            status: BatchStatus::Validating,
-            output_file_id: None,
-            error_file_id: None,
-            created_at: now,
-            in_progress_at: None,
-            expires_at: Some(now + window),
-            finalizing_at: None,
-            completed_at: None,
-            failed_at: None,
-            expired_at: None,
-            cancelling_at: None,
-            cancelled_at: None,
-            request_counts: Default::default(),
+        let window = Some(unix_now() + window);
+        let batch = new_batch(
+            &id,
+            input_file_id,
+            endpoint,
+            completion_window,
+            window,
             metadata,
-        };
-        self.blobs.create(&state_key(&id, 1), json(&batch)?).await?;
-        // The job shows up in ticks once indexed; its state is already readable.
-        self.blobs.put(&format!("active/{id}"), Vec::new()).await?;
+        );
+        self.insert(&batch, &spec).await?;
         Ok(batch)
+    }
+
+    /// Creates a job under a fixed id, or joins the one already there (`spotinfer batch`
+    /// processes given the same command). Returns the job as stored; the caller checks that a
+    /// joined job is the one it meant (its spec and metadata).
+    pub async fn create_or_join(
+        &self,
+        id: &str,
+        input_url: &str,
+        spec: &JobSpec,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<(JobSpec, BatchObject), JobError> {
+        let batch = new_batch(
+            id,
+            input_url,
+            lines::ENDPOINTS[0],
+            "7d",
+            None,
+            Some(metadata),
+        );
+        self.insert(&batch, spec).await?;
+        let spec = self.spec(id).await?;
+        let (_, b) = self.stored_batch(id).await?;
+        Ok((spec, b))
+    }
+
+    /// Writes a new job's spec, first state version and index entry; each create-only, so a
+    /// second writer of the same job id changes nothing.
+    async fn insert(&self, batch: &BatchObject, spec: &JobSpec) -> Result<(), StoreError> {
+        let id = &batch.id;
+        self.blobs
+            .create(&format!("batches/{id}/spec.json"), json(spec)?)
+            .await?;
+        if self.blobs.create(&state_key(id, 1), json(batch)?).await? == Created::Mine {
+            // The job shows up in ticks once indexed; its state is already readable.
+            self.blobs.put(&format!("active/{id}"), Vec::new()).await?;
+        }
+        Ok(())
     }
 
     pub async fn spec(&self, id: &str) -> Result<JobSpec, StoreError> {
@@ -609,6 +628,39 @@ impl JobStore {
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         // A panic while holding it cannot leave the maps half-updated: take them as they are.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A new job in `validating`, as OpenAI shapes it.
+fn new_batch(
+    id: &str,
+    input_file_id: &str,
+    endpoint: &str,
+    completion_window: &str,
+    expires_at: Option<u64>,
+    metadata: Option<BTreeMap<String, String>>,
+) -> BatchObject {
+    BatchObject {
+        id: id.to_string(),
+        object: "batch".into(),
+        endpoint: endpoint.to_string(),
+        errors: None,
+        input_file_id: input_file_id.to_string(),
+        completion_window: completion_window.to_string(),
+        status: BatchStatus::Validating,
+        output_file_id: None,
+        error_file_id: None,
+        created_at: unix_now(),
+        in_progress_at: None,
+        expires_at,
+        finalizing_at: None,
+        completed_at: None,
+        failed_at: None,
+        expired_at: None,
+        cancelling_at: None,
+        cancelled_at: None,
+        request_counts: Default::default(),
+        metadata,
     }
 }
 
