@@ -386,6 +386,12 @@ pub struct ServeArgs {
     #[arg(long, env = "BATCH_BACKLOG_INTERVAL", default_value = "2", value_parser = parse_seconds, help_heading = JOBS)]
     pub batch_backlog_interval: Duration,
 
+    /// How long a batch job is kept after it ended (completed, failed, expired, cancelled):
+    /// then its state, results and their file records are deleted (its input file stays).
+    /// `0` keeps every job.
+    #[arg(long, env = "BATCH_RETENTION", default_value = "30d", value_parser = humantime::parse_duration, help_heading = JOBS)]
+    pub batch_retention: Duration,
+
     /// Serve the Files and Batches API, probes and metrics from --state-dir without loading a
     /// model: validates, assembles and finishes jobs and reports the fleet backlog, but runs
     /// none of their lines (inference routes answer 503). For a small always-on pod outside

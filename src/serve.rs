@@ -93,6 +93,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 lease_secs: args.batch_lease_secs,
                 segment_lines: args.batch_segment_lines,
                 max_line_bytes: args.payload_limit as u64,
+                retention: (!args.batch_retention.is_zero()).then_some(args.batch_retention),
                 refresh: args.batch_backlog_interval,
                 cost_per_hour: args.cost_per_hour,
             },

@@ -33,6 +33,8 @@ pub struct Coordinator<'a> {
     pub me: &'a str,
     pub lease_secs: u64,
     pub metrics: &'a Metrics,
+    /// Ended jobs are deleted this long after they ended (None: kept).
+    pub retention: Option<std::time::Duration>,
 }
 
 enum Action {
@@ -85,6 +87,15 @@ impl Coordinator<'_> {
             };
             if let Err(e) = r {
                 tracing::error!(error = %e, "batch job step failed; retrying at the next tick");
+            }
+        }
+        if let Some(keep) = self.retention {
+            match self.store.collect_garbage(keep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "deleted batch jobs past their retention"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "deleting old batch jobs failed; retrying at the next tick")
+                }
             }
         }
         if changes {
@@ -331,6 +342,7 @@ mod tests {
             me,
             lease_secs: 30,
             metrics,
+            retention: None,
         };
         store.blobs().run(c.tick()).unwrap()
     }
@@ -429,6 +441,14 @@ mod tests {
             .run(store.blobs().list(&format!("batches/{}/segments", b.id)))
             .unwrap();
         assert!(left.is_empty(), "chunks are deleted once assembled");
+        // Past its retention the job goes, with its results and their records.
+        assert_eq!(
+            store
+                .blobs()
+                .run(store.collect_garbage(std::time::Duration::from_secs(3600)))
+                .unwrap(),
+            0
+        );
         let outputs = store
             .blobs()
             .run(store.list_files())
@@ -437,6 +457,33 @@ mod tests {
             .filter(|f| f.purpose == "batch_output")
             .count();
         assert_eq!(outputs, 2, "registered once");
+        assert_eq!(
+            store
+                .blobs()
+                .run(store.blobs().list("final"))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .blobs()
+                .run(store.collect_garbage(std::time::Duration::ZERO))
+                .unwrap(),
+            1
+        );
+        assert!(store.blobs().run(store.batch(&b.id)).is_err());
+        assert!(store
+            .blobs()
+            .run(store.list_files())
+            .unwrap()
+            .iter()
+            .all(|f| f.purpose != "batch_output"));
+        assert!(store
+            .blobs()
+            .run(store.blobs().list("final"))
+            .unwrap()
+            .is_empty());
         std::fs::remove_dir_all(store.blobs().location()).ok();
     }
 

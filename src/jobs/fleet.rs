@@ -114,6 +114,8 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
             lease_secs: args.lease_secs,
             segment_lines: args.segment_lines,
             max_line_bytes: u64::MAX,
+            // The job is this command's: kept until the user deletes the prefix.
+            retention: None,
             refresh: Duration::from_secs(1),
             cost_per_hour: 0.0,
         },

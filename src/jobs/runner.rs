@@ -39,6 +39,8 @@ pub struct RunnerConfig {
     pub segment_lines: u64,
     /// The longest job line read (the online body limit): longer ones fail.
     pub max_line_bytes: u64,
+    /// Ended jobs are deleted this long after they ended (None: kept).
+    pub retention: Option<Duration>,
     /// Coordinator tick: how fresh the fleet gauges are.
     pub refresh: Duration,
     pub cost_per_hour: f64,
@@ -156,6 +158,7 @@ impl JobRunner {
                 me: &self.cfg.replica,
                 lease_secs: self.cfg.lease_secs,
                 metrics: &self.metrics,
+                retention: self.cfg.retention,
             }
             .tick()
             .await;

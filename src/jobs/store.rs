@@ -8,7 +8,7 @@
 //! files/<file-id>.json                          file record ({"file": <OpenAI file>, "data": <key>})
 //! files/<file-id>.jsonl                         uploaded content
 //! active/<batch-id>                             present while the job is not final
-//! final/<status>/<batch-id>                     present once it ended so (the status gauge)
+//! final/<status>/<ended-at>-<batch-id>         present once it ended so (status gauge, clean-up)
 //! batches/<batch-id>/spec.json                  input key, segment and chunk size (fixed)
 //! batches/<batch-id>/state/<version>.json       the OpenAI batch object; the highest is current
 //! batches/<batch-id>/plan.json                  segment plan (rebuilt identically if lost)
@@ -393,9 +393,8 @@ impl JobStore {
                     let _ = self.blobs.delete(&state_key(id, v - KEEP_VERSIONS)).await;
                 }
                 if !b.status.is_active() {
-                    self.blobs
-                        .put(&format!("final/{}/{id}", b.status.as_str()), Vec::new())
-                        .await?;
+                    let key = format!("final/{}/{:012}-{id}", b.status.as_str(), unix_now());
+                    self.blobs.put(&key, Vec::new()).await?;
                     let _ = self.blobs.delete(&format!("active/{id}")).await;
                 }
                 return Ok(b);
@@ -442,6 +441,39 @@ impl JobStore {
             }
         }
         Ok(out)
+    }
+
+    /// Deletes every job that ended `retention` ago or earlier: its state, chunks, results and
+    /// their file records (its input stays: files are the user's). Reads nothing of the jobs
+    /// it keeps. Returns how many it deleted.
+    pub async fn collect_garbage(
+        &self,
+        retention: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let cutoff = unix_now().saturating_sub(retention.as_secs());
+        let mut deleted = 0;
+        for l in self.blobs.list("final").await? {
+            let Some(name) = l.key.rsplit('/').next() else {
+                continue;
+            };
+            let Some((ended, id)) = name.split_once('-') else {
+                continue;
+            };
+            match ended.parse::<u64>() {
+                Ok(t) if t <= cutoff && valid_id(id, "batch_") => {}
+                _ => continue,
+            }
+            if let Ok((_, b)) = self.stored_batch(id).await {
+                for f in [b.output_file_id, b.error_file_id].into_iter().flatten() {
+                    self.blobs.delete(&Self::file_meta(&f)).await?;
+                }
+            }
+            self.blobs.delete_all(&format!("batches/{id}")).await?;
+            self.blobs.delete(&l.key).await?;
+            self.forget(id);
+            deleted += 1;
+        }
+        Ok(deleted)
     }
 
     /// Ids of the jobs that are not final, from the index.
