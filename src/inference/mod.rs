@@ -636,16 +636,19 @@ impl Inference {
         })
     }
 
-    /// Tokens with their text and offsets (`/tokenize`).
+    /// Tokens with their text and offsets (`/tokenize`). Admitted like inference: each text
+    /// holds a slot until its tokens are made (or the work is dropped, its caller gone).
     pub async fn tokenize(
         &self,
         texts: Vec<String>,
         add_special_tokens: bool,
     ) -> Result<Vec<Vec<TokenInfo>>, ApiError> {
         self.check_count(texts.len(), "inputs")?;
+        let admitted = self.admit(texts.len(), Priority::Online)?;
         Ok(self
             .tokenizers
             .run(move |tk| {
+                let _admitted = admitted;
                 texts
                     .iter()
                     .map(|t| tk.tokens(t, add_special_tokens))
@@ -654,15 +657,19 @@ impl Inference {
             .await?)
     }
 
-    /// Texts of token id sequences (`/decode`).
+    /// Texts of token id sequences (`/decode`): one input per sequence, under
+    /// `--max-client-batch-size` and admitted like `tokenize`.
     pub async fn decode(
         &self,
         seqs: Vec<Vec<u32>>,
         skip_special_tokens: bool,
     ) -> Result<Vec<String>, ApiError> {
+        self.check_count(seqs.len(), "ids")?;
+        let admitted = self.admit(seqs.len(), Priority::Online)?;
         Ok(self
             .tokenizers
             .run(move |tk| {
+                let _admitted = admitted;
                 seqs.iter()
                     .map(|ids| tk.decode(ids, skip_special_tokens))
                     .collect::<Result<Vec<_>, _>>()
