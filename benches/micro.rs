@@ -78,7 +78,7 @@ fn benches(c: &mut Criterion) {
     );
     c.bench_function("queue: submit 64 inputs and form batches", |b| {
         b.iter(|| {
-            let _rx = queue.submit(encoded.clone(), Want::POOLED, Priority::Online);
+            let _rx = queue.submit(encoded.clone(), Want::POOLED, Priority::Online, None);
             // next_batch blocks on an empty queue: take batches only while inputs wait.
             while queue.depths() != (0, 0) {
                 if queue.next_batch().is_none() {

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub queue_time: Histogram,
     pub compute_time: Histogram,
     pub queue_depth: IntGauge,
+    pub queue_abandoned: IntCounter,
+    pub admitted_inputs: IntGauge,
     pub job_queue_depth: IntGauge,
     pub batch_size: Histogram,
     pub batch_tokens: Histogram,
@@ -195,6 +197,22 @@ impl Metrics {
             queue_depth: reg(
                 &r,
                 IntGauge::new("inference_queue_depth", "Online inputs waiting for the device (excludes batch-job lines).").expect(e),
+            ),
+            queue_abandoned: reg(
+                &r,
+                IntCounter::new(
+                    "inference_queue_abandoned_total",
+                    "Queued inputs dropped before the device because their caller had gone (client disconnected or timed out, or another input of its request failed first).",
+                )
+                .expect(e),
+            ),
+            admitted_inputs: reg(
+                &r,
+                IntGauge::new(
+                    "inference_admitted_inputs",
+                    "Online inputs holding a slot of --max-concurrent-requests: from admission until their result is delivered or the queue drops them.",
+                )
+                .expect(e),
             ),
             job_queue_depth: reg(
                 &r,
@@ -726,6 +744,8 @@ mod tests {
             "inference_request_duration_seconds_count",
             "inference_requests_total",
             "inference_queue_depth",
+            "inference_queue_abandoned_total",
+            "inference_admitted_inputs",
             "inference_batch_queue_depth",
             "inference_batch_size_count",
             "inference_batch_tokens_count",

@@ -387,7 +387,8 @@ impl TokenizerPool {
         self.run_at(Priority::Online, f).await
     }
 
-    /// Runs `f` on a tokenizer thread at `priority` and awaits its result.
+    /// Runs `f` on a tokenizer thread at `priority` and awaits its result. If the caller has
+    /// gone by the time a thread takes it, `f` is dropped unrun (with whatever it holds).
     pub async fn run_at<T, F>(&self, priority: Priority, f: F) -> Result<T, TokenizeError>
     where
         T: Send + 'static,
@@ -395,6 +396,9 @@ impl TokenizerPool {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |tk| {
+            if tx.is_closed() {
+                return;
+            }
             let _ = tx.send(f(tk));
         });
         let lane = match priority {
@@ -406,18 +410,22 @@ impl TokenizerPool {
     }
 
     /// Encodes all inputs of one request on one thread (keeps a request's inputs together).
-    pub async fn encode_all(
+    /// `hold` (an admission slot) goes with the work and comes back with the result, so it is
+    /// released only once the work is done or dropped, even when the caller goes away.
+    pub async fn encode_all<H: Send + 'static>(
         &self,
         inputs: Vec<Input>,
         opts: EncodeOptions,
         priority: Priority,
-    ) -> Result<Vec<Encoded>, TokenizeError> {
+        hold: H,
+    ) -> Result<(Vec<Encoded>, H), TokenizeError> {
         self.run_at(priority, move |tk| {
-            inputs
+            let encoded = inputs
                 .iter()
                 .enumerate()
                 .map(|(i, input)| tk.encode(i, input, opts))
-                .collect()
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((encoded, hold))
         })
         .await
     }
@@ -488,5 +496,49 @@ mod tests {
         let order = order.lock().expect("order").clone();
         assert_eq!(order.len(), 11);
         assert_eq!(order[0], "online", "online ran first: {order:?}");
+    }
+
+    #[tokio::test]
+    async fn work_whose_caller_went_away_is_dropped_unrun() {
+        let pool = TokenizerPool::start(tiny_tokenizers(), 1).expect("pool");
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let p = pool.clone();
+        let blocker = tokio::spawn(async move {
+            p.run_at(Priority::Online, move |_| {
+                let _ = hold.recv();
+                Ok(())
+            })
+            .await
+        });
+        // What the work holds (an admission slot): released when the work is dropped.
+        let slot = Arc::new(());
+        let ran = Arc::new(Mutex::new(false));
+        let (p, s, r) = (pool.clone(), slot.clone(), ran.clone());
+        let gone = tokio::spawn(async move {
+            p.run_at(Priority::Online, move |_| {
+                let _slot = s;
+                r.lock().map(|mut r| *r = true).ok();
+                Ok(())
+            })
+            .await
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pool.queued() < 1 || Arc::strong_count(&slot) < 2 {
+            assert!(std::time::Instant::now() < deadline, "never queued");
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        assert!(gone.await.is_err(), "aborted");
+        assert_eq!(
+            Arc::strong_count(&slot),
+            2,
+            "queued work still holds its slot"
+        );
+        release.send(()).expect("release");
+        blocker.await.expect("join").expect("blocker");
+        // One thread, one lane: once this ran, the abandoned work was taken before it.
+        pool.run(|_| Ok(())).await.expect("later work");
+        assert!(!*ran.lock().expect("ran"), "abandoned work must not run");
+        assert_eq!(Arc::strong_count(&slot), 1, "and its slot is released");
     }
 }

@@ -230,6 +230,19 @@ fn battery_of_bad_inputs_gets_json_4xx() {
             422,
         ),
         case("decode text", "/decode", json!({"ids": "hello"}), 422),
+        // The client batch cap holds on /decode and /tokenize as on /embed.
+        case(
+            "decode too many sequences",
+            "/decode",
+            json!({"ids": [[5], [6], [7], [8], [9]]}),
+            422,
+        ),
+        case(
+            "tokenize too many inputs",
+            "/tokenize",
+            json!({"inputs": ["a", "b", "c", "d", "e"]}),
+            422,
+        ),
         case("tokenize ids", "/tokenize", json!({"inputs": [1, 2]}), 422),
         case("tokenize empty", "/tokenize", json!({"inputs": ""}), 400),
     ];

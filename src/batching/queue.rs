@@ -3,6 +3,10 @@
 //! Two lanes: online requests and job lines. A device batch is filled from the online lane
 //! first, so an online request never waits behind job lines that are still queued; job lines
 //! fill what is left of the token budget, so the device never idles while a job has lines.
+//!
+//! An entry whose caller has gone (its reply receiver dropped: the client disconnected, or
+//! another input of its request failed first) is dropped before it reaches the device, and
+//! its admission slot with it. Every path that changes a lane updates the depth gauges.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -10,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::admission::AdmissionGuard;
 use super::select;
 use crate::metrics::Metrics;
 use crate::model::{Output, Want};
@@ -67,6 +72,26 @@ pub struct Entry {
     pub want: Want,
     pub enqueued: Instant,
     pub reply: Reply,
+    /// This input's slot of `--max-concurrent-requests` (online inputs), released as it is
+    /// answered or dropped.
+    pub admitted: Option<AdmissionGuard>,
+}
+
+impl Entry {
+    /// Sends the result. The slot is released first, so a client that sends its next request
+    /// as soon as this one is answered finds it free.
+    pub fn answer(self, result: Result<Answer, InferError>) {
+        let Entry {
+            reply, admitted, ..
+        } = self;
+        drop(admitted);
+        let _ = reply.send(result);
+    }
+
+    /// Nobody waits for this input's result any more.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
 }
 
 /// A device batch: inputs taken off the queue to run together.
@@ -168,13 +193,15 @@ impl Queue {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Enqueues inputs; returns receivers in input order. After `close` the entries are answered
-    /// with `DrainDeadline` at once.
+    /// Enqueues inputs; returns receivers in input order. Each input takes one slot of
+    /// `admitted` onto its entry. After `close` the entries are answered with `DrainDeadline`
+    /// at once.
     pub fn submit(
         &self,
         inputs: Vec<Encoded>,
         want: Want,
         priority: Priority,
+        mut admitted: Option<AdmissionGuard>,
     ) -> Vec<oneshot::Receiver<Result<Answer, InferError>>> {
         let now = Instant::now();
         let mut rxs = Vec::with_capacity(inputs.len());
@@ -182,16 +209,17 @@ impl Queue {
         for encoded in inputs {
             let (reply, rx) = oneshot::channel();
             rxs.push(rx);
-            if lanes.closed {
-                let _ = reply.send(Err(InferError::DrainDeadline));
-                continue;
-            }
             let entry = Entry {
                 encoded,
                 want,
                 enqueued: now,
                 reply,
+                admitted: admitted.as_mut().and_then(AdmissionGuard::take_one),
             };
+            if lanes.closed {
+                entry.answer(Err(InferError::DrainDeadline));
+                continue;
+            }
             match priority {
                 Priority::Online => lanes.online.push_back(entry),
                 Priority::Job => lanes.jobs.push_back(entry),
@@ -208,12 +236,41 @@ impl Queue {
         self.metrics.tei.queue_size.set(lanes.online.len() as i64);
     }
 
+    /// Drops the entries nobody waits for, then answers those past their deadline, and sets
+    /// the gauges to what is left.
+    fn settle(&self, lanes: &mut Lanes) {
+        self.drop_abandoned_in(lanes);
+        self.expire(lanes);
+        self.update_depth(lanes);
+    }
+
+    /// Drops queued entries whose caller has gone, releasing their admission slots; returns
+    /// how many. Also called when admission is refused, so slots held by vanished clients are
+    /// free before a live request is turned away.
+    pub fn drop_abandoned(&self) -> usize {
+        let mut lanes = self.lock();
+        let n = self.drop_abandoned_in(&mut lanes);
+        if n > 0 {
+            self.update_depth(&lanes);
+        }
+        n
+    }
+
+    fn drop_abandoned_in(&self, lanes: &mut Lanes) -> usize {
+        let before = lanes.online.len() + lanes.jobs.len();
+        lanes.online.retain(|e| !e.abandoned());
+        lanes.jobs.retain(|e| !e.abandoned());
+        let n = before - lanes.online.len() - lanes.jobs.len();
+        self.metrics.queue_abandoned.inc_by(n as u64);
+        n
+    }
+
     /// Blocks until a batch is ready or the queue is closed and empty (`None`).
     pub fn next_batch(&self) -> Option<DeviceBatch> {
         let mut lanes = self.lock();
         loop {
             lanes.computing = false;
-            self.expire(&mut lanes);
+            self.settle(&mut lanes);
             if !lanes.online.is_empty() || !lanes.jobs.is_empty() {
                 let batch = self.take(&mut lanes);
                 lanes.computing = true;
@@ -246,7 +303,7 @@ impl Queue {
                     .rejected_total
                     .with_label_values(&["deadline"])
                     .inc();
-                let _ = e.reply.send(Err(InferError::QueueTimeout(waited)));
+                e.answer(Err(InferError::QueueTimeout(waited)));
             }
         }
     }
@@ -334,7 +391,7 @@ impl Queue {
     /// job-only batch so an online request never waits for a whole job batch.
     pub fn take_online_now(&self) -> Option<DeviceBatch> {
         let mut lanes = self.lock();
-        self.expire(&mut lanes);
+        self.settle(&mut lanes);
         if lanes.online.is_empty() {
             return None;
         }
@@ -364,7 +421,7 @@ impl Queue {
         let lanes_ref = &mut *lanes;
         for lane in [&mut lanes_ref.online, &mut lanes_ref.jobs] {
             for e in lane.drain(..) {
-                let _ = e.reply.send(Err(err.clone()));
+                e.answer(Err(err.clone()));
                 n += 1;
             }
         }
@@ -425,6 +482,7 @@ fn take_chosen(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batching::Admission;
 
     fn enc(len: usize) -> Encoded {
         Encoded {
@@ -452,6 +510,7 @@ mod tests {
             vec![enc(10), enc(10), enc(40), enc(10)],
             Want::POOLED,
             Priority::Online,
+            None,
         );
         // The three 10-token inputs go together (30 padded tokens); the 40-token one would
         // have padded them to 4 x 40 = 160 > 100, so it goes next, alone.
@@ -471,6 +530,7 @@ mod tests {
             vec![enc(10), enc(10), enc(40), enc(10)],
             Want::POOLED,
             Priority::Online,
+            None,
         );
         // Real tokens count: 10 + 10 + 40 + 10 = 70 fits, in arrival order.
         let b = q.next_batch().unwrap();
@@ -479,13 +539,19 @@ mod tests {
             vec![enc(60), enc(30), enc(20)],
             Want::POOLED,
             Priority::Online,
+            None,
         );
         let b = q.next_batch().unwrap();
         assert_eq!((b.entries.len(), b.tokens), (2, 90));
         q.next_batch().unwrap();
         // Job lines fill up to the cap (64 tokens until measured) after online inputs.
-        let _j = q.submit(vec![enc(20), enc(20), enc(20)], Want::POOLED, Priority::Job);
-        let _o = q.submit(vec![enc(10)], Want::POOLED, Priority::Online);
+        let _j = q.submit(
+            vec![enc(20), enc(20), enc(20)],
+            Want::POOLED,
+            Priority::Job,
+            None,
+        );
+        let _o = q.submit(vec![enc(10)], Want::POOLED, Priority::Online, None);
         let b = q.next_batch().unwrap();
         assert_eq!((b.entries.len(), b.online, b.tokens), (3, 1, 50));
     }
@@ -493,8 +559,8 @@ mod tests {
     #[test]
     fn online_goes_before_batch_lines_and_lines_fill_the_rest() {
         let q = queue(1000, 3);
-        let _b = q.submit(vec![enc(5), enc(5)], Want::POOLED, Priority::Job);
-        let _o = q.submit(vec![enc(5), enc(5)], Want::POOLED, Priority::Online);
+        let _b = q.submit(vec![enc(5), enc(5)], Want::POOLED, Priority::Job, None);
+        let _o = q.submit(vec![enc(5), enc(5)], Want::POOLED, Priority::Online, None);
         let b = q.next_batch().unwrap();
         assert_eq!(b.entries.len(), 3);
         assert_eq!(q.depths(), (0, 1));
@@ -508,6 +574,7 @@ mod tests {
             (0..20).map(|_| enc(16)).collect(),
             Want::POOLED,
             Priority::Job,
+            None,
         );
         assert_eq!(q.next_batch().unwrap().entries.len(), 4);
         // 1 ms per token and a 1 s slice: 1000 tokens, i.e. 62 inputs of 16.
@@ -521,6 +588,7 @@ mod tests {
             (0..20).map(|_| enc(16)).collect(),
             Want::POOLED,
             Priority::Online,
+            None,
         );
         assert_eq!(q.next_batch().unwrap().entries.len(), 20);
     }
@@ -529,9 +597,9 @@ mod tests {
     fn online_inputs_can_be_taken_alone_without_waiting() {
         let q = queue(1000, 100);
         assert!(q.take_online_now().is_none());
-        let _j = q.submit(vec![enc(5), enc(5)], Want::POOLED, Priority::Job);
+        let _j = q.submit(vec![enc(5), enc(5)], Want::POOLED, Priority::Job, None);
         assert!(!q.online_waiting());
-        let _o = q.submit(vec![enc(5)], Want::POOLED, Priority::Online);
+        let _o = q.submit(vec![enc(5)], Want::POOLED, Priority::Online, None);
         assert!(q.online_waiting());
         let b = q.take_online_now().unwrap();
         assert_eq!((b.entries.len(), b.online), (1, 1));
@@ -543,7 +611,7 @@ mod tests {
     #[test]
     fn an_input_over_budget_still_runs_alone() {
         let q = queue(10, 8);
-        let _rx = q.submit(vec![enc(50), enc(1)], Want::POOLED, Priority::Online);
+        let _rx = q.submit(vec![enc(50), enc(1)], Want::POOLED, Priority::Online, None);
         assert_eq!(q.next_batch().unwrap().entries.len(), 1);
         assert_eq!(q.next_batch().unwrap().entries.len(), 1);
     }
@@ -559,7 +627,7 @@ mod tests {
             },
             Metrics::new(),
         );
-        let mut rx = q.submit(vec![enc(3)], Want::POOLED, Priority::Online);
+        let mut rx = q.submit(vec![enc(3)], Want::POOLED, Priority::Online, None);
         std::thread::sleep(Duration::from_millis(2));
         q.close();
         assert!(q.next_batch().is_none());
@@ -567,16 +635,154 @@ mod tests {
             rx.remove(0).try_recv(),
             Ok(Err(InferError::QueueTimeout(_)))
         ));
-        let mut late = q.submit(vec![enc(3)], Want::POOLED, Priority::Online);
+        let mut late = q.submit(vec![enc(3)], Want::POOLED, Priority::Online, None);
         assert_eq!(
             late.remove(0).try_recv(),
             Ok(Err(InferError::DrainDeadline))
         );
 
         let q = queue(100, 10);
-        let mut rx = q.submit(vec![enc(3)], Want::POOLED, Priority::Job);
+        let mut rx = q.submit(vec![enc(3)], Want::POOLED, Priority::Job, None);
         assert_eq!(q.fail_pending(InferError::DrainDeadline), 1);
         assert_eq!(rx.remove(0).try_recv(), Ok(Err(InferError::DrainDeadline)));
         assert!(q.is_idle());
+    }
+
+    fn depth(m: &Metrics) -> (i64, i64) {
+        (m.queue_depth.get(), m.tei.queue_size.get())
+    }
+
+    #[test]
+    fn inputs_whose_caller_is_gone_never_reach_the_device_and_free_their_slots() {
+        let metrics = Metrics::new();
+        let q = Queue::new(
+            BatchLimits {
+                max_batch_tokens: 1000,
+                max_batch_requests: 100,
+                max_queue_time: Duration::from_secs(30),
+                job_slice: Duration::from_secs(1),
+            },
+            metrics.clone(),
+        );
+        let admission = Admission::new(10, metrics.admitted_inputs.clone());
+        let gone = q.submit(
+            vec![enc(3), enc(3)],
+            Want::POOLED,
+            Priority::Online,
+            admission.try_admit(2),
+        );
+        let mut live = q.submit(
+            vec![enc(3), enc(4), enc(5)],
+            Want::POOLED,
+            Priority::Online,
+            admission.try_admit(3),
+        );
+        let lines = q.submit(vec![enc(3)], Want::POOLED, Priority::Job, None);
+        assert_eq!(
+            (admission.inflight(), metrics.admitted_inputs.get()),
+            (5, 5)
+        );
+        // A client that disconnected; the rest of a request after its first input failed; a
+        // job line nobody waits for.
+        drop(gone);
+        drop(live.remove(2));
+        drop(lines);
+        let b = q.next_batch().unwrap();
+        let lens: Vec<usize> = b.entries.iter().map(|e| e.encoded.ids.len()).collect();
+        assert_eq!(lens, vec![3, 4], "only inputs someone waits for");
+        assert_eq!(metrics.queue_abandoned.get(), 4);
+        assert_eq!(
+            admission.inflight(),
+            2,
+            "dropped inputs released their slots"
+        );
+        assert_eq!(depth(&metrics), (0, 0));
+        for e in b.entries {
+            e.answer(Err(InferError::Backend("test".into())));
+        }
+        assert_eq!(
+            (admission.inflight(), metrics.admitted_inputs.get()),
+            (0, 0)
+        );
+        for rx in live {
+            assert!(rx.blocking_recv().is_ok(), "answered");
+        }
+
+        // Dropped on demand too (admission refused), without a batch being taken.
+        let gone = q.submit(
+            vec![enc(3); 4],
+            Want::POOLED,
+            Priority::Online,
+            admission.try_admit(4),
+        );
+        assert_eq!(depth(&metrics), (4, 4));
+        assert_eq!(q.drop_abandoned(), 0, "still waited for");
+        drop(gone);
+        assert_eq!(q.drop_abandoned(), 4);
+        assert_eq!(depth(&metrics), (0, 0));
+        assert_eq!(
+            (admission.inflight(), metrics.queue_abandoned.get()),
+            (0, 8)
+        );
+        assert!(q.take_online_now().is_none());
+    }
+
+    #[test]
+    fn every_change_to_the_queue_updates_the_depth_gauges() {
+        let metrics = Metrics::new();
+        let q = Queue::new(
+            BatchLimits {
+                max_batch_tokens: 1000,
+                max_batch_requests: 2,
+                max_queue_time: Duration::from_millis(0),
+                job_slice: Duration::from_secs(1),
+            },
+            metrics.clone(),
+        );
+        let admission = Admission::new(10, metrics.admitted_inputs.clone());
+        // Enqueue.
+        let _rx = q.submit(
+            vec![enc(3); 3],
+            Want::POOLED,
+            Priority::Online,
+            admission.try_admit(3),
+        );
+        assert_eq!(depth(&metrics), (3, 3));
+        // Deadline drop with nothing left to run: the gauge must not keep the old depth.
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(q.take_online_now().is_none());
+        assert_eq!(depth(&metrics), (0, 0));
+        assert_eq!(
+            admission.inflight(),
+            0,
+            "expired inputs released their slots"
+        );
+        let _rx = q.submit(vec![enc(3); 2], Want::POOLED, Priority::Online, None);
+        std::thread::sleep(Duration::from_millis(2));
+        let _job = q.submit(vec![enc(3)], Want::POOLED, Priority::Job, None);
+        let b = q.next_batch().unwrap();
+        assert_eq!(
+            (b.entries.len(), b.online),
+            (1, 0),
+            "only the job line is left"
+        );
+        assert_eq!(depth(&metrics), (0, 0));
+
+        // Batch taken.
+        let q = queue(1000, 2);
+        let metrics = q.metrics.clone();
+        let _rx = q.submit(vec![enc(3); 3], Want::POOLED, Priority::Online, None);
+        q.next_batch().unwrap();
+        assert_eq!(depth(&metrics), (1, 1));
+        // Drain.
+        assert_eq!(q.fail_pending(InferError::DrainDeadline), 1);
+        assert_eq!(depth(&metrics), (0, 0));
+        // Client gone, found when the next batch is due.
+        let rx = q.submit(vec![enc(3); 2], Want::POOLED, Priority::Online, None);
+        assert_eq!(depth(&metrics), (2, 2));
+        drop(rx);
+        q.close();
+        assert!(q.next_batch().is_none());
+        assert_eq!(depth(&metrics), (0, 0));
     }
 }

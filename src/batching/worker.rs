@@ -270,7 +270,7 @@ impl Worker<'_> {
             let queue_time = started.saturating_duration_since(entry.enqueued);
             m.queue_time.observe(queue_time.as_secs_f64());
             let share = entry.encoded.ids.len() as f64 / tokens.max(1) as f64;
-            let _ = entry.reply.send(r.map(|output| Answer {
+            entry.answer(r.map(|output| Answer {
                 output,
                 queue_time,
                 compute_time: elapsed,
@@ -496,7 +496,12 @@ mod tests {
                 type_ids: vec![0],
             })
             .collect();
-        let rxs = queue.submit(inputs, Want::POOLED, crate::priority::Priority::Online);
+        let rxs = queue.submit(
+            inputs,
+            Want::POOLED,
+            crate::priority::Priority::Online,
+            None,
+        );
         let got: Vec<_> = rxs
             .into_iter()
             .map(|r| r.blocking_recv().expect("answered"))

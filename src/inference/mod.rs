@@ -8,9 +8,9 @@
 //!
 //! Over 500 lines on purpose: one method per operation (embed, sparse, multi-vector, predict,
 //! rerank, similarity, tokenize, decode) sharing one submit-and-collect path; the helpers they
-//! share live in `inputs.rs`, `admission.rs` and `openai.rs` already.
+//! share live in `inputs.rs` and `openai.rs` already (admission is `batching::admission`: the
+//! slot travels with each queued input).
 
-pub mod admission;
 pub mod error;
 pub mod inputs;
 pub mod openai;
@@ -23,9 +23,8 @@ use std::time::{Duration, Instant};
 
 use tokenizers::TruncationDirection;
 
-use self::admission::{Admission, AdmissionGuard};
 use self::error::{ApiError, ErrorKind};
-use crate::batching::{InferError, Queue, WorkerHealth};
+use crate::batching::{Admission, AdmissionGuard, InferError, Queue, WorkerHealth};
 use crate::metrics::Metrics;
 use crate::model::pooling::finish_embedding;
 use crate::model::{Output, Task, Want};
@@ -175,12 +174,18 @@ impl Inference {
     }
 
     /// Online inputs take a slot of `--max-concurrent-requests` (429 beyond it); job lines
-    /// do not.
+    /// do not. The slots are held until each input is answered or dropped, not by the caller.
     fn admit(&self, n: usize, priority: Priority) -> Result<Option<AdmissionGuard>, ApiError> {
         if priority == Priority::Job {
             return Ok(None);
         }
-        self.admission.try_admit(n).map(Some).ok_or_else(|| {
+        let admitted = self.admission.try_admit(n).or_else(|| {
+            // Slots held by inputs of vanished clients are freed before refusing a live one.
+            (self.queue.drop_abandoned() > 0)
+                .then(|| self.admission.try_admit(n))
+                .flatten()
+        });
+        admitted.map(Some).ok_or_else(|| {
             self.metrics
                 .rejected_total
                 .with_label_values(&["overloaded"])
@@ -275,7 +280,7 @@ impl Inference {
             .collect()
     }
 
-    /// Tokenise, queue at `priority` wanting `want`, collect one output per input.
+    /// Admit, tokenise, queue at `priority` wanting `want`, collect one output per input.
     async fn compute(
         &self,
         inputs: Vec<Input>,
@@ -283,30 +288,33 @@ impl Inference {
         want: Want,
         priority: Priority,
     ) -> Result<(Vec<Output>, Timings), ApiError> {
+        let admitted = self.admit(inputs.len(), priority)?;
         let started = Instant::now();
         let characters = chars_of(&inputs);
         let n_inputs = inputs.len();
         // Spans only with --otlp-endpoint: none of this runs otherwise.
         let traced = crate::otel::enabled();
-        let encoded = if traced {
+        let (encoded, admitted) = if traced {
             use tracing::Instrument;
             let span = tracing::info_span!(
                 "tokenize",
                 spotinfer.inputs = n_inputs,
                 spotinfer.tokens = tracing::field::Empty
             );
-            let encoded = self
+            let (encoded, admitted) = self
                 .tokenizers
-                .encode_all(inputs, opts, priority)
+                .encode_all(inputs, opts, priority, admitted)
                 .instrument(span.clone())
                 .await?;
             span.record(
                 "spotinfer.tokens",
                 encoded.iter().map(|e| e.ids.len()).sum::<usize>(),
             );
-            encoded
+            (encoded, admitted)
         } else {
-            self.tokenizers.encode_all(inputs, opts, priority).await?
+            self.tokenizers
+                .encode_all(inputs, opts, priority, admitted)
+                .await?
         };
         let tokenization = started.elapsed();
         let tokens = encoded.iter().map(|e| e.ids.len()).sum();
@@ -315,7 +323,7 @@ impl Inference {
         tei.inputs_submitted(predict, encoded.iter().map(|e| e.ids.len()));
         let submitted = traced.then(std::time::SystemTime::now);
         let mut batches: Vec<crate::otel::BatchUse> = Vec::new();
-        let receivers = self.queue.submit(encoded, want, priority);
+        let receivers = self.queue.submit(encoded, want, priority, admitted);
         let mut outputs = Vec::with_capacity(receivers.len());
         let mut timings = Timings {
             tokenization,
@@ -385,7 +393,6 @@ impl Inference {
                 .param("dimensions"));
             }
         }
-        let _admitted = self.admit(req.inputs.len(), priority)?;
         let inputs = self.apply_prompt(req.inputs, req.text.prompt_name.as_deref())?;
         let opts = self.encode_options(&req.text);
         let (outputs, timings) = self.compute(inputs, opts, Want::POOLED, priority).await?;
@@ -405,7 +412,6 @@ impl Inference {
     ) -> Result<(Vec<Vec<Vec<f32>>>, Timings), ApiError> {
         self.require(Want::TOKENS, "Model is not an embedding model")?;
         self.check_count(inputs.len(), "inputs")?;
-        let _admitted = self.admit(inputs.len(), priority)?;
         let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
         let (outputs, timings) = self
             .compute(inputs, self.encode_options(&text), Want::TOKENS, priority)
@@ -436,7 +442,6 @@ impl Inference {
             "Model is not an embedding model with SPLADE pooling",
         )?;
         self.check_count(inputs.len(), "inputs")?;
-        let _admitted = self.admit(inputs.len(), priority)?;
         let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
         let (outputs, timings) = self
             .compute(inputs, self.encode_options(&text), Want::SPARSE, priority)
@@ -463,7 +468,6 @@ impl Inference {
             "Model has no bge-m3 heads (sparse_linear.pt / colbert_linear.pt)",
         )?;
         self.check_count(inputs.len(), "inputs")?;
-        let _admitted = self.admit(inputs.len(), priority)?;
         let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
         let (mut outputs, timings) = self
             .compute(inputs, self.encode_options(&text), want, priority)
@@ -487,7 +491,6 @@ impl Inference {
     ) -> Result<(Vec<Vec<LabelScore>>, Timings), ApiError> {
         self.require(Want::SCORES, "Model is not a classifier model")?;
         self.check_count(inputs.len(), "inputs")?;
-        let _admitted = self.admit(inputs.len(), priority)?;
         let (outputs, timings) = self
             .compute(inputs, self.encode_options(&text), Want::SCORES, priority)
             .await?;
@@ -554,7 +557,6 @@ impl Inference {
         if query.is_empty() {
             return Err(ApiError::new(ErrorKind::Empty, "`query` is empty").param("query"));
         }
-        let _admitted = self.admit(texts.len(), priority)?;
         let inputs = if self.info.lm_reranker {
             texts
                 .into_iter()
@@ -621,7 +623,6 @@ impl Inference {
         priority: Priority,
     ) -> Result<Embedded, ApiError> {
         self.require(Want::POOLED, "Model is not an embedding model")?;
-        let _admitted = self.admit(inputs.len(), priority)?;
         let inputs = self.apply_prompt(inputs, text.prompt_name.as_deref())?;
         let (outputs, timings) = self
             .compute(inputs, self.encode_options(&text), Want::POOLED, priority)
@@ -635,16 +636,19 @@ impl Inference {
         })
     }
 
-    /// Tokens with their text and offsets (`/tokenize`).
+    /// Tokens with their text and offsets (`/tokenize`). Admitted like inference: each text
+    /// holds a slot until its tokens are made (or the work is dropped, its caller gone).
     pub async fn tokenize(
         &self,
         texts: Vec<String>,
         add_special_tokens: bool,
     ) -> Result<Vec<Vec<TokenInfo>>, ApiError> {
         self.check_count(texts.len(), "inputs")?;
+        let admitted = self.admit(texts.len(), Priority::Online)?;
         Ok(self
             .tokenizers
             .run(move |tk| {
+                let _admitted = admitted;
                 texts
                     .iter()
                     .map(|t| tk.tokens(t, add_special_tokens))
@@ -653,15 +657,19 @@ impl Inference {
             .await?)
     }
 
-    /// Texts of token id sequences (`/decode`).
+    /// Texts of token id sequences (`/decode`): one input per sequence, under
+    /// `--max-client-batch-size` and admitted like `tokenize`.
     pub async fn decode(
         &self,
         seqs: Vec<Vec<u32>>,
         skip_special_tokens: bool,
     ) -> Result<Vec<String>, ApiError> {
+        self.check_count(seqs.len(), "ids")?;
+        let admitted = self.admit(seqs.len(), Priority::Online)?;
         Ok(self
             .tokenizers
             .run(move |tk| {
+                let _admitted = admitted;
                 seqs.iter()
                     .map(|ids| tk.decode(ids, skip_special_tokens))
                     .collect::<Result<Vec<_>, _>>()

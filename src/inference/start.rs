@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use candle_core::DType;
 
-use super::admission::Admission;
 use super::{Inference, ModelInfo, RequestLimits};
+use crate::batching::Admission;
 use crate::batching::{worker, BatchLimits, Queue, WorkerConfig, WorkerHealth};
 use crate::config::{
     CpuBackendArg, CpuKernelArg, DTypeArg, DeviceArg, FusedGeluArg, GpuBackendArg, ModelArgs,
@@ -253,7 +253,10 @@ pub async fn start(
         tokenizers,
         queue,
         health,
-        admission: Admission::new(opts.max_concurrent_requests),
+        admission: Admission::new(
+            opts.max_concurrent_requests,
+            metrics.admitted_inputs.clone(),
+        ),
         limits: opts.request_limits,
         metrics,
         quantization_ranges,
