@@ -41,7 +41,8 @@ fn texts(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn write_input(path: &Path, texts: &[String]) {
+/// Job lines `req-<i>` embedding each text.
+fn jsonl(texts: &[String]) -> String {
     let mut s = String::new();
     for (i, t) in texts.iter().enumerate() {
         s.push_str(
@@ -51,7 +52,64 @@ fn write_input(path: &Path, texts: &[String]) {
         );
         s.push('\n');
     }
-    std::fs::write(path, s).unwrap();
+    s
+}
+
+fn write_input(path: &Path, texts: &[String]) {
+    std::fs::write(path, jsonl(texts)).unwrap();
+}
+
+/// The vectors direct requests give, by the custom_id of each text's job line.
+fn want(server: &Server, texts: &[String]) -> HashMap<String, Vec<f32>> {
+    direct(server, texts)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("req-{i}"), v))
+        .collect()
+}
+
+fn parse_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A file's content through `GET /v1/files/{id}/content`, as JSON lines.
+fn file_lines(server: &Server, file_id: &str) -> Vec<Value> {
+    let text = blocking_client()
+        .get(server.url(&format!("/v1/files/{file_id}/content")))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    parse_lines(&text)
+}
+
+/// Polls a job until it is completed (a hang fails after `limit`, not a timing assertion).
+fn wait_completed(server: &Server, id: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, b) = server.get_json(&format!("/v1/batches/{id}"));
+        if status == 200 && b["status"] == "completed" {
+            return b;
+        }
+        assert!(
+            b["status"] != "failed" && Instant::now() < deadline,
+            "the job did not complete: {status} {b}\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every custom_id once, in input order.
+fn assert_in_order(lines: &[Value], n: usize) {
+    let order: Vec<String> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (0..n).map(|i| format!("req-{i}")).collect();
+    assert_eq!(order, expected, "every custom_id once, in input order");
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -230,11 +288,7 @@ fn sdk_batch(dir: &Path, store: Store) -> Store {
     assert_eq!(batch["request_counts"]["completed"], 40);
     assert_eq!(batch["request_counts"]["failed"], 2);
     assert_eq!(batch["metadata"]["suite"], "openai-sdk");
-    let want: HashMap<String, Vec<f32>> = direct(&server, &t)
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (format!("req-{i}"), v))
-        .collect();
+    let want = want(&server, &t);
     check_output(result["output"].as_array().unwrap(), &want);
     let errors = result["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 2);
@@ -271,23 +325,14 @@ fn bucket_extras(
         .collect();
     assert_eq!(outputs.len(), 1, "{outputs:?}");
     let text = String::from_utf8(s3.get_object(&outputs[0]).unwrap()).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    check_output(&lines, want);
+    check_output(&parse_lines(&text), want);
     assert!(
         s3.keys(&format!("{prefix}/batches/"))
             .iter()
             .all(|k| !k.contains("/segments/")),
         "chunks are deleted once assembled"
     );
-    let mut raw = String::new();
-    for (i, text) in t.iter().enumerate() {
-        raw.push_str(&json!({"custom_id": format!("req-{i}"), "method": "POST", "url": "/v1/embeddings", "body": {"input": text}}).to_string());
-        raw.push('\n');
-    }
-    s3.put_object("inputs/day-1.jsonl", raw.into_bytes());
+    s3.put_object("inputs/day-1.jsonl", jsonl(t).into_bytes());
     let url = format!("s3://{}/inputs/day-1.jsonl", s3.bucket);
     let (status, b) = server.post_json(
         "/v1/batches",
@@ -295,27 +340,9 @@ fn bucket_extras(
     );
     assert_eq!(status, 200, "{b}");
     let id = b["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while progress(server, &id).0 != "completed" {
-        assert!(
-            Instant::now() < deadline,
-            "the bucket-input job never completed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (_, b) = server.get_json(&format!("/v1/batches/{id}"));
+    let b = wait_completed(server, &id, Duration::from_secs(120));
     assert_eq!(b["request_counts"]["completed"], 40, "{b}");
-    let out_id = b["output_file_id"].as_str().unwrap();
-    let text = blocking_client()
-        .get(server.url(&format!("/v1/files/{out_id}/content")))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = file_lines(server, b["output_file_id"].as_str().unwrap());
     check_output(&lines, want);
     // An object outside the store's bucket is refused with a clear message.
     let (status, e) = server.post_json(
@@ -392,32 +419,13 @@ fn survives_sigterm_and_sigkill(dir: &Path, store: Store) {
 
     // Restart again (the dead holder's lease is taken over at once): runs to completion.
     let server = start();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while progress(&server, &id).0 != "completed" {
-        assert!(Instant::now() < deadline, "batch never completed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (_, b) = server.get_json(&format!("/v1/batches/{id}"));
+    let b = wait_completed(&server, &id, Duration::from_secs(120));
     assert_eq!(b["request_counts"]["completed"], 320, "{b}");
     assert_eq!(b["request_counts"]["failed"], 0);
     assert!(b["error_file_id"].is_null());
-    let out_id = b["output_file_id"].as_str().unwrap();
-    let text = blocking_client()
-        .get(server.url(&format!("/v1/files/{out_id}/content")))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = file_lines(&server, b["output_file_id"].as_str().unwrap());
     assert_eq!(lines.len(), 320);
-    let want: HashMap<String, Vec<f32>> = direct(&server, &t)
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (format!("req-{i}"), v))
-        .collect();
+    let want = want(&server, &t);
     check_output(&lines, &want);
     // Listing and cancel semantics on a finished batch.
     let (_, list) = server.get_json("/v1/batches?limit=1");
@@ -506,11 +514,7 @@ fn spotinfer_batch_resumes_after_sigterm_and_sigkill() {
         .collect();
     assert_eq!(lines.len(), 320);
     let server = Server::start_minilm();
-    let want: HashMap<String, Vec<f32>> = direct(&server, &t)
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (format!("req-{i}"), v))
-        .collect();
+    let want = want(&server, &t);
     check_output(&lines, &want);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -847,20 +851,8 @@ fn server_batch_through_store_faults_completes_exactly_once() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let b = loop {
-        let (status, b) = server.get_json(&format!("/v1/batches/{id}"));
-        if status == 200 && b["status"] == "completed" {
-            break b;
-        }
-        assert!(status == 200 || status >= 500, "{status} {b}");
-        assert!(
-            b["status"] != "failed" && Instant::now() < deadline,
-            "the job did not complete: {b}\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    // Polls through 5xx answers too: a store error is not a job's failure.
+    let b = wait_completed(&server, &id, Duration::from_secs(300));
     assert_eq!(b["request_counts"]["completed"], 240, "{b}");
     let out_id = b["output_file_id"].as_str().unwrap().to_string();
     let text = retry(
@@ -874,25 +866,11 @@ fn server_batch_through_store_faults_completes_exactly_once() {
             (status, Value::String(r.text().unwrap_or_default()))
         }),
     );
-    let lines: Vec<Value> = text
-        .as_str()
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let order: Vec<String> = lines
-        .iter()
-        .map(|l| l["custom_id"].as_str().unwrap().to_string())
-        .collect();
-    let expected: Vec<String> = (0..240).map(|i| format!("req-{i}")).collect();
-    assert_eq!(order, expected, "every custom_id once, in input order");
+    let lines = parse_lines(text.as_str().unwrap());
+    assert_in_order(&lines, 240);
     let faults = proxy.stop();
     // Direct requests go straight to the model: the proxy only sits in front of the store.
-    let want: HashMap<String, Vec<f32>> = direct(&server, &t)
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (format!("req-{i}"), v))
-        .collect();
+    let want = want(&server, &t);
     check_output(&lines, &want);
     for kind in ["delay", "slowdown", "conflict", "drop_before", "drop_after"] {
         assert!(
@@ -912,12 +890,7 @@ fn server_batch_through_store_faults_completes_exactly_once() {
 fn spotinfer_batch_processes_share_one_job_on_s3_through_a_kill() {
     let s3 = common::s3::S3::start();
     let t = texts(200);
-    let mut raw = String::new();
-    for (i, text) in t.iter().enumerate() {
-        raw.push_str(&json!({"custom_id": format!("req-{i}"), "method": "POST", "url": "/v1/embeddings", "body": {"input": text}}).to_string());
-        raw.push('\n');
-    }
-    s3.put_object("inputs/in.jsonl", raw.into_bytes());
+    s3.put_object("inputs/in.jsonl", jsonl(&t).into_bytes());
     let input = format!("s3://{}/inputs/in.jsonl", s3.bucket);
     let output = format!("s3://{}/results/out.jsonl", s3.bucket);
     let spawn = || {
@@ -962,23 +935,11 @@ fn spotinfer_batch_processes_share_one_job_on_s3_through_a_kill() {
         assert!(stderr.contains("batch complete"), "{name}: {stderr}");
     }
     let text = String::from_utf8(s3.get_object("results/out.jsonl").expect("output")).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let order: Vec<String> = lines
-        .iter()
-        .map(|l| l["custom_id"].as_str().unwrap().to_string())
-        .collect();
-    let expected: Vec<String> = (0..200).map(|i| format!("req-{i}")).collect();
-    assert_eq!(order, expected, "every custom_id once, in input order");
+    let lines = parse_lines(&text);
+    assert_in_order(&lines, 200);
     assert!(s3.get_object("results/out.jsonl.errors.jsonl").is_none());
     let server = Server::start_minilm();
-    let want: HashMap<String, Vec<f32>> = direct(&server, &t)
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (format!("req-{i}"), v))
-        .collect();
+    let want = want(&server, &t);
     check_output(&lines, &want);
     // The same command again: already complete, the output untouched.
     let (code, stderr) = wait_exit(spawn(), Duration::from_secs(120));
