@@ -100,14 +100,12 @@ pub async fn finish(
         Ok::<_, StoreError>(())
     }
     .await;
-    let ids: Vec<String> = Vec::new();
     let discard = |ids: Vec<String>| async move {
         for f in ids {
             let _ = store.delete_file(&f).await;
         }
         let _ = blobs.delete_all(&copy).await;
     };
-    let _ = ids;
     if let Err(e) = written {
         discard(files.into_iter().map(|(_, f)| f).collect()).await;
         return Err(e.into());
