@@ -69,8 +69,8 @@ pub async fn run(args: SelftestArgs) -> anyhow::Result<ExitCode> {
 /// 32 and 128), and the `--model-id` models. Missing or unusable ones are reported and skipped.
 #[cfg(feature = "cuda")]
 async fn model_cases(args: &SelftestArgs) -> Vec<crate::model::cuda::model_check::ModelCase> {
+    use crate::model::cuda::host::synth::synthesize;
     use crate::model::cuda::model_check::ModelCase;
-    use crate::model::cuda_host::synth::synthesize;
     use crate::model::{
         resolve, resolve::resolve_local, ResolveOptions, SentenceTransformerConfig,
     };

@@ -1,11 +1,11 @@
 //! The token budget against the GPU's memory, once the model is loaded and warmed up: the
 //! model reports its free device memory and activation bytes per token, the budget is capped
-//! to what fits (`model::cuda_host::memory`), the queue takes the capped budget, and the
+//! to what fits (`model::cuda::host::memory`), the queue takes the capped budget, and the
 //! model's activation buffers are reserved for it (halving on out-of-memory).
 
 use super::queue::Queue;
 use super::worker::is_out_of_memory;
-use crate::model::cuda_host::memory::{cap_tokens, TokenCap};
+use crate::model::cuda::host::memory::{cap_tokens, TokenCap};
 use crate::model::Model;
 
 /// What the check found (logged, and reported in the worker's loaded summary).

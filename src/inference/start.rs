@@ -15,7 +15,7 @@ use crate::config::{
 };
 use crate::metrics::Metrics;
 use crate::model::cpu::simd::Simd;
-use crate::model::cuda_host::steps::GeluMode;
+use crate::model::cuda::host::steps::GeluMode;
 use crate::model::device::{self, DeviceChoice};
 use crate::model::{
     self, CpuBackend, GpuBackend, LoadOptions, ModelError, Pooling, ResolveOptions,

@@ -12,12 +12,7 @@
 
 pub mod batch;
 pub mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
-#[path = "cuda/host/mod.rs"]
-pub mod cuda_host;
-#[path = "cuda/reference/mod.rs"]
-pub mod cuda_reference;
 pub mod device;
 pub mod families;
 pub mod heads;
@@ -155,7 +150,7 @@ pub struct LoadOptions {
     pub cpu_backend: CpuBackend,
     pub gpu_backend: GpuBackend,
     /// erf-GELU on the fused backend: exact, or cuBLASLt's tanh epilogue.
-    pub fused_gelu: cuda_host::steps::GeluMode,
+    pub fused_gelu: cuda::host::steps::GeluMode,
     /// `--pooling`: overrides the sentence-transformers config.
     pub pooling: Option<Pooling>,
     /// `--task`: where a checkpoint can do several things.
@@ -169,7 +164,7 @@ impl LoadOptions {
             dtype: DType::F32,
             cpu_backend: CpuBackend::Native,
             gpu_backend: GpuBackend::Reference,
-            fused_gelu: cuda_host::steps::GeluMode::Exact,
+            fused_gelu: cuda::host::steps::GeluMode::Exact,
             pooling: None,
             task: None,
         }
@@ -182,7 +177,7 @@ struct Loaded<B: Backend> {
     heads: Heads<B>,
     summary: ModelSummary,
     /// For the activation estimate of backends that do not measure theirs.
-    shape: cuda_host::memory::Shape,
+    shape: cuda::host::memory::Shape,
 }
 
 impl<B: Backend> Model for Loaded<B> {
@@ -216,7 +211,7 @@ impl<B: Backend> Model for Loaded<B> {
     fn device_memory(&self) -> Option<DeviceMemory> {
         let mut m = self.backend.device_memory()?;
         if m.bytes_per_token.is_none() {
-            m.bytes_per_token = Some(cuda_host::memory::reference_bytes_per_token(&self.shape));
+            m.bytes_per_token = Some(cuda::host::memory::reference_bytes_per_token(&self.shape));
         }
         Some(m)
     }
@@ -449,7 +444,7 @@ fn load_on<B: Backend>(
             .unwrap_or_default(),
         available: heads.available(),
     };
-    let shape = cuda_host::memory::Shape {
+    let shape = cuda::host::memory::Shape {
         hidden: f.hidden,
         intermediate: config_usize(
             cfg,

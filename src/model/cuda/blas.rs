@@ -21,8 +21,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 
 use super::kernels::KernelFloat;
 use super::{invalid, unsupported, Result};
-use crate::model::cuda_reference::gemm::Epilogue;
-use crate::model::cuda_reference::Dt;
+use crate::model::cuda::oracle::gemm::Epilogue;
+use crate::model::cuda::oracle::Dt;
 
 /// cuBLASLt's recommendation for Hopper (4 MiB suffices before it); one buffer for all calls.
 pub const WORKSPACE_BYTES: usize = 32 << 20;

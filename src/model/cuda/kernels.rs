@@ -21,12 +21,12 @@ use candle_core::cuda_backend::CudaDevice;
 
 use super::params::*;
 use super::{invalid, unsupported, CudaKernelError, Result};
-use crate::model::cuda_reference::act::Act;
-use crate::model::cuda_reference::attention::{expand_relative_bias, AttentionConfig};
-use crate::model::cuda_reference::norm::NormKind;
-use crate::model::cuda_reference::pool::PoolMode;
-use crate::model::cuda_reference::rope::RopeConfig;
-use crate::model::cuda_reference::{check_cu_seqlens, Dt};
+use crate::model::cuda::oracle::act::Act;
+use crate::model::cuda::oracle::attention::{expand_relative_bias, AttentionConfig};
+use crate::model::cuda::oracle::norm::NormKind;
+use crate::model::cuda::oracle::pool::PoolMode;
+use crate::model::cuda::oracle::rope::RopeConfig;
+use crate::model::cuda::oracle::{check_cu_seqlens, Dt};
 
 const PTX_ATTENTION: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 const PTX_NORM: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));

@@ -12,34 +12,59 @@
 //!   [`fused::open`] refuses.
 //! - [`selftest::selftest`] (full, ~tens of seconds) and [`selftest::verified_kernels`]
 //!   (sub-second, at model load): every kernel against the CPU references in
-//!   [`crate::model::cuda_reference`]; a kernel that disagrees is never used.
+//!   [`crate::model::cuda::oracle`]; a kernel that disagrees is never used.
+//!
+//! - [`host`] and [`oracle`] are compiled on every machine, `cuda` feature or not: the fused
+//!   backend's host-side arithmetic, and the kernels' plain CPU oracles, so `cargo test`
+//!   checks both without a GPU. Everything else here needs the `cuda` feature.
 //!
 //! Contracts, launch geometry and measured register use: docs/CUDA-KERNELS.md.
 
+pub mod host;
+pub mod oracle;
+
+#[cfg(feature = "cuda")]
 pub mod blas;
+#[cfg(feature = "cuda")]
 pub mod fused;
+#[cfg(feature = "cuda")]
 pub mod kernels;
+#[cfg(feature = "cuda")]
 pub mod model_check;
+#[cfg(feature = "cuda")]
 mod params;
+#[cfg(feature = "cuda")]
 pub mod selftest;
 
+#[cfg(feature = "cuda")]
 pub use blas::{Gemm, LinearShape};
+#[cfg(feature = "cuda")]
 pub use kernels::{
     AttentionVariant, DeviceFlag, EmbedLayerNorm, EmbeddingTables, FusedKernels, KernelFloat,
     NormWeights, QkNorm, RelativeBias, ScanElem, SeqLayout,
 };
+#[cfg(feature = "cuda")]
 pub use selftest::{selftest, verified_kernels, KernelChoice, SelftestOptions, SelftestReport};
 
-pub use crate::model::cuda_reference::act::Act;
-pub use crate::model::cuda_reference::attention::{AttentionConfig, Window};
-pub use crate::model::cuda_reference::gemm::Epilogue;
-pub use crate::model::cuda_reference::norm::NormKind;
-pub use crate::model::cuda_reference::pool::PoolMode;
-pub use crate::model::cuda_reference::rope::RopeConfig;
-pub use crate::model::cuda_reference::Dt;
+#[cfg(feature = "cuda")]
+pub use crate::model::cuda::oracle::act::Act;
+#[cfg(feature = "cuda")]
+pub use crate::model::cuda::oracle::attention::{AttentionConfig, Window};
+#[cfg(feature = "cuda")]
+pub use crate::model::cuda::oracle::gemm::Epilogue;
+#[cfg(feature = "cuda")]
+pub use crate::model::cuda::oracle::norm::NormKind;
+#[cfg(feature = "cuda")]
+pub use crate::model::cuda::oracle::pool::PoolMode;
+#[cfg(feature = "cuda")]
+pub use crate::model::cuda::oracle::rope::RopeConfig;
+#[cfg(feature = "cuda")]
+pub use crate::model::cuda::oracle::Dt;
 
+#[cfg(feature = "cuda")]
 use candle_core::cuda_backend::cudarc;
 
+#[cfg(feature = "cuda")]
 /// Errors of the fused kernels and the GEMM wrapper.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaKernelError {
@@ -64,8 +89,10 @@ pub enum CudaKernelError {
     Candle(#[from] candle_core::Error),
 }
 
+#[cfg(feature = "cuda")]
 pub type Result<T, E = CudaKernelError> = std::result::Result<T, E>;
 
+#[cfg(feature = "cuda")]
 pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> CudaKernelError {
     CudaKernelError::Invalid {
         op,
@@ -73,6 +100,7 @@ pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> CudaKernelErr
     }
 }
 
+#[cfg(feature = "cuda")]
 pub(crate) fn unsupported(op: &'static str, msg: impl Into<String>) -> CudaKernelError {
     CudaKernelError::Unsupported {
         op,
@@ -80,6 +108,7 @@ pub(crate) fn unsupported(op: &'static str, msg: impl Into<String>) -> CudaKerne
     }
 }
 
+#[cfg(feature = "cuda")]
 /// Turns off cudarc's per-buffer CUDA events for every buffer allocated on `dev` **after** this
 /// call (candle 0.11 exposes it as `CudaDevice::disable_event_tracking`; cudarc 0.19 as
 /// `CudaContext::disable_event_tracking`). With tracking on, every allocation creates two

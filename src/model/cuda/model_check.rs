@@ -12,7 +12,7 @@ use std::fmt;
 
 use candle_core::{DType, Device};
 
-use crate::model::cuda_host::steps::GeluMode;
+use crate::model::cuda::host::steps::GeluMode;
 use crate::model::{
     self, GpuBackend, LoadOptions, Model, ModelError, ModelFiles, Output, PackedBatch,
     SentenceTransformerConfig, Want,

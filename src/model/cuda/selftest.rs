@@ -1,5 +1,5 @@
 //! GPU self-tests: every kernel (both attention variants) and the GEMM wrapper against the CPU
-//! references of [`crate::model::cuda_reference`] on random inputs at edge shapes.
+//! references of [`crate::model::cuda::oracle`] on random inputs at edge shapes.
 //!
 //! - [`selftest`]: the full matrix (1 token; 1 and 512 sequences; lengths 1, 7, 64, 511, 512,
 //!   2048; head dims 32/64/128 (+256 simple); causal or not; GQA groups 1/2/4/8; windows;
@@ -29,13 +29,13 @@ use super::kernels::{
     NormWeights, QkNorm, RelativeBias, SeqLayout, MMA_HEAD_DIMS, SIMPLE_HEAD_DIMS,
 };
 use super::Result;
-use crate::model::cuda_reference::act::{self, Act};
-use crate::model::cuda_reference::attention::{self as attn_ref, AttentionConfig, RelBias, Window};
-use crate::model::cuda_reference::gemm::{self, Epilogue};
-use crate::model::cuda_reference::norm::{self, EmbedInputs, LayerNormRef, NormInputs, NormKind};
-use crate::model::cuda_reference::pool::{self, PoolMode};
-use crate::model::cuda_reference::rope::{self, QkNormRef, RopeConfig};
-use crate::model::cuda_reference::{compare, cu_from_lengths, Comparison, Dt, TestRng, Tolerance};
+use crate::model::cuda::oracle::act::{self, Act};
+use crate::model::cuda::oracle::attention::{self as attn_ref, AttentionConfig, RelBias, Window};
+use crate::model::cuda::oracle::gemm::{self, Epilogue};
+use crate::model::cuda::oracle::norm::{self, EmbedInputs, LayerNormRef, NormInputs, NormKind};
+use crate::model::cuda::oracle::pool::{self, PoolMode};
+use crate::model::cuda::oracle::rope::{self, QkNormRef, RopeConfig};
+use crate::model::cuda::oracle::{compare, cu_from_lengths, Comparison, Dt, TestRng, Tolerance};
 
 /// What [`selftest`] runs.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! Device buffers of the fused backend: a pool per element type (the bookkeeping is
-//! `cuda_host::pool`, tested without a GPU) and the guard that returns a buffer when the
+//! `cuda::host::pool`, tested without a GPU) and the guard that returns a buffer when the
 //! activation holding it is dropped.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,7 +8,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, DriverError,
 };
 
-use crate::model::cuda_host::pool::PoolState;
+use crate::model::cuda::host::pool::PoolState;
 use crate::model::ModelError;
 
 /// The pooled buffers of one element type on one stream.

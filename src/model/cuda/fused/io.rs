@@ -7,8 +7,8 @@ use super::{driver_error, kernel_error, lock, shape_error, Data, Fused, FusedAct
 use super::{FusedPlan, FusedTable, KernelFloat, NormKind, SeqLayout};
 use crate::model::batch::PackedBatch;
 use crate::model::cuda::kernels::{EmbedLayerNorm, EmbeddingTables};
+use crate::model::cuda::oracle::check_cu_seqlens;
 use crate::model::cuda::PoolMode;
-use crate::model::cuda_reference::check_cu_seqlens;
 use crate::model::{ModelError, Pooling};
 
 fn sub<'a, E>(

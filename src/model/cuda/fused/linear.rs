@@ -1,4 +1,4 @@
-//! Linear layers and norms: the GEMM with the epilogue `cuda_host::steps` chose, then our
+//! Linear layers and norms: the GEMM with the epilogue `cuda::host::steps` chose, then our
 //! kernels for whatever cuBLASLt cannot fuse.
 
 use std::sync::Arc;
@@ -7,10 +7,10 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaViewMut};
 
 use super::{driver_error, kernel_error, lock, shape_error, Data, Fused, FusedAct, FusedLinear};
 use super::{FusedNorm, KernelFloat, NormKind};
+use crate::model::cuda::host::steps::{linear_steps, PostKind, PostStep};
 use crate::model::cuda::kernels::NormWeights;
+use crate::model::cuda::oracle::gemm::Epilogue as GemmEpilogue;
 use crate::model::cuda::LinearShape;
-use crate::model::cuda_host::steps::{linear_steps, PostKind, PostStep};
-use crate::model::cuda_reference::gemm::Epilogue as GemmEpilogue;
 use crate::model::layers::{Epilogue, Post};
 use crate::model::ModelError;
 

@@ -7,7 +7,7 @@ use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 
 use super::{driver_error, kernel_error, shape_error, Fused, FusedBias, FusedLinear, FusedNorm};
 use super::{FusedTable, KernelFloat, NormKind, RelativeBias};
-use crate::model::cuda_host::bias::per_distance;
+use crate::model::cuda::host::bias::per_distance;
 use crate::model::layers::{Buckets, NormKind as LayerNormKind};
 use crate::model::weights::HostTensor;
 use crate::model::ModelError;

@@ -8,7 +8,7 @@
 //! - **Plan** = the batch's `cu_seqlens` (`SeqLayout`) and token positions, uploaded once per
 //!   forward pass into pooled buffers; attention and pooling read them on the device.
 //! - **Linear** = one cuBLASLt GEMM (bias / tanh-GELU + bias epilogue, or accumulating into a
-//!   copy of the residual) and our kernels for the rest of the epilogue, as `cuda_host::steps`
+//!   copy of the residual) and our kernels for the rest of the epilogue, as `cuda::host::steps`
 //!   decides: erf-GELU / ReLU / SiLU / tanh by `bias_act`, GLU by `glu` (gate first), residual
 //!   + LayerNorm / RMSNorm by the fused norm kernels (`linear.rs`).
 //! - **Attention**: one launch over the fused QKV GEMM output read through strides (no copy),
@@ -40,8 +40,8 @@ use super::kernels::{DeviceFlag, FusedKernels, KernelFloat, RelativeBias, SeqLay
 use super::selftest::{log_choice, verified_kernels_with, KernelChoice};
 use super::{CudaKernelError, Gemm, NormKind};
 use crate::model::batch::PackedBatch;
-use crate::model::cuda_host::steps::GeluMode;
-use crate::model::cuda_reference::Dt;
+use crate::model::cuda::host::steps::GeluMode;
+use crate::model::cuda::oracle::Dt;
 use crate::model::device::DeviceMemory;
 use crate::model::layers::{
     Attention, Backend, Buckets, Epilogue, NormKind as LayerNormKind, Rope,

@@ -72,7 +72,7 @@ mod tests {
     fn agrees_with_the_kernel_reference_buckets_for_mpnet() {
         // The kernels' own reference (F32 log like PyTorch) and the reference backend's
         // bucket function (F64 log) give the same bucket for MPNet's parameters.
-        use crate::model::cuda_reference::attention::t5_bucket;
+        use crate::model::cuda::oracle::attention::t5_bucket;
         let b = Buckets {
             num_buckets: 32,
             max_distance: 128,

@@ -9,8 +9,8 @@
 //! on our kernels (`bias_act`, `glu`, the fused norms, whose stored residual sum doubles as a
 //! plain residual add).
 
-use crate::model::cuda_reference::act::Act;
-use crate::model::cuda_reference::gemm::Epilogue;
+use crate::model::cuda::oracle::act::Act;
+use crate::model::cuda::oracle::gemm::Epilogue;
 use crate::model::layers::{Activation, Gate};
 
 /// How erf-GELU ("gelu") layers run: exact by default (bias epilogue, then our erf kernel), or

@@ -1023,5 +1023,4 @@ mod tests {
 }
 
 #[cfg(test)]
-#[path = "config_tei.rs"]
 mod tei_compat;
