@@ -109,7 +109,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             // The codes are documented in `spotinfer batch --help`.
-            Command::Batch(args) => spotinfer::jobs::offline::run(*args)
+            Command::Batch(args) => spotinfer::jobs::batch(*args)
                 .await
                 .map(|o| ExitCode::from(o.exit_code())),
             Command::Plan(args) => spotinfer::plan::run(*args)

@@ -1,6 +1,8 @@
 //! The folder graph of `src/` is a DAG: every `crate::x` reference in a file under module `y`
-//! is an edge `y -> x`, and no chain of edges comes back. Also: model families are written on
-//! the layer seam only, never on a backend.
+//! is an edge `y -> x`, and no chain of edges comes back. So is the file graph: a `crate::` or
+//! `super::` path in a file is an edge to the file that defines the longest module prefix of
+//! that path (re-exports and unit tests aside). Also: model families are written on the layer
+//! seam only, never on a backend, and neither `inference/` nor `model/` knows HTTP.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -122,6 +124,164 @@ fn top_level_modules_form_a_dag() {
     );
 }
 
+/// A file's module path: `src/jobs/blob.rs` -> `[jobs, blob]`, `src/jobs/mod.rs` -> `[jobs]`.
+fn module_path(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap_or(file).with_extension("");
+    let mut path: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .collect();
+    if matches!(
+        path.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        path.pop();
+    }
+    path
+}
+
+/// The text a file's edges come from: no unit tests (they may use anything), no re-exports.
+fn code_of(text: &str) -> String {
+    let text = text
+        .find("#[cfg(test)]\nmod tests")
+        .map_or(text, |i| &text[..i]);
+    text.lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            !(l.starts_with("pub use ") || l.starts_with("pub(crate) use "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every path after `crate::` or `super::` (braces expanded), as segments from the crate root.
+fn paths_in(text: &str, module: &[String]) -> Vec<Vec<String>> {
+    fn ident(s: &[u8], i: &mut usize) -> Option<String> {
+        let start = *i;
+        while *i < s.len() && (s[*i].is_ascii_alphanumeric() || s[*i] == b'_') {
+            *i += 1;
+        }
+        (*i > start).then(|| String::from_utf8_lossy(&s[start..*i]).to_string())
+    }
+    fn parse(s: &[u8], i: &mut usize, mut prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        loop {
+            if *i < s.len() && s[*i] == b'{' {
+                *i += 1;
+                while *i < s.len() && s[*i] != b'}' {
+                    while *i < s.len() && matches!(s[*i], b' ' | b'\n' | b'\t' | b',') {
+                        *i += 1;
+                    }
+                    if *i < s.len() && s[*i] != b'}' {
+                        let before = *i;
+                        parse(s, i, prefix.clone(), out);
+                        if *i == before {
+                            *i += 1;
+                        }
+                    }
+                }
+                *i += 1;
+                out.push(prefix);
+                return;
+            }
+            match ident(s, i) {
+                Some(name) => {
+                    prefix.push(name);
+                    if s[*i..].starts_with(b"::") {
+                        *i += 2;
+                        continue;
+                    }
+                    out.push(prefix);
+                    return;
+                }
+                None => {
+                    out.push(prefix);
+                    return;
+                }
+            }
+        }
+    }
+    let s = text.as_bytes();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < s.len() {
+        let rest = &text[at..];
+        let Some(found) = rest
+            .find("crate::")
+            .into_iter()
+            .chain(rest.find("super::"))
+            .min()
+        else {
+            break;
+        };
+        let mut i = at + found;
+        // Part of a longer word (`my_crate::`)?
+        if i > 0 && (s[i - 1].is_ascii_alphanumeric() || s[i - 1] == b'_') {
+            at = i + 1;
+            continue;
+        }
+        let base = if s[i..].starts_with(b"crate::") {
+            i += "crate::".len();
+            Vec::new()
+        } else {
+            let mut up = 0;
+            while s[i..].starts_with(b"super::") {
+                i += "super::".len();
+                up += 1;
+            }
+            module[..module.len().saturating_sub(up)].to_vec()
+        };
+        parse(s, &mut i, base, &mut out);
+        at = i.max(at + 1);
+    }
+    out
+}
+
+#[test]
+fn source_files_form_a_dag() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    let modules: BTreeSet<Vec<String>> = all.iter().map(|f| module_path(&src, f)).collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &all {
+        let from = module_path(&src, f);
+        let text = code_of(&std::fs::read_to_string(f).expect("read"));
+        let entry = graph.entry(from.join("::")).or_default();
+        for path in paths_in(&text, &from) {
+            let target = (1..=path.len())
+                .rev()
+                .map(|n| &path[..n])
+                .find(|p| modules.contains(*p));
+            if let Some(to) = target.filter(|to| *to != from.as_slice()) {
+                entry.insert(to.join("::"));
+            }
+        }
+    }
+    assert!(graph.len() > 100, "files found: {}", graph.len());
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("file import cycle: {}", cycle.join(" -> "));
+    }
+}
+
+#[test]
+fn inference_and_model_know_no_http() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for dir in ["inference", "model"] {
+        let mut all = Vec::new();
+        files(&root.join(dir), &mut all);
+        for f in all {
+            let text = std::fs::read_to_string(&f).expect("read");
+            for http in ["axum::", "hyper::", "http::", "tonic::", "StatusCode"] {
+                assert!(
+                    !text.contains(http),
+                    "{} uses {http}: HTTP belongs to server/",
+                    f.display()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn families_are_written_on_the_seam_not_on_a_backend() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/model/families");
@@ -154,6 +314,24 @@ fn the_checker_finds_cycles() {
     assert_eq!(
         find_cycle(&g),
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    let module = vec!["jobs".to_string(), "blob".to_string()];
+    assert_eq!(
+        paths_in(
+            "use super::{lease::Fence, durable}; use crate::model::{Model, cpu::X};",
+            &module
+        ),
+        vec![
+            vec!["jobs", "lease", "Fence"],
+            vec!["jobs", "durable"],
+            vec!["jobs"],
+            vec!["model", "Model"],
+            vec!["model", "cpu", "X"],
+            vec!["model"],
+        ]
+        .into_iter()
+        .map(|p| p.into_iter().map(String::from).collect::<Vec<_>>())
+        .collect::<Vec<_>>()
     );
     assert_eq!(
         references("use crate::model::x; // crate::jobs"),

@@ -4,9 +4,8 @@
 //! model's activation buffers are reserved for it (halving on out-of-memory).
 
 use super::queue::Queue;
-use super::worker::is_out_of_memory;
 use crate::model::cuda::host::memory::{cap_tokens, TokenCap};
-use crate::model::Model;
+use crate::model::{Model, ModelError};
 
 /// What the check found (logged, and reported in the worker's loaded summary).
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +54,7 @@ pub fn apply(model: &dyn Model, queue: &Queue, floor: usize) -> Option<MemoryCap
     loop {
         match model.reserve_tokens(tokens) {
             Ok(()) => break,
-            Err(e) if is_out_of_memory(&e) && (tokens / 2).max(floor) < tokens => {
+            Err(ModelError::OutOfMemory(e)) if (tokens / 2).max(floor) < tokens => {
                 tokens = (tokens / 2).max(floor);
                 tracing::warn!(error = %e, tokens, "reserving activation buffers ran out of memory: halving the budget");
             }

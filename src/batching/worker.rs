@@ -203,14 +203,6 @@ struct Worker<'a> {
     cfg: &'a WorkerConfig,
 }
 
-/// Whether an error is the device running out of memory (worth retrying smaller): the CUDA
-/// driver's `CUDA_ERROR_OUT_OF_MEMORY` (through candle or the fused backend) and cuBLAS /
-/// cuBLASLt's `CUBLAS_STATUS_ALLOC_FAILED`.
-pub(crate) fn is_out_of_memory(e: &ModelError) -> bool {
-    let m = e.to_string().to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("out_of_memory") || m.contains("alloc_failed")
-}
-
 impl Worker<'_> {
     /// Computes one device batch and answers its inputs. A batch of job lines only may be
     /// preempted at yield points inside each layer: online inputs that arrive meanwhile run
@@ -320,12 +312,13 @@ impl Worker<'_> {
                 let e = format!("{} outputs for {} inputs", outputs.len(), entries.len());
                 vec![Err(InferError::Backend(e)); entries.len()]
             }
-            Err(e) if is_out_of_memory(&e) && entries.len() > 1 => {
+            Err(ModelError::OutOfMemory(e)) if entries.len() > 1 => {
                 self.metrics
                     .device_batch_failures
                     .with_label_values(&["out_of_memory"])
                     .inc();
                 tracing::warn!(
+                    error = %e,
                     inputs = entries.len(),
                     tokens = packed.tokens(),
                     "device out of memory: splitting the batch and retrying"
@@ -351,22 +344,6 @@ impl Worker<'_> {
 mod tests {
     use super::*;
     use crate::model::{Pooling, Task};
-
-    #[test]
-    fn cuda_out_of_memory_errors_are_recognised() {
-        for text in [
-            // cudarc's DriverError through the fused backend / candle.
-            "CUDA driver: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
-            "allocating an activation buffer: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
-            // cuBLASLt through the fused backend's GEMM.
-            "cuBLASLt: CublasError(CUBLAS_STATUS_ALLOC_FAILED)",
-        ] {
-            assert!(is_out_of_memory(&ModelError::Device(text.into())), "{text}");
-        }
-        assert!(!is_out_of_memory(&ModelError::Device(
-            "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access\")".into()
-        )));
-    }
 
     #[test]
     fn liveness_fails_when_the_worker_exits_or_wedges() {
@@ -437,9 +414,7 @@ mod tests {
             _at_yield: &mut dyn FnMut(),
         ) -> Result<Vec<Output>, ModelError> {
             if batch.len() > self.max {
-                return Err(ModelError::Device(
-                    "CUDA_ERROR_OUT_OF_MEMORY: out of memory".into(),
-                ));
+                return Err(ModelError::OutOfMemory("the batch is too large".into()));
             }
             Ok((0..batch.len())
                 .map(|i| Output {

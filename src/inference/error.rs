@@ -1,8 +1,8 @@
 //! One error type for every caller of the inference API, rendered in the caller's dialect:
 //! OpenAI's `{"error":{"message","type","param","code"}}` (HTTP routes and job output lines) or
-//! TEI's `{"error","error_type"}`. The HTTP response itself is the server's business.
+//! TEI's `{"error","error_type"}`. The HTTP response itself is the server's business: this
+//! module names the status by its number only, for the server, gRPC and job output lines.
 
-use axum::http::StatusCode;
 use serde_json::json;
 
 use crate::batching::InferError;
@@ -92,19 +92,20 @@ impl ApiError {
         self
     }
 
-    pub fn status(&self) -> StatusCode {
+    /// The HTTP status number of this error (also a job output line's `status_code`).
+    pub fn status(&self) -> u16 {
         match self.kind {
-            ErrorKind::BadRequest | ErrorKind::Empty => StatusCode::BAD_REQUEST,
-            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorKind::Validation => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Backend => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorKind::WrongModel => StatusCode::FAILED_DEPENDENCY,
+            ErrorKind::BadRequest | ErrorKind::Empty => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::NotFound => 404,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::Timeout => 408,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::Validation => 422,
+            ErrorKind::Overloaded => 429,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Backend => 500,
+            ErrorKind::WrongModel => 424,
         }
     }
 

@@ -243,7 +243,7 @@ async fn process_one(
         ),
         Err(e) if is_interruption(&e) => (LineOutcome::Interrupted, Duration::ZERO),
         Err(e) => {
-            let status = e.status().as_u16();
+            let status = e.status();
             let body = error_body(e);
             (
                 LineOutcome::Failed(

@@ -13,7 +13,8 @@
 //! holder's name), `segment` (plans, chunk commits), `lines` (reading and processing job
 //! lines), `drive` (one range of input through the inference API into a sink), `schedule`
 //! (which segment next), `coordinator` (validation, expiry, assembly, fleet gauges), `assemble`,
-//! `runner` (the server's loops and lease heartbeats) and `offline` (`spotinfer batch`).
+//! `runner` (the server's loops and lease heartbeats), `offline` (`spotinfer batch` on a local
+//! output) and `fleet` (`spotinfer batch` on object URLs, as one job in the store).
 
 pub(crate) mod assemble;
 pub(crate) mod blob;
@@ -31,6 +32,16 @@ pub(crate) mod schedule;
 pub(crate) mod segment;
 pub(crate) mod store;
 pub(crate) mod types;
+
+/// `spotinfer batch`: a job in the store when `--output` is an object URL (every process given
+/// the same command joins it), else a local run with its checkpoint beside `--output`.
+pub async fn batch(args: crate::config::BatchArgs) -> anyhow::Result<offline::Outcome> {
+    if fleet::is_fleet(&args) {
+        fleet::run(args).await
+    } else {
+        offline::run(args).await
+    }
+}
 
 pub use durable::StoreError;
 pub use runner::{JobRunner, RunnerConfig};

@@ -291,10 +291,8 @@ pub(crate) async fn start_model(
     .await
 }
 
+/// `spotinfer batch` on a local output file, with its checkpoint beside it.
 pub async fn run(args: BatchArgs) -> anyhow::Result<Outcome> {
-    if super::fleet::is_fleet(&args) {
-        return super::fleet::run(args).await;
-    }
     let started = Instant::now();
     let json = args.model.json_output;
     let ckpt = checkpoint_path(&args.output);

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod error;
 pub mod families;
 pub mod heads;
 pub mod layers;
@@ -30,6 +31,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 
 pub use batch::PackedBatch;
+pub use error::ModelError;
 pub use output::{Output, Want};
 pub use pooling::Pooling;
 pub use registry::{Architecture, Family, Task};
@@ -41,37 +43,6 @@ use families::Backbone;
 use heads::{BgeM3, Dense, Heads};
 use layers::Backend;
 use weights::Weights;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("{file} is missing: {hint}")]
-    Missing { file: String, hint: String },
-    #[error("{file} is not valid: {reason}")]
-    Corrupt { file: String, reason: String },
-    #[error("cannot read {file}: {source}")]
-    Io {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Hugging Face Hub: {0}")]
-    Hub(String),
-    #[error("unsupported model: {0}")]
-    Unsupported(String),
-    #[error("device: {0}")]
-    Device(String),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
-}
-
-impl ModelError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        ModelError::Io {
-            file: path.display().to_string(),
-            source,
-        }
-    }
-}
 
 /// What a loaded model is, for the queue, /info and logs.
 #[derive(Debug, Clone)]
@@ -354,9 +325,7 @@ fn probe(m: &dyn Model) -> Result<(), ModelError> {
     batch.push(&vec![0; longest], &[]);
     let out = m.run(&batch, &[want, want], &mut || {})?;
     if out.iter().any(Output::has_non_finite) {
-        return Err(ModelError::Device(
-            "the probe batch gave non-finite outputs".into(),
-        ));
+        return Err(ModelError::NonFinite("the probe batch".into()));
     }
     Ok(())
 }

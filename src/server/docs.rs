@@ -2,17 +2,25 @@
 //! document. The page is one HTML file compiled into the binary: nothing is fetched from
 //! anywhere but this server, at build time or at run time.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 const PAGE: &str = include_str!("assets/docs.html");
 
-pub async fn openapi_json() -> Response {
-    static DOC: OnceLock<String> = OnceLock::new();
-    let doc = DOC.get_or_init(|| super::openapi::document().to_string());
-    ([(header::CONTENT_TYPE, "application/json")], doc.as_str()).into_response()
+/// The OpenAPI document, rendered once by the router from the route table (`openapi.rs`) and
+/// handed to the handler, so this module needs nothing of the table.
+#[derive(Clone)]
+pub struct ApiDocument(pub Arc<str>);
+
+pub async fn openapi_json(Extension(doc): Extension<ApiDocument>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.0.to_string(),
+    )
+        .into_response()
 }
 
 pub async fn page() -> Response {

@@ -1,14 +1,15 @@
 //! HTTP responses for the inference API's errors: status, dialect body, `Retry-After`,
 //! `WWW-Authenticate`, and the reason the metrics middleware counts.
 
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 pub use crate::inference::error::{ApiError, ErrorKind, Flavor};
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = match self.flavor {
             Flavor::Tei => self.tei_body(),
             Flavor::OpenAi => self.openai_body(),

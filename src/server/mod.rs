@@ -104,7 +104,10 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             state.cfg.body_read_timeout,
         ))
-        .layer(axum::middleware::from_fn(middleware::close_if_body_unread));
+        .layer(axum::middleware::from_fn(middleware::close_if_body_unread))
+        .layer(axum::Extension(docs::ApiDocument(Arc::from(
+            openapi::document().to_string(),
+        ))));
     // Outermost, so a browser's preflight is answered before the API key is asked for.
     let app = match cors(&state.cfg.cors_allow_origin) {
         Some(layer) => app.layer(layer),

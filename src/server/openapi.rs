@@ -9,16 +9,6 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::routes::{Access, ROUTES};
 
-/// The input forms TEI routes take (`inputs`; `input` on OpenAI's route).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub enum Inputs {
-    Text(String),
-    Texts(Vec<String>),
-    Ids(Vec<u32>),
-    IdsBatch(Vec<Vec<u32>>),
-}
-
 /// TEI's error body.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -49,7 +39,7 @@ pub struct OpenAiError {
 
 #[derive(OpenApi)]
 #[openapi(components(schemas(
-    Inputs,
+    super::tei::Inputs,
     TeiError,
     OpenAiError,
     OpenAiErrorDetail,

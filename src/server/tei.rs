@@ -28,6 +28,16 @@ use crate::model::{Task, Want};
 use crate::priority::Priority;
 use crate::tokenize::Input;
 
+/// The input forms TEI routes take (`inputs`; `input` on OpenAI's route).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum Inputs {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdsBatch(Vec<Vec<u32>>),
+}
+
 #[derive(Deserialize, Clone, Copy, Default, utoipa::ToSchema)]
 pub(crate) enum DirectionField {
     #[default]
@@ -98,7 +108,7 @@ impl IntoResponse for Answer {
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct EmbedBody {
     #[serde(default)]
-    #[schema(value_type = super::openapi::Inputs)]
+    #[schema(value_type = Inputs)]
     inputs: Value,
     #[serde(default = "default_true")]
     normalize: bool,
@@ -169,7 +179,7 @@ pub(super) async fn embed_value(state: &AppState, body: Value) -> Result<Answer,
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct InputsBody {
     #[serde(default)]
-    #[schema(value_type = super::openapi::Inputs)]
+    #[schema(value_type = Inputs)]
     inputs: Value,
     #[serde(flatten)]
     text: Text,
@@ -241,7 +251,7 @@ pub(super) async fn embed_sparse_value(state: &AppState, body: Value) -> Result<
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct MultiBody {
     #[serde(default)]
-    #[schema(value_type = super::openapi::Inputs)]
+    #[schema(value_type = Inputs)]
     inputs: Value,
     /// Also return the dense (normalised CLS) and sparse outputs of the same forward pass.
     #[serde(default)]
@@ -491,7 +501,7 @@ pub async fn rerank_cohere(
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct PredictBody {
     #[serde(default)]
-    #[schema(value_type = super::openapi::Inputs)]
+    #[schema(value_type = Inputs)]
     inputs: Value,
     #[serde(default)]
     raw_scores: bool,
@@ -648,7 +658,7 @@ fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct TokenizeBody {
     #[serde(default)]
-    #[schema(value_type = super::openapi::Inputs)]
+    #[schema(value_type = Inputs)]
     inputs: Value,
     #[serde(default = "default_true")]
     add_special_tokens: bool,
@@ -696,7 +706,7 @@ pub async fn tokenize(
 pub(crate) struct DecodeBody {
     /// Token ids, or a list of them.
     #[serde(default)]
-    #[schema(value_type = super::openapi::Inputs)]
+    #[schema(value_type = Inputs)]
     ids: Value,
     #[serde(default = "default_true")]
     skip_special_tokens: bool,

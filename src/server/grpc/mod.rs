@@ -131,7 +131,7 @@ fn reject(state: &AppState, route: &str, started: Instant, e: ApiError) -> Statu
         .inc();
     state
         .metrics
-        .observe_request(route, e.status().as_u16(), started.elapsed().as_secs_f64());
+        .observe_request(route, e.status(), started.elapsed().as_secs_f64());
     status::status_of(&e)
 }
 

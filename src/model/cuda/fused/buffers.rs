@@ -18,7 +18,11 @@ pub struct DevicePool<E> {
 }
 
 fn driver(e: DriverError) -> ModelError {
-    ModelError::Device(format!("allocating an activation buffer: {e}"))
+    if crate::model::error::cuda::driver_out_of_memory(&e) {
+        ModelError::OutOfMemory(format!("allocating an activation buffer: {e}"))
+    } else {
+        ModelError::Device(format!("allocating an activation buffer: {e}"))
+    }
 }
 
 impl<E: DeviceRepr> DevicePool<E> {

@@ -148,14 +148,24 @@ pub struct FusedBias {
 }
 
 pub(crate) fn kernel_error(e: CudaKernelError) -> ModelError {
+    use crate::model::error::cuda::{blas_out_of_memory, driver_out_of_memory};
     match e {
         CudaKernelError::Unsupported { .. } => ModelError::Unsupported(e.to_string()),
+        CudaKernelError::Driver(d) => driver_error(d),
+        CudaKernelError::Blas(ref b) if blas_out_of_memory(b) => {
+            ModelError::OutOfMemory(e.to_string())
+        }
+        CudaKernelError::Candle(c) => ModelError::from(c),
         other => ModelError::Device(other.to_string()),
     }
 }
 
 fn driver_error(e: candle_core::cuda_backend::cudarc::driver::DriverError) -> ModelError {
-    ModelError::Device(format!("CUDA driver: {e}"))
+    if crate::model::error::cuda::driver_out_of_memory(&e) {
+        ModelError::OutOfMemory(format!("CUDA driver: {e}"))
+    } else {
+        ModelError::Device(format!("CUDA driver: {e}"))
+    }
 }
 
 fn lock<M>(m: &Mutex<M>) -> MutexGuard<'_, M> {
