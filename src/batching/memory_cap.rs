@@ -37,7 +37,7 @@ pub fn apply(model: &dyn Model, queue: &Queue, floor: usize) -> Option<MemoryCap
         capped = cap.effective,
         fit_tokens = cap.fit,
         activation_bytes_per_token = per_token,
-        measured = mem.bytes_per_token.is_some(),
+        measured = mem.measured,
         free_mib = mib(mem.free_bytes),
         total_mib = mib(mem.total_bytes),
         budget_mib = mib(cap.budget_bytes),
@@ -77,6 +77,6 @@ pub fn apply(model: &dyn Model, queue: &Queue, floor: usize) -> Option<MemoryCap
         effective: tokens,
         free_bytes: mem.free_bytes,
         total_bytes: mem.total_bytes,
-        measured: mem.bytes_per_token.is_some(),
+        measured: mem.measured,
     })
 }

@@ -12,9 +12,11 @@ pub struct DeviceMemory {
     /// Device memory the backend already holds for activations and reuses (the fused
     /// backend's buffer pool): available to the budget too.
     pub reusable_bytes: u64,
-    /// Activation bytes per batch token as the backend measured them; `None`: the model
-    /// estimates them from its shape.
+    /// Activation bytes per batch token: as the backend measured them, or (`None` from the
+    /// backend) as the model estimates them from its shape.
     pub bytes_per_token: Option<u64>,
+    /// Whether `bytes_per_token` was measured by the backend rather than estimated.
+    pub measured: bool,
 }
 
 /// Where to run: `Auto` is the first CUDA device when this binary was built with `cuda` and

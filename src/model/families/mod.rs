@@ -289,15 +289,3 @@ pub(crate) fn field<T: serde::de::DeserializeOwned>(
         .find_map(|n| cfg.get(n).cloned())
         .and_then(|v| serde_json::from_value(v).ok())
 }
-
-/// Like [`field`], an error naming the first key when none is present.
-#[allow(dead_code)] // used by the families that land next
-pub(crate) fn required<T: serde::de::DeserializeOwned>(
-    cfg: &serde_json::Value,
-    names: &[&str],
-) -> Result<T, ModelError> {
-    field(cfg, names).ok_or_else(|| ModelError::Corrupt {
-        file: "config.json".into(),
-        reason: format!("`{}` is missing or not a valid value", names[0]),
-    })
-}

@@ -412,6 +412,7 @@ impl Backend for Reference {
                 total_bytes: total as u64,
                 reusable_bytes: 0,
                 bytes_per_token: None,
+                measured: false,
             });
         }
         None

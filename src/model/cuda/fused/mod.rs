@@ -421,6 +421,7 @@ impl<T: KernelFloat> Backend for Fused<T> {
             total_bytes: total as u64,
             reusable_bytes: pools.iter().map(|p| p.1).sum(),
             bytes_per_token: Some(pools.iter().map(|p| p.0).sum::<u64>().max(1)),
+            measured: true,
         })
     }
 
