@@ -451,6 +451,7 @@ mod tests {
             pooling: Some(Pooling::Cls),
             labels: vec![],
             available: Want::POOLED,
+            rerank_template: crate::model::template::RerankTemplate::Pair,
         };
         let (_health, rx) = spawn(
             Box::new(move || Ok(Box::new(Picky { max: 1, summary }) as Box<dyn Model>)),

@@ -27,6 +27,7 @@ use self::error::{ApiError, ErrorKind};
 use crate::batching::{Admission, AdmissionGuard, InferError, Queue, WorkerHealth};
 use crate::metrics::Metrics;
 use crate::model::pooling::finish_embedding;
+use crate::model::template::{self, RerankTemplate};
 use crate::model::{Output, Task, Want};
 use crate::priority::Priority;
 use crate::tokenize::{EncodeOptions, Input, TokenInfo, TokenizerPool};
@@ -60,8 +61,9 @@ pub struct ModelInfo {
     pub normalize_default: bool,
     /// Classifier labels in logit order.
     pub labels: Vec<String>,
-    /// A causal LM serving as a reranker (Qwen3-Reranker): texts go through its prompt.
-    pub lm_reranker: bool,
+    /// How the reranker takes its pairs (a causal LM reranker's texts go through its prompt).
+    #[serde(skip)]
+    pub rerank_template: RerankTemplate,
     #[serde(skip)]
     pub available: Want,
 }
@@ -557,16 +559,22 @@ impl Inference {
         if query.is_empty() {
             return Err(ApiError::new(ErrorKind::Empty, "`query` is empty").param("query"));
         }
-        let inputs = if self.info.lm_reranker {
-            texts
+        let inputs = match self.info.rerank_template {
+            RerankTemplate::YesNoPrompt => texts
                 .into_iter()
-                .map(|t| qwen3_reranker_prompt(instruction, query, &t))
-                .collect()
-        } else {
-            texts
+                .map(|t| {
+                    let p = template::yes_no_prompt(instruction, query, &t);
+                    Input::Prompted {
+                        prefix: p.prefix,
+                        body: p.body,
+                        suffix: p.suffix,
+                    }
+                })
+                .collect(),
+            RerankTemplate::Pair => texts
                 .into_iter()
                 .map(|t| Input::Pair(query.to_string(), t))
-                .collect()
+                .collect(),
         };
         let (outputs, timings) = self
             .compute(inputs, self.encode_options(&text), Want::SCORES, priority)
@@ -675,24 +683,6 @@ impl Inference {
                     .collect::<Result<Vec<_>, _>>()
             })
             .await?)
-    }
-}
-
-/// Qwen3-Reranker's documented prompt: a system line asking for "yes" or "no", the
-/// instruction, query and document, then the assistant's empty thinking block, so the next
-/// token is the answer whose logits score the pair.
-fn qwen3_reranker_prompt(instruction: Option<&str>, query: &str, doc: &str) -> Input {
-    const PREFIX: &str = "<|im_start|>system\nJudge whether the Document meets the requirements \
-        based on the Query and the Instruct provided. Note that the answer can only be \"yes\" \
-        or \"no\".<|im_end|>\n<|im_start|>user\n";
-    const SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
-    const DEFAULT_INSTRUCTION: &str =
-        "Given a web search query, retrieve relevant passages that answer the query";
-    let instruction = instruction.unwrap_or(DEFAULT_INSTRUCTION);
-    Input::Prompted {
-        prefix: PREFIX.to_string(),
-        body: format!("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"),
-        suffix: SUFFIX.to_string(),
     }
 }
 

@@ -233,7 +233,7 @@ pub async fn start(
         default_prompt,
         normalize_default: st.normalize,
         labels: summary.labels.clone(),
-        lm_reranker: summary.task == Task::Rerank && summary.architecture.ends_with("ForCausalLM"),
+        rerank_template: summary.rerank_template,
         available: summary.available,
     };
     tracing::info!(

@@ -24,6 +24,7 @@ pub mod reference;
 pub mod registry;
 pub mod resolve;
 pub mod st_config;
+pub mod template;
 pub mod weights;
 
 use std::path::Path;
@@ -66,6 +67,8 @@ pub struct ModelSummary {
     pub labels: Vec<String>,
     /// The outputs inputs may ask for.
     pub available: Want,
+    /// How a reranker takes its pairs (`Pair` for every other task).
+    pub rerank_template: template::RerankTemplate,
 }
 
 /// A loaded model: the device worker's one handle on it.
@@ -412,6 +415,11 @@ fn load_on<B: Backend>(
             .map(|c| c.labels.clone())
             .unwrap_or_default(),
         available: heads.available(),
+        rerank_template: if task == Task::Rerank && arch.head == registry::Head::CausalLm {
+            template::RerankTemplate::YesNoPrompt
+        } else {
+            template::RerankTemplate::Pair
+        },
     };
     let shape = cuda::host::memory::Shape {
         hidden: f.hidden,
