@@ -104,6 +104,7 @@ pub struct Metrics {
     pub job_lines_total: IntCounterVec,
     pub job_checkpoints_total: IntCounter,
     pub job_segments_lost_total: IntCounter,
+    pub job_store_scans_total: IntCounter,
     pub job_backlog_lines: IntGauge,
     pub job_device_seconds_total: Counter,
     pub job_cost_dollars_total: Counter,
@@ -350,6 +351,14 @@ impl Metrics {
                 IntCounter::new(
                     "inference_batch_segments_lost_total",
                     "Batch-job segments this replica stopped because another replica had taken them over (this one stalled past its lease); their chunks are committed once either way.",
+                )
+                .expect(e),
+            ),
+            job_store_scans_total: reg(
+                &r,
+                IntCounter::new(
+                    "inference_batch_store_scans_total",
+                    "Passes this replica made over the job store's unfinished jobs (validation, expiry, assembly, the backlog gauge); it grows every --batch-backlog-interval while the store answers.",
                 )
                 .expect(e),
             ),

@@ -121,6 +121,16 @@ fn gauge(server: &Server, name: &str) -> Option<f64> {
     metric_value(&text, name)
 }
 
+/// Waits until `server` has passed over the job store `n` more times: every job it could see
+/// has had its chance to move.
+fn wait_scans(server: &Server, n: f64) {
+    let scans = || gauge(server, "inference_batch_store_scans_total").unwrap_or(0.0);
+    let from = scans();
+    wait_until("passes over the job store", Duration::from_secs(30), || {
+        scans() >= from + n
+    });
+}
+
 fn lines_run(server: &Server) -> f64 {
     gauge(server, "inference_batch_lines_total{outcome=\"succeeded\"}").unwrap_or(0.0)
 }
@@ -460,7 +470,7 @@ fn jobs_wait_on_an_intake_replica_until_a_worker_starts_and_cancel_stops_every_s
     wait_until("the backlog gauge", Duration::from_secs(5), || {
         gauge(&intake, "inference_batch_backlog_lines") == Some(n as f64)
     });
-    std::thread::sleep(REFRESH * 3);
+    wait_scans(&intake, 3.0);
     assert_eq!(progress(&job(&intake, &first)).1, 0, "no model, no lines");
 
     // Two workers come up: the first job runs on both; a second one, sharing the fleet with
@@ -479,7 +489,9 @@ fn jobs_wait_on_an_intake_replica_until_a_worker_starts_and_cancel_stops_every_s
     let cancelled = job(&intake, &second);
     let kept = cancelled["request_counts"]["completed"].as_u64().unwrap();
     assert!(kept < n as u64, "{cancelled}");
-    std::thread::sleep(REFRESH * 3);
+    for r in [&intake, &a, &b] {
+        wait_scans(r, 3.0);
+    }
     assert_eq!(
         job(&intake, &second),
         cancelled,

@@ -106,6 +106,7 @@ impl Coordinator<'_> {
             }
             self.publish_statuses(&statuses).await;
         }
+        self.metrics.job_store_scans_total.inc();
         Ok(tick)
     }
 

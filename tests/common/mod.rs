@@ -379,6 +379,23 @@ impl Server {
         (status, r.json().unwrap_or(serde_json::Value::Null))
     }
 
+    /// Waits until the metric series satisfies `ok` (polled); panics with the last value after
+    /// `timeout`.
+    pub fn wait_metric(&self, series: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = metric_value(&self.metrics_text(), series);
+            if let Some(v) = v.filter(|v| ok(*v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} never reached the expected value in {timeout:?} (last: {v:?})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn metrics_text(&self) -> String {
         blocking_client()
             .get(format!("{}/metrics", self.metrics_base))
