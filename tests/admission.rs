@@ -7,27 +7,10 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-/// Scrapes /metrics until `series` satisfies `ok`; panics with the last scrape after `within`.
-fn wait_metric(server: &Server, series: &str, ok: impl Fn(f64) -> bool, within: Duration) -> f64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let text = server.metrics_text();
-        let v = metric_value(&text, series);
-        if let Some(v) = v.filter(|v| ok(*v)) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} is {v:?} after {within:?}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn metric(server: &Server, series: &str) -> f64 {
     let text = server.metrics_text();
@@ -69,18 +52,14 @@ fn inputs_of_vanished_clients_never_reach_the_device_and_free_their_slots() {
         })
         .collect();
     // Every input is queued (TEI counts inputs as they are submitted), then all clients go.
-    wait_metric(
-        &server,
-        "te_embed_count",
-        |v| v >= sent as f64,
-        Duration::from_secs(60),
-    );
+    server.wait_metric("te_embed_count", Duration::from_secs(60), |v| {
+        v >= sent as f64
+    });
     drop(sockets);
-    wait_metric(
-        &server,
+    server.wait_metric(
         "inference_requests_inflight",
-        |v| v == 0.0,
         Duration::from_secs(30),
+        |v| v == 0.0,
     );
     // Their inputs may still hold every slot; a live request is admitted all the same.
     let (status, body) = server.post_json("/embed", json!({"inputs": "a live client"}));
@@ -90,7 +69,7 @@ fn inputs_of_vanished_clients_never_reach_the_device_and_free_their_slots() {
         "inference_queue_depth",
         "te_queue_size",
     ] {
-        wait_metric(&server, series, |v| v == 0.0, Duration::from_secs(30));
+        server.wait_metric(series, Duration::from_secs(30), |v| v == 0.0);
     }
     let abandoned = metric(&server, "inference_queue_abandoned_total");
     let on_device = metric(&server, "inference_batch_size_sum");
@@ -201,12 +180,9 @@ fn tokenize_and_decode_are_admitted_and_capped() {
     let (status, body) = server.post_json("/decode", json!({"ids": [[5], [6]]}));
     assert_eq!(status, 429, "two sequences are two inputs: {body}");
     // Every slot came back.
-    wait_metric(
-        &server,
-        "inference_admitted_inputs",
-        |v| v == 0.0,
-        Duration::from_secs(30),
-    );
+    server.wait_metric("inference_admitted_inputs", Duration::from_secs(30), |v| {
+        v == 0.0
+    });
 }
 
 #[test]
@@ -255,6 +231,6 @@ fn a_burst_whose_tail_times_out_leaves_the_queue_gauges_at_zero() {
         "te_queue_size",
         "inference_admitted_inputs",
     ] {
-        wait_metric(&server, series, |v| v == 0.0, Duration::from_secs(30));
+        server.wait_metric(series, Duration::from_secs(30), |v| v == 0.0);
     }
 }
