@@ -25,6 +25,7 @@ pub(crate) mod durable;
 pub(crate) mod fleet;
 pub(crate) mod identity;
 pub(crate) mod lease;
+pub(crate) mod legacy;
 pub(crate) mod lines;
 pub mod offline;
 pub(crate) mod runner;

@@ -152,7 +152,23 @@ impl JobRunner {
     /// The coordinator loop, on every replica; ends once stopped.
     pub async fn run_coordinator(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
+        let mut adopted = false;
         while !*stop.borrow() {
+            if !adopted {
+                // Once per start: jobs an older release left in this state folder.
+                let (seg, chunk) = (self.cfg.segment_lines, self.cfg.chunk_lines as u64);
+                match super::legacy::adopt_jobs(&self.store, seg, chunk).await {
+                    Ok(n) => {
+                        adopted = true;
+                        if n > 0 {
+                            tracing::info!(jobs = n, "batch jobs of an older release adopted");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "adopting older batch jobs failed; retrying at the next tick")
+                    }
+                }
+            }
             let tick = Coordinator {
                 store: &self.store,
                 me: &self.cfg.replica,

@@ -192,9 +192,10 @@ impl JobStore {
         Ok(self.file_record(id).await?.file)
     }
 
-    /// The key of a file's bytes.
+    /// The key of a file's bytes (an older release's record names a path: see `legacy`).
     pub async fn file_key(&self, id: &str) -> Result<String, StoreError> {
-        Ok(self.file_record(id).await?.data)
+        let data = self.file_record(id).await?.data;
+        Ok(super::legacy::data_key(self.blobs.location(), &data))
     }
 
     pub async fn list_files(&self) -> Result<Vec<FileObject>, StoreError> {
@@ -320,6 +321,28 @@ impl JobStore {
         if self.blobs.create(&state_key(id, 1), json(batch)?).await? == Created::Mine {
             // The job shows up in ticks once indexed; its state is already readable.
             self.blobs.put(&format!("active/{id}"), Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a job has state under this layout (an older release's job has none yet).
+    pub async fn has_state(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(!self
+            .blobs
+            .list(&format!("batches/{id}/state"))
+            .await?
+            .is_empty())
+    }
+
+    /// Stores a job carried over from an older release (`legacy`): like a new one, indexed as
+    /// final when it already ended.
+    pub async fn adopt(&self, batch: &BatchObject, spec: &JobSpec) -> Result<(), StoreError> {
+        self.insert(batch, spec).await?;
+        if !batch.status.is_active() {
+            let id = &batch.id;
+            let key = format!("final/{}/{:012}-{id}", batch.status.as_str(), unix_now());
+            self.blobs.put(&key, Vec::new()).await?;
+            self.blobs.delete(&format!("active/{id}")).await?;
         }
         Ok(())
     }
