@@ -950,3 +950,96 @@ fn spotinfer_batch_processes_share_one_job_on_s3_through_a_kill() {
         text.into_bytes()
     );
 }
+
+/// A state folder written by a release before the object-store layout (a job was
+/// `batches/<id>/batch.json`, a file record named its bytes by absolute path): the new server
+/// serves the finished job's output as it was and runs the unfinished one to completion.
+#[test]
+fn an_older_releases_state_folder_is_adopted_at_start() {
+    let dir = temp_dir("legacy");
+    let state = dir.join("state");
+    let n = 40;
+    let texts = texts(n);
+    let root = state.to_str().unwrap();
+    let record = |id: &str, purpose: &str, data: String, bytes: usize| {
+        json!({"file": {"id": id, "object": "file", "bytes": bytes, "created_at": 1,
+                        "filename": "in.jsonl", "purpose": purpose, "status": "processed"},
+               "data": data})
+    };
+    let write = |rel: &str, body: &[u8]| {
+        let p = state.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    };
+    let input = jsonl(&texts);
+    write("files/file-oldinput.jsonl", input.as_bytes());
+    let rec = record(
+        "file-oldinput",
+        "batch",
+        format!("{root}/files/file-oldinput.jsonl"),
+        input.len(),
+    );
+    write("files/file-oldinput.json", rec.to_string().as_bytes());
+    let old_output = "{\"custom_id\":\"req-0\",\"response\":{\"status_code\":200}}\n";
+    write("batches/batch_olddone/output.jsonl", old_output.as_bytes());
+    let rec = record(
+        "file-oldoutput",
+        "batch_output",
+        format!("{root}/batches/batch_olddone/output.jsonl"),
+        old_output.len(),
+    );
+    write("files/file-oldoutput.json", rec.to_string().as_bytes());
+    let job = |id: &str, status: &str, output: Value| {
+        json!({"id": id, "object": "batch", "endpoint": "/v1/embeddings", "errors": null,
+               "input_file_id": "file-oldinput", "completion_window": "24h", "status": status,
+               "output_file_id": output, "error_file_id": null, "created_at": 1,
+               "in_progress_at": 2, "expires_at": null, "finalizing_at": null,
+               "completed_at": null, "failed_at": null, "expired_at": null,
+               "cancelling_at": null, "cancelled_at": null,
+               "request_counts": {"total": n, "completed": 7, "failed": 0}, "metadata": null})
+    };
+    let done = job("batch_olddone", "completed", json!("file-oldoutput"));
+    write(
+        "batches/batch_olddone/batch.json",
+        done.to_string().as_bytes(),
+    );
+    let running = job("batch_oldrunning", "in_progress", Value::Null);
+    write(
+        "batches/batch_oldrunning/batch.json",
+        running.to_string().as_bytes(),
+    );
+    // The old release's plan and a partial segment: ignored by the new layout.
+    write(
+        "batches/batch_oldrunning/segments.json",
+        b"{\"segments\": []}",
+    );
+    write(
+        "batches/batch_oldrunning/segments/00000/run-a.jsonl",
+        b"partial\n",
+    );
+
+    let server = Store::Dir(state.clone())
+        .server(Server::builder(&test_model_dir()))
+        .start();
+    server.wait_log("adopted", Duration::from_secs(60));
+    let (status, b) = server.get_json("/v1/batches/batch_olddone");
+    assert_eq!(
+        (status, b["status"].as_str()),
+        (200, Some("completed")),
+        "{b}"
+    );
+    let text = blocking_client()
+        .get(server.url("/v1/files/file-oldoutput/content"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(text, old_output, "the finished job's output, as it was");
+
+    let b = wait_completed(&server, "batch_oldrunning", Duration::from_secs(120));
+    assert_eq!(b["request_counts"]["completed"], n, "{b}");
+    let lines = file_lines(&server, b["output_file_id"].as_str().unwrap());
+    assert_in_order(&lines, n);
+    check_output(&lines, &want(&server, &texts));
+    let _ = std::fs::remove_dir_all(&dir);
+}
