@@ -3,7 +3,7 @@
 //! (plan `segments.json`, results under `segments/<n>/`) and recorded a file's bytes by the
 //! path they had on the writer's filesystem.
 //!
-//! - A file record's absolute path becomes its key in the store.
+//! - A file record's absolute path becomes its key in the store (`FileRecord::key`).
 //! - A finished job keeps its object and output files, now indexed as final.
 //! - An unfinished job starts over from validation under the new layout: its old partial
 //!   results were never delivered, so running every line again is still exactly once. A job
@@ -15,23 +15,6 @@
 use super::durable::{unix_now, StoreError};
 use super::store::{JobSpec, JobStore};
 use super::types::{valid_id, BatchObject, BatchStatus, RequestCounts};
-
-/// The store key of a file record's `data`: itself, or for an old record's absolute path, the
-/// part from the store's own `files/` or `batches/` folder on.
-pub fn data_key(location: &str, data: &str) -> String {
-    if !data.starts_with('/') {
-        return data.to_string();
-    }
-    if let Some(rest) = data.strip_prefix(&format!("{}/", location.trim_end_matches('/'))) {
-        return rest.to_string();
-    }
-    // The folder was mounted elsewhere when the record was written.
-    ["/files/", "/batches/"]
-        .iter()
-        .filter_map(|dir| data.rfind(dir))
-        .max()
-        .map_or_else(|| data.to_string(), |i| data[i + 1..].to_string())
-}
 
 /// Brings every old-layout job under the new layout; returns how many it adopted. A job
 /// another replica adopts at the same moment is adopted once (every write is create-only).
@@ -108,16 +91,6 @@ fn restart(mut b: BatchObject, now: u64) -> BatchObject {
 mod tests {
     use super::*;
     use crate::jobs::types::{FileObject, FileRecord};
-
-    #[test]
-    fn old_absolute_paths_become_keys() {
-        assert_eq!(data_key("/state", "files/f.jsonl"), "files/f.jsonl");
-        assert_eq!(data_key("/state/", "/state/files/f.jsonl"), "files/f.jsonl");
-        assert_eq!(
-            data_key("/mnt/new", "/var/lib/x/batches/batch_a/output.jsonl"),
-            "batches/batch_a/output.jsonl"
-        );
-    }
 
     fn put_json(store: &JobStore, key: &str, v: &impl serde::Serialize) {
         let b = serde_json::to_vec(v).unwrap();

@@ -192,10 +192,9 @@ impl JobStore {
         Ok(self.file_record(id).await?.file)
     }
 
-    /// The key of a file's bytes (an older release's record names a path: see `legacy`).
+    /// The key of a file's bytes (an older release's record names a path).
     pub async fn file_key(&self, id: &str) -> Result<String, StoreError> {
-        let data = self.file_record(id).await?.data;
-        Ok(super::legacy::data_key(self.blobs.location(), &data))
+        Ok(self.file_record(id).await?.key(self.blobs.location()))
     }
 
     pub async fn list_files(&self) -> Result<Vec<FileObject>, StoreError> {

@@ -28,6 +28,27 @@ pub struct FileRecord {
     pub data: String,
 }
 
+impl FileRecord {
+    /// The store key of the bytes: `data`, or for a record an older release wrote (an
+    /// absolute path on the writer's filesystem), the part from the store's own `files/` or
+    /// `batches/` folder on. `location` is the store's folder as given.
+    pub fn key(&self, location: &str) -> String {
+        let data = &self.data;
+        if !data.starts_with('/') {
+            return data.clone();
+        }
+        if let Some(rest) = data.strip_prefix(&format!("{}/", location.trim_end_matches('/'))) {
+            return rest.to_string();
+        }
+        // The folder was mounted elsewhere when the record was written.
+        ["/files/", "/batches/"]
+            .iter()
+            .filter_map(|dir| data.rfind(dir))
+            .max()
+            .map_or_else(|| data.clone(), |i| data[i + 1..].to_string())
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RequestCounts {
     pub total: u64,
@@ -131,6 +152,28 @@ pub fn valid_id(id: &str, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_releases_absolute_paths_become_keys() {
+        let rec = |data: &str| FileRecord {
+            file: FileObject {
+                id: "file-a".into(),
+                object: "file".into(),
+                bytes: 0,
+                created_at: 0,
+                filename: "a".into(),
+                purpose: "batch".into(),
+                status: "processed".into(),
+            },
+            data: data.into(),
+        };
+        assert_eq!(rec("files/f.jsonl").key("/state"), "files/f.jsonl");
+        assert_eq!(rec("/state/files/f.jsonl").key("/state/"), "files/f.jsonl");
+        assert_eq!(
+            rec("/var/lib/x/batches/batch_a/output.jsonl").key("/mnt/new"),
+            "batches/batch_a/output.jsonl"
+        );
+    }
 
     #[test]
     fn ids_are_checked_before_touching_the_filesystem() {
