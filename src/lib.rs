@@ -38,6 +38,7 @@ pub mod model;
 pub mod otel;
 pub mod plan;
 pub mod priority;
+pub(crate) mod protocol;
 pub mod selftest;
 pub mod serve;
 pub(crate) mod server;

@@ -1,9 +1,7 @@
-//! One error type for every caller of the inference API, rendered in the caller's dialect:
-//! OpenAI's `{"error":{"message","type","param","code"}}` (HTTP routes and job output lines) or
-//! TEI's `{"error","error_type"}`. The HTTP response itself is the server's business: this
-//! module names the status by its number only, for the server, gRPC and job output lines.
-
-use serde_json::json;
+//! One error type for every caller of the inference API: what went wrong (`ErrorKind`), the
+//! message, and which dialect the caller speaks. Rendering it is the caller's: the bodies are
+//! in `protocol::errors`, the HTTP response in `server::errors`; the status is named here by
+//! its number only, for the server, gRPC and job output lines.
 
 use crate::batching::InferError;
 use crate::tokenize::TokenizeError;
@@ -113,56 +111,6 @@ impl ApiError {
     pub fn retry_later(&self) -> bool {
         matches!(self.kind, ErrorKind::Overloaded | ErrorKind::Unavailable)
     }
-
-    /// TEI's body, `{"error","error_type"}`.
-    pub fn tei_body(&self) -> serde_json::Value {
-        json!({"error": self.message, "error_type": self.tei_type()})
-    }
-
-    fn tei_type(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::Empty => "Empty",
-            ErrorKind::Overloaded => "Overloaded",
-            ErrorKind::Unavailable => "Unhealthy",
-            ErrorKind::Backend | ErrorKind::WrongModel => "Backend",
-            ErrorKind::Unauthorized => "Unauthorized",
-            ErrorKind::TooLarge => "PayloadTooLarge",
-            _ => "Validation",
-        }
-    }
-
-    fn openai_type(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::Unauthorized => "authentication_error",
-            ErrorKind::Overloaded => "rate_limit_error",
-            ErrorKind::Unavailable | ErrorKind::Backend => "server_error",
-            ErrorKind::NotFound => "not_found_error",
-            _ => "invalid_request_error",
-        }
-    }
-
-    fn openai_code(&self) -> Option<&'static str> {
-        match self.kind {
-            ErrorKind::Unauthorized => Some("invalid_api_key"),
-            ErrorKind::Overloaded => Some("rate_limit_exceeded"),
-            ErrorKind::TooLarge => Some("payload_too_large"),
-            ErrorKind::Empty => Some("empty_input"),
-            ErrorKind::Unavailable => Some("service_unavailable"),
-            _ => None,
-        }
-    }
-}
-
-impl ApiError {
-    /// OpenAI's error body, `{"error":{"message","type","param","code"}}`.
-    pub fn openai_body(&self) -> serde_json::Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.openai_type(),
-            "param": self.param,
-            "code": self.openai_code(),
-        }})
-    }
 }
 
 impl From<TokenizeError> for ApiError {
@@ -205,9 +153,5 @@ mod tests {
         assert_eq!(ApiError::new(ErrorKind::TooLarge, "x").status(), 413);
         assert!(ApiError::new(ErrorKind::Unavailable, "x").retry_later());
         assert_eq!(ApiError::new(ErrorKind::WrongModel, "x").status(), 424);
-        assert_eq!(
-            ApiError::new(ErrorKind::Empty, "x").tei_body(),
-            json!({"error": "x", "error_type": "Empty"})
-        );
     }
 }

@@ -3,17 +3,16 @@
 //! only), tokenises (texts and pairs), submits to the queue with the outputs each input wants,
 //! and shapes the model's outputs (normalisation, Matryoshka, softmax / sigmoid, sorting).
 //!
-//! Callers speak their own dialect on top (`openai.rs` renders OpenAI's shapes for the HTTP
-//! route and for job output lines alike); nothing here knows HTTP beyond status codes.
+//! Callers speak their own dialect on top (`protocol/` renders OpenAI's and TEI's shapes for
+//! the HTTP routes and job output lines alike); nothing here knows HTTP beyond status numbers.
 //!
 //! Over 500 lines on purpose: one method per operation (embed, sparse, multi-vector, predict,
 //! rerank, similarity, tokenize, decode) sharing one submit-and-collect path; the helpers they
-//! share live in `inputs.rs` and `openai.rs` already (admission is `batching::admission`: the
+//! share live in `inputs.rs` already (admission is `batching::admission`: the
 //! slot travels with each queued input).
 
 pub mod error;
 pub mod inputs;
-pub mod openai;
 pub mod quantize;
 pub mod start;
 

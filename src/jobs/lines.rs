@@ -13,9 +13,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::inference::error::{ApiError, ErrorKind};
-use crate::inference::openai::Embeddings;
 use crate::inference::Inference;
 use crate::priority::Priority;
+use crate::protocol::errors::ErrorBodies;
+use crate::protocol::openai::Embeddings;
 
 /// A raw input line and where it ends in the input file.
 #[derive(Debug, Clone)]

@@ -4,10 +4,10 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::{ApiError, ErrorKind};
-use super::inputs::parse_inputs;
-use super::quantize::{self, EmbeddingType, QuantizeError, Ranges};
-use super::{EmbedRequest, Embedded, Inference, TextOptions};
+use crate::inference::error::{ApiError, ErrorKind};
+use crate::inference::inputs::parse_inputs;
+use crate::inference::quantize::{self, EmbeddingType, QuantizeError, Ranges};
+use crate::inference::{EmbedRequest, Embedded, Inference, TextOptions, Timings};
 use crate::priority::Priority;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -76,7 +76,7 @@ impl Embeddings {
         self,
         inference: &Inference,
         priority: Priority,
-    ) -> Result<(Value, super::Timings), ApiError> {
+    ) -> Result<(Value, Timings), ApiError> {
         let out = inference.embed(self.request, priority).await?;
         let timings = out.timings;
         let body = render(

@@ -4,6 +4,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::protocol::errors::ErrorBodies;
+
 pub use crate::inference::error::{ApiError, ErrorKind, Flavor};
 
 impl IntoResponse for ApiError {

@@ -11,8 +11,8 @@ use serde_json::json;
 use super::errors::{ApiError, Flavor};
 use super::request::parse_json;
 use super::{timing, AppState};
-use crate::inference::openai::{Embeddings, EmbeddingsBody};
 use crate::priority::Priority;
+use crate::protocol::openai::{Embeddings, EmbeddingsBody};
 
 pub async fn embeddings(
     State(state): State<AppState>,

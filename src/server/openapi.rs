@@ -43,7 +43,7 @@ pub struct OpenAiError {
     TeiError,
     OpenAiError,
     OpenAiErrorDetail,
-    crate::inference::openai::EmbeddingsBody,
+    crate::protocol::openai::EmbeddingsBody,
     super::tei::EmbedBody,
     super::tei::InputsBody,
     super::tei::MultiBody,
