@@ -41,9 +41,7 @@ async fn write_part(
         if bytes == 0 {
             return Err(None);
         }
-        w.shutdown()
-            .await
-            .map_err(|e| Some(blobs.write_err(key, e)))
+        Ok(())
     }
     .await;
     if let Err(e) = written {
@@ -51,6 +49,9 @@ async fn write_part(
         let _ = w.abort().await;
         return e.map_or(Ok(0), Err);
     }
+    // Not aborted when this fails (a full disk): a failed completion removes what it staged,
+    // and the writer cannot be aborted once its shutdown began (it panics).
+    w.shutdown().await.map_err(|e| blobs.write_err(key, e))?;
     Ok(bytes)
 }
 

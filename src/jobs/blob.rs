@@ -259,6 +259,8 @@ impl Blobs {
         let k = self.key(key);
         let payload = Bytes::from(bytes);
         let mut wait = Duration::from_millis(20);
+        // Why the last try failed, when it did not just find a create in flight.
+        let mut last: Option<String> = None;
         for _ in 0..CREATE_RETRIES {
             let opts = PutOptions {
                 mode: PutMode::Create,
@@ -273,12 +275,14 @@ impl Blobs {
                 Err(object_store::Error::AlreadyExists { .. }) => match self.get(key).await? {
                     Some(found) if found == payload => return Ok(Created::Mine),
                     Some(_) => return Ok(Created::Taken),
-                    None => {}
+                    None => last = None,
                 },
                 // The network failed after the store's own retries: the write may or may not
                 // have landed. Writing again tells: our bytes found there are ours.
+                // (A folder's errors, a read-only or full disk among them, are generic too.)
                 Err(e @ object_store::Error::Generic { .. }) => {
                     tracing::debug!(key, error = %e, "a create-only write failed; trying again");
+                    last = Some(e.to_string());
                 }
                 Err(e) => return Err(self.err(key, e)),
             }
@@ -287,7 +291,13 @@ impl Blobs {
         }
         Err(StoreError::Object {
             path: format!("{}/{key}", self.location),
-            cause: "a create-if-absent write kept conflicting with one that never appeared".into(),
+            cause: match last {
+                // The cause must reach the log: "conflicting" would hide a read-only store.
+                Some(e) => format!("a create-if-absent write kept failing: {e}"),
+                None => {
+                    "a create-if-absent write kept conflicting with one that never appeared".into()
+                }
+            },
         })
     }
 
@@ -418,6 +428,18 @@ mod tests {
         b.run(b.delete_all("a")).unwrap();
         assert!(b.run(b.get("a/1.json")).unwrap().is_none());
         assert!(b.key_of_url("s3://x/y").is_none(), "a folder has no bucket");
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn a_create_that_keeps_failing_reports_why() {
+        let d = std::env::temp_dir().join(format!("spotinfer-blob-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let b = Blobs::open(d.to_str().unwrap()).unwrap();
+        b.run(b.put("a", b"file".to_vec())).unwrap();
+        // Under a file: every try fails with the filesystem's error, which must be told.
+        let e = b.run(b.create("a/1.json", b"x".to_vec())).unwrap_err();
+        assert!(e.to_string().contains("Not a directory"), "{e}");
         std::fs::remove_dir_all(&d).ok();
     }
 }

@@ -489,6 +489,53 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_assembly_write_leaves_nothing_and_the_next_tick_completes() {
+        let store = store("assembly-fails");
+        let metrics = Metrics::new();
+        let b = job(&store, 4);
+        tick(&store, "a/1", &metrics);
+        for seg in plan(&store, &b.id).segments.iter() {
+            run_segment(&store, &b.id, *seg);
+        }
+        // A file where the copies' folder goes: every write of a copy fails, as on a full disk.
+        let blocker = format!("batches/{}/results", b.id);
+        store
+            .blobs()
+            .run(store.blobs().put(&blocker, b"x".to_vec()))
+            .unwrap();
+        let t = tick(&store, "a/1", &metrics);
+        assert!(t.finished.is_empty());
+        assert_eq!(batch(&store, &b.id).status, BatchStatus::Finalizing);
+        let keys: Vec<String> = store
+            .blobs()
+            .run(store.blobs().list(""))
+            .unwrap()
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        assert!(
+            keys.iter().all(|k| !k.contains('#')) && keys.contains(&blocker),
+            "no staged or partial copy is left: {keys:?}"
+        );
+        assert!(store
+            .blobs()
+            .run(store.list_files())
+            .unwrap()
+            .iter()
+            .all(|f| f.purpose != "batch_output"));
+        // Room again: the next tick assembles it.
+        store.blobs().run(store.blobs().delete(&blocker)).unwrap();
+        assert_eq!(tick(&store, "a/1", &metrics).finished.len(), 1);
+        let done = batch(&store, &b.id);
+        assert_eq!(done.status, BatchStatus::Completed);
+        assert_eq!(
+            content(&store, done.output_file_id.as_ref().unwrap()),
+            "0\n1\n2\n3\n"
+        );
+        std::fs::remove_dir_all(store.blobs().location()).ok();
+    }
+
+    #[test]
     fn a_cancel_waits_for_running_segments_then_keeps_the_lines_done() {
         let store = store("cancel");
         let metrics = Metrics::new();

@@ -129,13 +129,16 @@ async fn read_fields(
                     while let Some(chunk) = field.chunk().await.map_err(bad)? {
                         w.write_all(&chunk).await.map_err(cannot_store)?;
                     }
-                    w.shutdown().await.map_err(cannot_store)
+                    Ok(())
                 }
                 .await;
                 if let Err(e) = streamed {
                     let _ = w.abort().await;
                     return Err(e);
                 }
+                // A failed completion (a full disk) removes what it staged; the writer cannot
+                // be aborted once its shutdown began (it panics).
+                w.shutdown().await.map_err(cannot_store)?;
                 *stored = true;
                 uploaded = Some(filename);
             }

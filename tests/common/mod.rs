@@ -141,6 +141,9 @@ pub struct ServerBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     wait_ready: bool,
+    /// A command the binary runs under (it must `exec` the binary, so the child's pid is the
+    /// server's).
+    launcher: Vec<String>,
 }
 
 impl ServerBuilder {
@@ -164,6 +167,28 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs the server in a mount namespace of its own with a fresh tmpfs of `size` (`64m`)
+    /// mounted on `dir` (an existing, empty folder): the mount exists only for the server and
+    /// vanishes with it, so a test can remount it read-only or fill it (through
+    /// [`Server::ns_path`] and `nsenter`) without touching the host. Needs root.
+    pub fn private_tmpfs(mut self, dir: &Path, size: &str) -> Self {
+        self.launcher = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs -o "size=$1" tmpfs "$2" && shift 2 && exec "$@""#,
+            "sh",
+            size,
+        ]
+        .map(String::from)
+        .to_vec();
+        self.launcher.push(dir.display().to_string());
+        self
+    }
+
     pub fn start(self) -> Server {
         // Each server gets its own batch-job state dir unless the test picks one: the default
         // (./spotinfer-state) would be shared by concurrent tests and left in the repository.
@@ -172,7 +197,14 @@ impl ServerBuilder {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::env::temp_dir().join(format!("spotinfer-test-state-{}-{n}", std::process::id()))
         });
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotinfer"));
+        let mut cmd = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_spotinfer"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_spotinfer")),
+        };
         if let Some(dir) = &own_state_dir {
             cmd.env("STATE_DIR", dir);
         }
@@ -261,6 +293,7 @@ impl Server {
             args: vec!["--model-id".into(), model_dir.display().to_string()],
             envs: Vec::new(),
             wait_ready: true,
+            launcher: Vec::new(),
         }
     }
 
@@ -328,6 +361,12 @@ impl Server {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|kb| kb.parse::<f64>().ok())
             .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// `path` as the server process sees it (through its mount namespace).
+    pub fn ns_path(&self, path: &Path) -> PathBuf {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        PathBuf::from(format!("/proc/{}/root", self.child.id())).join(rel)
     }
 
     pub fn pid(&self) -> i32 {
