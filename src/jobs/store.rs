@@ -15,7 +15,9 @@
 //! batches/<batch-id>/lease/<epoch>.json         who validates or assembles it
 //! batches/<batch-id>/segments/<n>/chunks/<k>.jsonl   committed results of chunk k (segment.rs)
 //! batches/<batch-id>/segments/<n>/lease/<epoch>.json who runs segment n
-//! batches/<batch-id>/output.jsonl, errors.jsonl the assembled results, in input order
+//! batches/<batch-id>/results/<nonce>/output.jsonl, errors.jsonl   the assembled results, in input
+//!                                               order: one assembler's copy, named in the output
+//!                                               file's record (the others are deleted)
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
