@@ -148,7 +148,7 @@ pub struct FusedBias {
 }
 
 pub(crate) fn kernel_error(e: CudaKernelError) -> ModelError {
-    use crate::model::error::cuda::{blas_out_of_memory, driver_out_of_memory};
+    use crate::model::error::cuda::blas_out_of_memory;
     match e {
         CudaKernelError::Unsupported { .. } => ModelError::Unsupported(e.to_string()),
         CudaKernelError::Driver(d) => driver_error(d),
