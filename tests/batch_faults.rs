@@ -47,27 +47,6 @@ fn jsonl(texts: &[String]) -> String {
         .collect()
 }
 
-fn upload(server: &Server, path: &Path) -> String {
-    let form = reqwest::blocking::multipart::Form::new()
-        .text("purpose", "batch")
-        .file("file", path)
-        .unwrap();
-    let r = blocking_client()
-        .post(server.url("/v1/files"))
-        .multipart(form)
-        .send()
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().unwrap_or_default();
-    assert_eq!(status, 200, "upload: {v}");
-    assert_eq!(
-        v["bytes"].as_u64(),
-        Some(std::fs::metadata(path).unwrap().len()),
-        "{v}"
-    );
-    v["id"].as_str().unwrap().to_string()
-}
-
 fn create_job(server: &Server, file_id: &str) -> String {
     let (status, b) = server.post_json(
         "/v1/batches",
@@ -81,7 +60,7 @@ fn create_job(server: &Server, file_id: &str) -> String {
 fn submit(server: &Server, dir: &Path, name: &str, texts: &[String]) -> (String, String) {
     let input = dir.join(format!("{name}.jsonl"));
     std::fs::write(&input, jsonl(texts)).unwrap();
-    let file_id = upload(server, &input);
+    let file_id = server.upload_batch(&input);
     (file_id.clone(), create_job(server, &file_id))
 }
 
@@ -741,7 +720,7 @@ fn a_32_mb_job_line_fails_alone_with_bounded_memory() {
         .unwrap();
     assert!(huge_bytes > 32 << 20);
     let start = reset_peak(pid);
-    let file_id = upload(&server, &input);
+    let file_id = server.upload_batch(&input);
     let upload_mb = grew_mb(pid, start, "upload");
     let start = reset_peak(pid);
     let id = create_job(&server, &file_id);

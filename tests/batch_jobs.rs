@@ -155,21 +155,6 @@ fn check_output(lines: &[Value], want: &HashMap<String, Vec<f32>>) {
     assert_eq!(seen.len(), want.len(), "every custom_id present");
 }
 
-fn upload(server: &Server, path: &Path) -> String {
-    let form = reqwest::blocking::multipart::Form::new()
-        .text("purpose", "batch")
-        .file("file", path)
-        .unwrap();
-    let r = blocking_client()
-        .post(server.url("/v1/files"))
-        .multipart(form)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().unwrap();
-    v["id"].as_str().unwrap().to_string()
-}
-
 fn progress(server: &Server, id: &str) -> (String, u64, u64) {
     let (status, b) = server.get_json(&format!("/v1/batches/{id}"));
     assert_eq!(status, 200, "{b}");
@@ -380,7 +365,7 @@ fn survives_sigterm_and_sigkill(dir: &Path, store: Store) {
     };
 
     let mut server = start();
-    let file_id = upload(&server, &input);
+    let file_id = server.upload_batch(&input);
     let (status, b) = server.post_json(
         "/v1/batches",
         json!({"input_file_id": file_id, "endpoint": "/v1/embeddings", "completion_window": "24h"}),

@@ -63,21 +63,6 @@ fn replica(state: &Path, delay_ms: u64, extra: &[&str]) -> Server {
         .start()
 }
 
-fn upload(server: &Server, path: &Path) -> String {
-    let form = reqwest::blocking::multipart::Form::new()
-        .text("purpose", "batch")
-        .file("file", path)
-        .unwrap();
-    let r = blocking_client()
-        .post(server.url("/v1/files"))
-        .multipart(form)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().unwrap();
-    v["id"].as_str().unwrap().to_string()
-}
-
 fn create_job(server: &Server, file_id: &str) -> String {
     let (status, b) = server.post_json(
         "/v1/batches",
@@ -273,7 +258,7 @@ fn one_job_runs_on_the_whole_fleet_through_kills_exactly_once() {
     let (status, _) = intake.post_json("/v1/embeddings", json!({"input": "x"}));
     assert_eq!(status, 503, "the intake replica runs no model");
 
-    let file_id = upload(&intake, &input);
+    let file_id = intake.upload_batch(&input);
     let id = create_job(&intake, &file_id);
     wait_until("validation", Duration::from_secs(30), || {
         progress(&job(&intake, &id)).2 == n as u64
@@ -461,7 +446,7 @@ fn jobs_wait_on_an_intake_replica_until_a_worker_starts_and_cancel_stops_every_s
     let n = 600;
     write_input(&input, &texts(n));
     let intake = replica(&state, 0, &["--intake-only"]);
-    let file_id = upload(&intake, &input);
+    let file_id = intake.upload_batch(&input);
     let first = create_job(&intake, &file_id);
     // Validated by the intake (no model needed); the backlog is visible; nothing runs.
     wait_until("validation", Duration::from_secs(30), || {

@@ -409,6 +409,29 @@ impl Server {
         (status, v)
     }
 
+    /// Uploads a batch input through `POST /v1/files` (multipart, purpose `batch`); returns
+    /// the file id after checking that every byte arrived.
+    pub fn upload_batch(&self, path: &Path) -> String {
+        let form = reqwest::blocking::multipart::Form::new()
+            .text("purpose", "batch")
+            .file("file", path)
+            .expect("input file");
+        let r = blocking_client()
+            .post(self.url("/v1/files"))
+            .multipart(form)
+            .send()
+            .expect("upload");
+        let status = r.status();
+        let v: serde_json::Value = r.json().unwrap_or_default();
+        assert_eq!(status, 200, "upload: {v}");
+        assert_eq!(
+            v["bytes"].as_u64(),
+            Some(std::fs::metadata(path).expect("input file").len()),
+            "{v}"
+        );
+        v["id"].as_str().expect("file id").to_string()
+    }
+
     pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = blocking_client()
             .get(self.url(path))
