@@ -89,7 +89,7 @@ def start(args, state, env=None):
            "--prometheus-port", "0", "--model-id", args.model, "--state-dir", state,
            "--batch-segment-lines", str(args.segment_lines),
            "--batch-chunk-lines", str(args.chunk_lines),
-           "--batch-backlog-interval", "0.5", "--drain-delay", "0",
+           "--batch-backlog-interval", str(args.backlog_interval), "--drain-delay", "0",
            "--max-batch-requests", str(args.max_batch_requests),
            "--test-batch-delay-ms", str(args.delay_ms)]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
@@ -178,6 +178,8 @@ def main():
                     help="runs: replica counts, each N or STORE:N (dir or s3)")
     ap.add_argument("--store", choices=["dir", "s3"], default="dir",
                     help="the store of runs given as a bare N")
+    ap.add_argument("--backlog-interval", type=float, default=0.5,
+                    help="--batch-backlog-interval: each replica's coordinator tick (one listing)")
     ap.add_argument("--poll", type=float, default=0.05,
                     help="seconds between polls of the job (each poll reads the store)")
     ap.add_argument("--lines", type=int, default=6000)
