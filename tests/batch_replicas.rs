@@ -25,9 +25,10 @@ const SIGCONT: i32 = 18;
 const SIGSTOP: i32 = 19;
 
 const LINES: usize = 20_000;
-/// 20 segments of 1,000 lines, chunks of 50: many segments per replica, many commits each.
+/// 20 segments of 1,000 lines, chunks of 100: many segments per replica, ten commits each
+/// (few enough keys that moto's listings stay cheap).
 const SEGMENT_LINES: u64 = 1000;
-const CHUNK_LINES: u64 = 50;
+const CHUNK_LINES: u64 = 100;
 /// Long enough that a live replica renews in time on a loaded two-core machine.
 const LEASE_SECS: u64 = 10;
 /// Online clients per replica.
@@ -75,7 +76,9 @@ fn replica(s3: &S3, prefix: &str, hostname: &str) -> Server {
         .args(["--batch-segment-lines", &SEGMENT_LINES.to_string()])
         .args(["--batch-chunk-lines", &CHUNK_LINES.to_string()])
         .args(["--batch-lease-secs", &LEASE_SECS.to_string()])
-        .args(["--batch-backlog-interval", "0.5", "--drain-delay", "0"])
+        // Every tick lists the job's keys: on a CPU-starved moto, ticks of 0.5 s from three
+        // replicas queue listings faster than it answers them.
+        .args(["--batch-backlog-interval", "2", "--drain-delay", "0"])
         .args(["--max-batch-requests", "128", "--max-batch-tokens", "4096"])
         .args(["--test-batch-delay-ms", "200"])
         // Job lines fill a batch up to this much measured compute: at the default 50 ms a
@@ -173,7 +176,7 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         // Each job poll lists the job's keys in the bucket: not too often.
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -399,34 +402,10 @@ fn three_replicas_through_a_kill_and_a_stop(prefix: &str, hostnames: [&str; 3]) 
     });
     let stopped_at = Instant::now();
     eprintln!("SIGSTOPped replica 2 at {:?}", started.elapsed());
-    let mut polls = 0;
     wait_until(
         "replica 0 to take over a segment of the stopped replica",
         Duration::from_secs(150),
-        || {
-            polls += 1;
-            if polls % 25 == 0 {
-                let m = replicas[0].metrics_text();
-                let diag: Vec<String> = m
-                    .lines()
-                    .filter(|l| {
-                        !l.starts_with('#')
-                            && (l.contains("queue_depth")
-                                || l.contains("inflight")
-                                || l.contains("admitted")
-                                || l.contains("segments_")
-                                || l.contains("checkpoints_total"))
-                    })
-                    .map(str::to_string)
-                    .collect();
-                eprintln!(
-                    "waiting for the takeover: job {:?}, replica 0 ran {} lines; {diag:?}",
-                    progress(&replicas[0], &id),
-                    lines_run(&replicas[0])
-                );
-            }
-            takeovers(&replicas[0]).contains(&names[2])
-        },
+        || takeovers(&replicas[0]).contains(&names[2]),
     );
     let stopped_for = stopped_at.elapsed();
     replicas[2].signal_inner(SIGCONT);
@@ -482,9 +461,6 @@ fn three_replicas_through_a_kill_and_a_stop(prefix: &str, hostnames: [&str; 3]) 
         names[1],
         names[2]
     );
-    if !took.contains(&names[1]) {
-        eprintln!("DIAG: no takeover from the killed replica: {took:?}");
-    }
 
     // The output, from a survivor: every custom_id once, in input order, vectors as direct.
     let (status, b) = replicas[0].get_json(&format!("/v1/batches/{id}"));
