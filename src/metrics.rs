@@ -105,6 +105,7 @@ pub struct Metrics {
     pub job_checkpoints_total: IntCounter,
     pub job_segments_lost_total: IntCounter,
     pub job_store_scans_total: IntCounter,
+    pub job_segments_taken_over_total: IntCounter,
     pub job_backlog_lines: IntGauge,
     pub job_device_seconds_total: Counter,
     pub job_cost_dollars_total: Counter,
@@ -350,7 +351,15 @@ impl Metrics {
                 &r,
                 IntCounter::new(
                     "inference_batch_segments_lost_total",
-                    "Batch-job segments this replica stopped because another replica had taken them over (this one stalled past its lease); their chunks are committed once either way.",
+                    "Batch-job segments this replica stopped because its lease ran out while it stalled (another replica may have taken them over); their chunks are committed once either way. Zero on a replica that never stalled.",
+                )
+                .expect(e),
+            ),
+            job_segments_taken_over_total: reg(
+                &r,
+                IntCounter::new(
+                    "inference_batch_segments_taken_over_total",
+                    "Batch-job segments this replica claimed from another holder whose lease had run out unreleased (it died or stalled past --batch-lease-secs), or from an earlier incarnation of its pod.",
                 )
                 .expect(e),
             ),
@@ -772,6 +781,8 @@ mod tests {
             "inference_batch_jobs{status=\"in_progress\"}",
             "inference_batch_lines_total{outcome=\"failed\"}",
             "inference_batch_checkpoints_total",
+            "inference_batch_segments_lost_total",
+            "inference_batch_segments_taken_over_total",
             "inference_batch_backlog_lines",
             "inference_batch_device_seconds_total",
             "inference_batch_cost_dollars_total",

@@ -207,7 +207,9 @@ impl Worker<'_> {
     /// Computes one device batch and answers its inputs. A batch of job lines only may be
     /// preempted at yield points inside each layer: online inputs that arrive meanwhile run
     /// first (nested, never preempted), so an online request waits for at most one GEMM of a
-    /// job batch.
+    /// job batch. One online batch per yield point: under online load that never lets the
+    /// lane empty, the job batch still advances a GEMM at a time instead of never finishing
+    /// (its lines, and their segment's live lease, would be stuck for as long as the load).
     fn run_batch(&self, batch: DeviceBatch, preemptible: bool) {
         self.health
             .batch_started_ms
@@ -221,13 +223,12 @@ impl Worker<'_> {
                 if !jobs_only {
                     return;
                 }
-                while self.queue.online_waiting() {
-                    let Some(online) = self.queue.take_online_now() else {
-                        break;
-                    };
-                    let t = Instant::now();
-                    self.run_batch(online, false);
-                    preempted += t.elapsed();
+                if self.queue.online_waiting() {
+                    if let Some(online) = self.queue.take_online_now() {
+                        let t = Instant::now();
+                        self.run_batch(online, false);
+                        preempted += t.elapsed();
+                    }
                 }
             };
             self.compute(&batch.entries, &mut at_yield_point)

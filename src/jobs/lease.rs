@@ -101,17 +101,28 @@ impl LeaseKeys<'_> {
     /// Takes the lease for `holder` if it is free, expired or already ours; returns the epoch
     /// it now holds.
     pub async fn claim(&self, holder: &str, ttl_secs: u64) -> Result<Option<u64>, StoreError> {
-        let next = match self.latest().await? {
+        Ok(self.take(holder, ttl_secs).await?.map(|(epoch, _)| epoch))
+    }
+
+    /// [`Self::claim`], also returning the holder it took the work from: another holder whose
+    /// lease ran out unreleased (it died or stalled), or an earlier incarnation of this pod.
+    pub async fn take(
+        &self,
+        holder: &str,
+        ttl_secs: u64,
+    ) -> Result<Option<(u64, Option<String>)>, StoreError> {
+        let (next, from) = match self.latest().await? {
             Some((_, Some(l))) if l.blocks(holder) => return Ok(None),
-            Some((e, _)) => e + 1,
-            None => 1,
+            Some((e, Some(l))) if !l.released && l.holder != holder => (e + 1, Some(l.holder)),
+            Some((e, _)) => (e + 1, None),
+            None => (1, None),
         };
         let lease = Lease {
             holder: holder.to_string(),
             expires_at: unix_now() + ttl_secs,
             released: false,
         };
-        Ok(self.write(next, &lease).await?.then_some(next))
+        Ok(self.write(next, &lease).await?.then_some((next, from)))
     }
 
     /// Extends a lease held at `epoch`; None when someone else has written an epoch since
@@ -196,9 +207,11 @@ mod tests {
             "a stale epoch is fenced"
         );
         blobs.run(l.release("a", e2)).unwrap();
-        let eb = blobs.run(l.claim("b", 0)).unwrap().unwrap();
+        let (eb, from) = blobs.run(l.take("b", 0)).unwrap().unwrap();
+        assert_eq!(from, None, "a released lease is free, not taken over");
         // Expired (ttl 0): anyone may take it, and b's renewal then fails.
-        let ea = blobs.run(l.claim("a", 60)).unwrap().unwrap();
+        let (ea, from) = blobs.run(l.take("a", 60)).unwrap().unwrap();
+        assert_eq!(from.as_deref(), Some("b"), "taken over from b");
         assert!(ea > eb);
         assert!(blobs.run(l.renew("b", 60, eb)).unwrap().is_none());
         let keys = blobs.run(blobs.list("x/lease")).unwrap();

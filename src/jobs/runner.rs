@@ -75,6 +75,7 @@ impl JobRunner {
         lifecycle: Arc<Lifecycle>,
         cfg: RunnerConfig,
     ) -> Arc<Self> {
+        tracing::info!(holder = %cfg.replica, "batch-job leases are held under this name");
         Arc::new(Self {
             store,
             metrics,
@@ -225,6 +226,10 @@ impl JobRunner {
             .await;
             match picked {
                 Ok(Some(work)) => {
+                    if let Some(from) = &work.took_over {
+                        self.metrics.job_segments_taken_over_total.inc();
+                        tracing::info!(batch = %work.batch_id, segment = work.seg.index, from = %from, "took over a segment whose holder's lease ran out");
+                    }
                     self.running.send_modify(|n| *n += 1);
                     let key = (work.batch_id.clone(), work.seg.index);
                     if let Err(e) = self.run_segment(&work).await {
@@ -268,6 +273,7 @@ impl JobRunner {
             tracing::info!(batch = %work.batch_id, segment = work.seg.index, line = work.seg.first_line + progress.lines_done, "resuming a segment from its checkpoint");
         }
         let fence = Arc::new(Fence::default());
+        fence.held(work.asked, self.cfg.lease_secs);
         // The heartbeat renews the lease on its own clock, whatever the device is doing.
         let epoch = Arc::new(std::sync::atomic::AtomicU64::new(work.epoch));
         let beat = tokio::spawn(heartbeat(
@@ -325,6 +331,7 @@ impl JobRunner {
                 self.wake_coordinator.notify_one();
             }
             DriveEnd::Stopped | DriveEnd::Interrupted if hooks.fence.lost() => {
+                self.metrics.job_segments_lost_total.inc();
                 tracing::warn!(batch = %work.batch_id, segment = work.seg.index, "segment lease lost to another replica; stopping here");
                 return Ok(());
             }
@@ -367,11 +374,15 @@ async fn heartbeat(
     loop {
         tokio::time::sleep(every).await;
         let lease = store.segment_lease(&batch, seg);
+        let asked = std::time::Instant::now();
         match lease
             .renew(&me, lease_secs, epoch.load(Ordering::Acquire))
             .await
         {
-            Ok(Some(e)) => epoch.store(e, Ordering::Release),
+            Ok(Some(e)) => {
+                epoch.store(e, Ordering::Release);
+                fence.held(asked, lease_secs);
+            }
             Ok(None) => {
                 fence.lose();
                 return;

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::durable::{unix_now, StoreError};
 use super::segment::{Plan, Segment};
@@ -20,6 +21,10 @@ pub struct Picked {
     pub plan: Arc<Plan>,
     pub seg: Segment,
     pub epoch: u64,
+    /// When the claim was sent: the lease holds from no earlier.
+    pub asked: Instant,
+    /// The holder whose unreleased lease ran out and was taken over, if any.
+    pub took_over: Option<String>,
 }
 
 /// Segments this process runs right now, (job, segment index): local slots share one lease
@@ -101,18 +106,21 @@ pub async fn pick(
             if !lock(local).insert(key.clone()) {
                 continue;
             }
+            let asked = Instant::now();
             match store
                 .segment_lease(&c.batch_id, seg.index)
-                .claim(me, lease_secs)
+                .take(me, lease_secs)
                 .await
             {
-                Ok(Some(epoch)) => {
+                Ok(Some((epoch, took_over))) => {
                     return Ok(Some(Picked {
                         batch_id: c.batch_id,
                         input: c.input,
                         plan: c.plan,
                         seg,
                         epoch,
+                        asked,
+                        took_over,
                     }))
                 }
                 Ok(None) => {}

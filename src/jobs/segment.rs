@@ -13,7 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -347,9 +348,15 @@ impl SegmentProgress {
 
 /// Whether a running segment was lost to another replica (its heartbeat found a newer lease
 /// epoch, or another writer committed its next chunk): the run stops before its next commit.
+/// It also keeps until when the run's lease holds by this process's clock, so a run that
+/// stalled past its lease (SIGSTOP, a frozen VM) does not commit a chunk before its heartbeat
+/// has renewed the lease or found it taken: a live new owner never loses a chunk to it.
 #[derive(Debug, Default)]
 pub struct Fence {
     lost: AtomicBool,
+    /// Commits stop at this instant; the lease's length. None: no lease to watch (a writer
+    /// without a heartbeat).
+    until: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Fence {
@@ -359,6 +366,43 @@ impl Fence {
 
     pub fn lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
+    }
+
+    /// The lease was written (claimed or renewed) by a call started at `asked`. It holds
+    /// until `asked` + ttl less 1 s (expiry is kept in whole seconds); commits stop a quarter
+    /// of the lease earlier, so a commit's own write lands before anyone may take over.
+    pub fn held(&self, asked: Instant, ttl_secs: u64) {
+        let ttl = Duration::from_secs(ttl_secs);
+        let until = asked + ttl.saturating_sub(Duration::from_secs(1) + ttl / 4);
+        let mut u = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        *u = Some((u.map_or(until, |(old, _)| old.max(until)), ttl_secs));
+    }
+
+    /// The run may not commit now: its lease may have run out.
+    fn stale(&self) -> bool {
+        let u = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        u.is_some_and(|(until, _)| Instant::now() >= until)
+    }
+
+    /// Waits (on a blocking thread) for the heartbeat to renew a stale lease or find it taken;
+    /// false when the run must not commit. The heartbeat tries every third of the lease; five
+    /// leases without an answer mean the store is out of reach: give the segment up.
+    fn wait_fresh(&self) -> bool {
+        let ttl = self
+            .until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or(0, |u| u.1);
+        let deadline = Instant::now() + Duration::from_secs(ttl * 5);
+        while self.stale() && !self.lost() {
+            if Instant::now() >= deadline {
+                // Our lease ran out and could not be renewed: whoever claims it next owns it.
+                self.lose();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !self.lost()
     }
 }
 
@@ -411,7 +455,7 @@ impl Sink for SegmentWriter {
     }
 
     fn commit(&mut self, chunk: &ChunkResult) -> Result<Commit, StoreError> {
-        if self.fence.lost() {
+        if !self.fence.wait_fresh() {
             return Ok(Commit::LeaseLost);
         }
         let header = ChunkHeader {
@@ -540,6 +584,62 @@ mod tests {
             .unwrap();
         assert_eq!((h.writer.as_str(), h.next_offset), ("a", 20));
         assert!((h.cost_dollars - 0.5 * 3.6 / 3600.0).abs() < 1e-12);
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn a_run_past_its_lease_commits_only_after_its_heartbeat_renews_it() {
+        let d = std::env::temp_dir().join(format!("spotinfer-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let blobs = Blobs::open(d.to_str().unwrap()).unwrap();
+        let seg = Segment {
+            index: 0,
+            start: 0,
+            end: 20,
+            first_line: 0,
+            lines: 2,
+        };
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        let fence = Arc::new(Fence::default());
+        fence.held(long_ago, 3);
+        let mut w = SegmentWriter::new(
+            blobs.clone(),
+            "batch_s",
+            seg,
+            "a",
+            SegmentProgress::start(&seg),
+            fence.clone(),
+            0.0,
+        );
+        // The heartbeat renews it: the commit waits for that, then goes through.
+        let beat = {
+            let fence = fence.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                fence.held(Instant::now(), 3);
+            })
+        };
+        assert!(matches!(
+            w.commit(&chunk("l0\n", 10, 1)).unwrap(),
+            Commit::Done(_)
+        ));
+        beat.join().unwrap();
+        // Stale again, and the heartbeat finds the lease taken: nothing is written.
+        *fence.until.lock().unwrap() = Some((long_ago, 3));
+        let beat = {
+            let fence = fence.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                fence.lose();
+            })
+        };
+        assert!(matches!(
+            w.commit(&chunk("l1\n", 20, 1)).unwrap(),
+            Commit::LeaseLost
+        ));
+        beat.join().unwrap();
+        let keys = blobs.run(scan(&blobs, "batch_s")).unwrap();
+        assert_eq!(keys[&0].committed(), 1, "the stale run wrote nothing");
         std::fs::remove_dir_all(&d).ok();
     }
 }

@@ -140,10 +140,11 @@ pub struct Server {
 pub struct ServerBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    removed_envs: Vec<String>,
+    /// A command the binary runs under (`unshare --pid --fork ...`, or the tmpfs launcher that
+    /// `exec`s it); empty: run it directly.
+    wrapper: Vec<String>,
     wait_ready: bool,
-    /// A command the binary runs under (it must `exec` the binary, so the child's pid is the
-    /// server's).
-    launcher: Vec<String>,
 }
 
 impl ServerBuilder {
@@ -162,6 +163,17 @@ impl ServerBuilder {
         self
     }
 
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.removed_envs.push(k.to_string());
+        self
+    }
+
+    /// Runs the binary as `<wrapper...> spotinfer serve ...`; [`Server::inner_pid`] finds it.
+    pub fn wrapped<I: IntoIterator<Item = S>, S: Into<String>>(mut self, w: I) -> Self {
+        self.wrapper.extend(w.into_iter().map(Into::into));
+        self
+    }
+
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
         self
@@ -172,20 +184,21 @@ impl ServerBuilder {
     /// vanishes with it, so a test can remount it read-only or fill it (through
     /// [`Server::ns_path`] and `nsenter`) without touching the host. Needs root.
     pub fn private_tmpfs(mut self, dir: &Path, size: &str) -> Self {
-        self.launcher = [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            r#"mount -t tmpfs -o "size=$1" tmpfs "$2" && shift 2 && exec "$@""#,
-            "sh",
-            size,
-        ]
-        .map(String::from)
-        .to_vec();
-        self.launcher.push(dir.display().to_string());
+        self.wrapper.extend(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                r#"mount -t tmpfs -o "size=$1" tmpfs "$2" && shift 2 && exec "$@""#,
+                "sh",
+                size,
+            ]
+            .map(String::from),
+        );
+        self.wrapper.push(dir.display().to_string());
         self
     }
 
@@ -197,7 +210,7 @@ impl ServerBuilder {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::env::temp_dir().join(format!("spotinfer-test-state-{}-{n}", std::process::id()))
         });
-        let mut cmd = match self.launcher.split_first() {
+        let mut cmd = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
                 c.args(args).arg(env!("CARGO_BIN_EXE_spotinfer"));
@@ -225,6 +238,9 @@ impl ServerBuilder {
             .stderr(Stdio::piped());
         for (k, v) in &self.envs {
             cmd.env(k, v);
+        }
+        for k in &self.removed_envs {
+            cmd.env_remove(k);
         }
         let spawned = Instant::now();
         let mut child = cmd.spawn().expect("spawn spotinfer");
@@ -292,8 +308,9 @@ impl Server {
         ServerBuilder {
             args: vec!["--model-id".into(), model_dir.display().to_string()],
             envs: Vec::new(),
+            removed_envs: Vec::new(),
+            wrapper: Vec::new(),
             wait_ready: true,
-            launcher: Vec::new(),
         }
     }
 
@@ -371,6 +388,42 @@ impl Server {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// The server process under a wrapper (the wrapper's only child, e.g. pid 1 of the PID
+    /// namespace `unshare --fork` made), as this process sees it.
+    pub fn inner_pid(&self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+                .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let children: Vec<i32> = tasks
+                .iter()
+                .filter_map(|t| std::fs::read_to_string(t.join("children")).ok())
+                .flat_map(|c| {
+                    c.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            match children.as_slice() {
+                [one] => return *one,
+                _ => assert!(
+                    Instant::now() < deadline,
+                    "the wrapper {} has children {children:?}, not one",
+                    self.pid()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Signals the server itself under its wrapper.
+    pub fn signal_inner(&self, sig: i32) {
+        // SAFETY: sending a signal to a process we started.
+        let rc = unsafe { libc::kill(self.inner_pid(), sig) };
+        assert_eq!(rc, 0, "signal {sig}: {}", std::io::Error::last_os_error());
     }
 
     pub fn signal(&self, sig: i32) {
