@@ -649,13 +649,14 @@ fn status_kb(pid: i32, field: &str) -> u64 {
 
 /// Headroom over the RSS at its start for the upload of the 32 MB input: the store's
 /// streaming writer holds one 8 MiB part (a bucket's multipart part size) while the one
-/// before it is written, so two parts and some slack; a server that held the upload whole
-/// would be over it.
-const UPLOAD_HEADROOM_MB: u64 = 24;
+/// before it is written, so two parts, and the allocator's slack (13–22 MB seen); a server
+/// that held the upload whole would be over it.
+const UPLOAD_HEADROOM_MB: u64 = 30;
 /// Headroom for running the job: lines are read in 1 MiB ranged reads, and an over-long one
-/// is dropped once past the 2 MB line limit; a server that held the 32 MB line would be far
+/// is dropped once past the 2 MB line limit (5–7 MB seen alone, 13 MB beside the whole suite:
+/// the arenas of the threads the job wakes); a server that held the 32 MB line would be far
 /// over it.
-const JOB_HEADROOM_MB: u64 = 12;
+const JOB_HEADROOM_MB: u64 = 20;
 
 /// Resets the process's peak RSS (VmHWM) to its current RSS, which it returns (KiB).
 fn reset_peak(pid: i32) -> u64 {
