@@ -348,11 +348,7 @@ fn load_on<B: Backend>(
     let backbone: Box<dyn Backbone<B>> = families::backbone(arch.family, &b, &mut w, cfg)?;
     let heads = match task {
         Task::Embed => {
-            let pooling = pooling.unwrap_or(if arch.family.is_decoder() {
-                Pooling::LastToken
-            } else {
-                Pooling::Mean
-            });
+            let pooling = pooling.unwrap_or(families::default_pooling(arch.family));
             let mut h = Heads::pooling(pooling);
             h.dense = dense_modules(&b, st)?;
             h.m3 = bge_m3(&b, files, f.hidden)?;

@@ -69,15 +69,6 @@ impl Family {
             .collect::<Vec<_>>()
             .join(", ")
     }
-
-    /// Decoders pool their last token by default (the EOS their tokenizer appends).
-    /// (EmbeddingGemma is bidirectional and mean-pools.)
-    pub fn is_decoder(self) -> bool {
-        matches!(
-            self,
-            Family::Qwen3 | Family::Qwen2 | Family::Mistral | Family::Llama
-        )
-    }
 }
 
 /// The head a checkpoint was saved with, from its `architectures` entry.
@@ -277,21 +268,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!((qwen.family, qwen.head), (Family::Qwen3, Head::CausalLm));
-        assert!(qwen.family.is_decoder());
         assert_eq!(qwen.task(None, None).unwrap(), Task::Embed);
         assert_eq!(qwen.task(Some(Task::Rerank), None).unwrap(), Task::Rerank);
         let gemma = Architecture::read(
             &json!({"model_type": "gemma3_text", "architectures": ["Gemma3TextModel"]}),
         )
         .unwrap();
-        // Bidirectional EmbeddingGemma: mean pooling by default, not the last token.
-        assert!(!gemma.family.is_decoder());
         assert!(gemma.task(Some(Task::Rerank), None).is_err());
-        for t in ["qwen2", "mistral", "llama"] {
-            assert!(
-                Family::from_model_type(t).is_some_and(Family::is_decoder),
-                "{t}"
-            );
-        }
     }
 }

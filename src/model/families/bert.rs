@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use super::encoder::{Encoder, EncoderLayer, LayerNames};
-use super::{layer_norm, linear, table, Backbone, Facts};
+use super::{layer_norm, linear, table, Backbone, Facts, FamilySpec};
 use crate::model::batch::PackedBatch;
 use crate::model::heads::{Classifier, Dense, Splade};
 use crate::model::layers::{Activation, Backend};
@@ -219,30 +219,52 @@ pub fn use_prefix(w: &mut Weights) -> Result<(), ModelError> {
     }
 }
 
-pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    let c = BertConfig::parse(cfg)?;
-    Ok(Facts {
-        hidden: c.hidden_size,
-        max_positions: c.max_position_embeddings,
-        vocab: c.vocab_size,
-    })
-}
+/// BERT in the family table.
+pub struct Spec;
 
-pub fn backbone<B: Backend>(
-    b: &B,
-    w: &mut Weights,
-    cfg: &serde_json::Value,
-) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    let c = BertConfig::parse(cfg)?;
-    use_prefix(w)?;
-    Ok(Box::new(BertLike {
-        embeddings: Embeddings::load(b, w, &c, 0)?,
-        encoder: encoder(b, w, &c)?,
-    }))
+impl FamilySpec for Spec {
+    fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
+        let c = BertConfig::parse(cfg)?;
+        Ok(Facts {
+            hidden: c.hidden_size,
+            max_positions: c.max_position_embeddings,
+            vocab: c.vocab_size,
+        })
+    }
+
+    fn backbone<B: Backend>(
+        b: &B,
+        w: &mut Weights,
+        cfg: &serde_json::Value,
+    ) -> Result<Box<dyn Backbone<B>>, ModelError> {
+        let c = BertConfig::parse(cfg)?;
+        use_prefix(w)?;
+        Ok(Box::new(BertLike {
+            embeddings: Embeddings::load(b, w, &c, 0)?,
+            encoder: encoder(b, w, &c)?,
+        }))
+    }
+
+    fn classifier<B: Backend>(
+        b: &B,
+        w: &Weights,
+        cfg: &serde_json::Value,
+        labels: Vec<String>,
+    ) -> Option<Result<Classifier<B>, ModelError>> {
+        Some(classifier(b, w, cfg, labels))
+    }
+
+    fn splade<B: Backend>(
+        b: &B,
+        w: &Weights,
+        cfg: &serde_json::Value,
+    ) -> Option<Result<Splade<B>, ModelError>> {
+        Some(splade(b, w, cfg))
+    }
 }
 
 /// `BertForSequenceClassification`: CLS → pooler (dense + tanh) → classifier.
-pub fn classifier<B: Backend>(
+fn classifier<B: Backend>(
     b: &B,
     w: &Weights,
     cfg: &serde_json::Value,
@@ -262,7 +284,7 @@ pub fn classifier<B: Backend>(
 
 /// `BertForMaskedLM`'s head for SPLADE: `cls.predictions.transform` then the decoder, tied to
 /// the word embeddings when the checkpoint has no decoder weight.
-pub fn splade<B: Backend>(
+fn splade<B: Backend>(
     b: &B,
     w: &Weights,
     cfg: &serde_json::Value,

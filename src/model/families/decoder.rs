@@ -10,7 +10,7 @@
 use serde::Deserialize;
 
 use super::rope::RopeParams;
-use super::{linear, rms_norm, table, Backbone, Facts};
+use super::{linear, rms_norm, table, Backbone, Facts, FamilySpec};
 use crate::model::batch::PackedBatch;
 use crate::model::heads::{Classifier, Dense};
 use crate::model::layers::{Activation, Attention, Backend, Epilogue, Gate, Mask, Post, Rope};
@@ -375,6 +375,41 @@ fn stacked<B: Backend>(
         w.release(&format!("{p}.bias"));
     }
     Ok(l)
+}
+
+/// What a decoder family's file gives: the options its config turns into. The rest of its
+/// [`FamilySpec`] is the same for every decoder and lives here.
+pub trait DecoderSpec {
+    /// Decoders pool their last token by default (the EOS their tokenizer appends).
+    const POOLING: Pooling = Pooling::LastToken;
+    fn options(cfg: &serde_json::Value) -> Result<DecoderOptions, ModelError>;
+}
+
+impl<S: DecoderSpec> FamilySpec for S {
+    const POOLING: Pooling = <S as DecoderSpec>::POOLING;
+
+    fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
+        Ok(DecoderConfig::parse(cfg)?.facts())
+    }
+
+    fn backbone<B: Backend>(
+        b: &B,
+        w: &mut Weights,
+        cfg: &serde_json::Value,
+    ) -> Result<Box<dyn Backbone<B>>, ModelError> {
+        let o = S::options(cfg)?;
+        use_prefix(w)?;
+        Ok(Box::new(Decoder::load(b, w, o)?))
+    }
+
+    fn lm_reranker<B: Backend>(
+        b: &B,
+        w: &Weights,
+        cfg: &serde_json::Value,
+        ids: (u32, u32),
+    ) -> Option<Result<Classifier<B>, ModelError>> {
+        Some(Self::facts(cfg).and_then(|f| yes_no(b, w, f.hidden, ids)))
+    }
 }
 
 /// `*ForCausalLM` checkpoints nest the model under `model.`; sentence-transformers exports

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::bert::{BertConfig, BertLike, Embeddings};
 use super::encoder::{Encoder, EncoderLayer, LayerNames};
-use super::{Backbone, Facts};
+use super::{Backbone, Facts, FamilySpec};
 use crate::model::heads::Classifier;
 use crate::model::layers::{Activation, Backend};
 use crate::model::weights::Weights;
@@ -66,13 +66,46 @@ impl DistilBertConfig {
     }
 }
 
-pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    let c = DistilBertConfig::parse(cfg)?;
-    Ok(Facts {
-        hidden: c.dim,
-        max_positions: c.max_position_embeddings,
-        vocab: c.vocab_size,
-    })
+/// DistilBERT in the family table.
+pub struct Spec;
+
+impl FamilySpec for Spec {
+    fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
+        let c = DistilBertConfig::parse(cfg)?;
+        Ok(Facts {
+            hidden: c.dim,
+            max_positions: c.max_position_embeddings,
+            vocab: c.vocab_size,
+        })
+    }
+
+    fn backbone<B: Backend>(
+        b: &B,
+        w: &mut Weights,
+        cfg: &serde_json::Value,
+    ) -> Result<Box<dyn Backbone<B>>, ModelError> {
+        let c = DistilBertConfig::parse(cfg)?;
+        if !w.use_prefix(&["", "distilbert."], "embeddings.word_embeddings.weight") {
+            return Err(ModelError::Unsupported(
+                "no embeddings.word_embeddings.weight (with or without a `distilbert.` prefix): not \
+                 a DistilBERT checkpoint"
+                    .into(),
+            ));
+        }
+        Ok(Box::new(BertLike {
+            embeddings: Embeddings::load(b, w, &c.as_bert(), 0)?,
+            encoder: encoder(b, w, &c)?,
+        }))
+    }
+
+    fn classifier<B: Backend>(
+        b: &B,
+        w: &Weights,
+        cfg: &serde_json::Value,
+        labels: Vec<String>,
+    ) -> Option<Result<Classifier<B>, ModelError>> {
+        Some(classifier(b, w, cfg, labels))
+    }
 }
 
 const LAYER: LayerNames = LayerNames {
@@ -101,27 +134,8 @@ fn encoder<B: Backend>(b: &B, w: &Weights, c: &DistilBertConfig) -> Result<Encod
     })
 }
 
-pub fn backbone<B: Backend>(
-    b: &B,
-    w: &mut Weights,
-    cfg: &serde_json::Value,
-) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    let c = DistilBertConfig::parse(cfg)?;
-    if !w.use_prefix(&["", "distilbert."], "embeddings.word_embeddings.weight") {
-        return Err(ModelError::Unsupported(
-            "no embeddings.word_embeddings.weight (with or without a `distilbert.` prefix): not \
-             a DistilBERT checkpoint"
-                .into(),
-        ));
-    }
-    Ok(Box::new(BertLike {
-        embeddings: Embeddings::load(b, w, &c.as_bert(), 0)?,
-        encoder: encoder(b, w, &c)?,
-    }))
-}
-
 /// `DistilBertForSequenceClassification`: first token → pre_classifier → ReLU → classifier.
-pub fn classifier<B: Backend>(
+fn classifier<B: Backend>(
     b: &B,
     w: &Weights,
     cfg: &serde_json::Value,

@@ -8,12 +8,11 @@
 //! `sliding_window` `w` into `w / 2 + 1` and masks `|i - j| < w / 2 + 1`, so a sliding layer
 //! sees `±w/2`. Causal Gemma3 sliding layers see `i - j < w`.
 
-use super::decoder::{self, causal, Decoder, DecoderConfig, DecoderOptions, LayerKind};
+use super::decoder::{self, causal, DecoderConfig, DecoderOptions, DecoderSpec, LayerKind};
+use super::field;
 use super::rope::RopeParams;
-use super::{field, Backbone, Facts};
-use crate::model::layers::{Backend, Mask};
-use crate::model::weights::Weights;
-use crate::model::ModelError;
+use crate::model::layers::Mask;
+use crate::model::{ModelError, Pooling};
 
 fn options(cfg: &serde_json::Value) -> Result<DecoderOptions, ModelError> {
     let c = DecoderConfig::parse(cfg)?;
@@ -64,18 +63,16 @@ fn options(cfg: &serde_json::Value) -> Result<DecoderOptions, ModelError> {
     Ok(o)
 }
 
-pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    Ok(DecoderConfig::parse(cfg)?.facts())
-}
+/// Gemma3 in the family table.
+pub struct Spec;
 
-pub fn backbone<B: Backend>(
-    b: &B,
-    w: &mut Weights,
-    cfg: &serde_json::Value,
-) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    let o = options(cfg)?;
-    decoder::use_prefix(w)?;
-    Ok(Box::new(Decoder::load(b, w, o)?))
+impl DecoderSpec for Spec {
+    /// EmbeddingGemma is bidirectional and mean-pools.
+    const POOLING: Pooling = Pooling::Mean;
+
+    fn options(cfg: &serde_json::Value) -> Result<DecoderOptions, ModelError> {
+        options(cfg)
+    }
 }
 
 #[cfg(test)]

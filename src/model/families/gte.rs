@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use super::encoder::{Encoder, EncoderLayer, RotaryEncoder, TokenEmbeddings};
-use super::{layer_norm, linear, table, tensor, Backbone, Facts};
+use super::{layer_norm, linear, table, tensor, Backbone, Facts, FamilySpec};
 use crate::model::heads::{Classifier, Dense};
 use crate::model::layers::{Activation, Backend, Rope};
 use crate::model::weights::Weights;
@@ -139,13 +139,73 @@ impl GteConfig {
     }
 }
 
-pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    let c = GteConfig::parse(cfg)?;
-    Ok(Facts {
-        hidden: c.hidden_size,
-        max_positions: c.max_position_embeddings,
-        vocab: c.vocab_size,
-    })
+/// GTE in the family table.
+pub struct Spec;
+
+impl FamilySpec for Spec {
+    fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
+        let c = GteConfig::parse(cfg)?;
+        Ok(Facts {
+            hidden: c.hidden_size,
+            max_positions: c.max_position_embeddings,
+            vocab: c.vocab_size,
+        })
+    }
+
+    fn backbone<B: Backend>(
+        b: &B,
+        w: &mut Weights,
+        cfg: &serde_json::Value,
+    ) -> Result<Box<dyn Backbone<B>>, ModelError> {
+        let c = GteConfig::parse(cfg)?;
+        if !w.use_prefix(&["", "new."], "embeddings.word_embeddings.weight") {
+            return Err(ModelError::Unsupported(
+                "no embeddings.word_embeddings.weight (with or without a `new.` prefix): not a GTE \
+                 checkpoint"
+                    .into(),
+            ));
+        }
+        let h = c.hidden_size;
+        let embeddings = TokenEmbeddings {
+            word: table(b, w, "embeddings.word_embeddings.weight", c.vocab_size, h)?,
+            token_type: match c.type_vocab_size {
+                0 => None,
+                n => Some(table(
+                    b,
+                    w,
+                    "embeddings.token_type_embeddings.weight",
+                    n,
+                    h,
+                )?),
+            },
+            type_vocab_size: c.type_vocab_size,
+            norm: layer_norm(b, w, "embeddings.LayerNorm", h, c.layer_norm_eps)?,
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|l| layer(b, w, &c, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let gate = Activation::from_name(&c.hidden_act)?.as_gate()?;
+        Ok(Box::new(RotaryEncoder {
+            embeddings,
+            encoder: Encoder {
+                layers,
+                heads: c.num_attention_heads,
+                head_dim: c.head_dim(),
+                activation: Activation::Glu(gate),
+                rope: Some(c.rope()),
+                bias: None,
+            },
+        }))
+    }
+
+    fn classifier<B: Backend>(
+        b: &B,
+        w: &Weights,
+        cfg: &serde_json::Value,
+        labels: Vec<String>,
+    ) -> Option<Result<Classifier<B>, ModelError>> {
+        Some(classifier(b, w, cfg, labels))
+    }
 }
 
 fn layer<B: Backend>(
@@ -171,55 +231,9 @@ fn layer<B: Backend>(
     })
 }
 
-pub fn backbone<B: Backend>(
-    b: &B,
-    w: &mut Weights,
-    cfg: &serde_json::Value,
-) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    let c = GteConfig::parse(cfg)?;
-    if !w.use_prefix(&["", "new."], "embeddings.word_embeddings.weight") {
-        return Err(ModelError::Unsupported(
-            "no embeddings.word_embeddings.weight (with or without a `new.` prefix): not a GTE \
-             checkpoint"
-                .into(),
-        ));
-    }
-    let h = c.hidden_size;
-    let embeddings = TokenEmbeddings {
-        word: table(b, w, "embeddings.word_embeddings.weight", c.vocab_size, h)?,
-        token_type: match c.type_vocab_size {
-            0 => None,
-            n => Some(table(
-                b,
-                w,
-                "embeddings.token_type_embeddings.weight",
-                n,
-                h,
-            )?),
-        },
-        type_vocab_size: c.type_vocab_size,
-        norm: layer_norm(b, w, "embeddings.LayerNorm", h, c.layer_norm_eps)?,
-    };
-    let layers = (0..c.num_hidden_layers)
-        .map(|l| layer(b, w, &c, l))
-        .collect::<Result<Vec<_>, _>>()?;
-    let gate = Activation::from_name(&c.hidden_act)?.as_gate()?;
-    Ok(Box::new(RotaryEncoder {
-        embeddings,
-        encoder: Encoder {
-            layers,
-            heads: c.num_attention_heads,
-            head_dim: c.head_dim(),
-            activation: Activation::Glu(gate),
-            rope: Some(c.rope()),
-            bias: None,
-        },
-    }))
-}
-
 /// `NewForSequenceClassification` (gte-multilingual-reranker): first token → pooler
 /// (dense + tanh, when the checkpoint has one) → classifier.
-pub fn classifier<B: Backend>(
+fn classifier<B: Backend>(
     b: &B,
     w: &Weights,
     cfg: &serde_json::Value,

@@ -2,10 +2,8 @@
 //! window on every layer when `sliding_window` is set (a token sees itself and the
 //! `window - 1` before it).
 
-use super::decoder::{self, causal, Decoder, DecoderConfig, DecoderOptions};
-use super::{Backbone, Facts};
-use crate::model::layers::{Backend, Mask};
-use crate::model::weights::Weights;
+use super::decoder::{self, causal, DecoderConfig, DecoderOptions, DecoderSpec};
+use crate::model::layers::Mask;
 use crate::model::ModelError;
 
 fn options(cfg: &serde_json::Value) -> Result<DecoderOptions, ModelError> {
@@ -22,16 +20,11 @@ fn options(cfg: &serde_json::Value) -> Result<DecoderOptions, ModelError> {
     })
 }
 
-pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    Ok(DecoderConfig::parse(cfg)?.facts())
-}
+/// Mistral in the family table.
+pub struct Spec;
 
-pub fn backbone<B: Backend>(
-    b: &B,
-    w: &mut Weights,
-    cfg: &serde_json::Value,
-) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    let o = options(cfg)?;
-    decoder::use_prefix(w)?;
-    Ok(Box::new(Decoder::load(b, w, o)?))
+impl DecoderSpec for Spec {
+    fn options(cfg: &serde_json::Value) -> Result<DecoderOptions, ModelError> {
+        options(cfg)
+    }
 }

@@ -26,7 +26,7 @@ use super::heads::{Classifier, Splade};
 use super::layers::{Backend, NormKind};
 use super::registry::{Architecture, Family};
 use super::weights::{HostTensor, Weights};
-use super::ModelError;
+use super::{ModelError, Pooling};
 
 /// What every family's config tells the rest of the server.
 #[derive(Debug, Clone, Copy)]
@@ -37,23 +37,100 @@ pub struct Facts {
     pub vocab: usize,
 }
 
-// The registry: one arm per family in each of these.
+/// What a family's file gives the loader. Encoder files implement it; decoder files implement
+/// [`decoder::DecoderSpec`] (their options) and get the rest from `decoder.rs`. [`with_spec`]
+/// is the one place that maps a [`Family`] to its file.
+pub trait FamilySpec {
+    /// An embedder's pooling when neither the checkpoint nor the user names one.
+    const POOLING: Pooling = Pooling::Mean;
+
+    fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError>;
+
+    fn backbone<B: Backend>(
+        b: &B,
+        w: &mut Weights,
+        cfg: &serde_json::Value,
+    ) -> Result<Box<dyn Backbone<B>>, ModelError>;
+
+    /// The `*ForSequenceClassification` head; `None`: the family has none.
+    fn classifier<B: Backend>(
+        _b: &B,
+        _w: &Weights,
+        _cfg: &serde_json::Value,
+        _labels: Vec<String>,
+    ) -> Option<Result<Classifier<B>, ModelError>> {
+        None
+    }
+
+    /// A causal LM as a reranker (Qwen3-Reranker): one logit, logit("yes") − logit("no") at
+    /// the last token, from two rows of the LM head; `ids` are the tokenizer's ids of the
+    /// words. `None`: not a causal LM.
+    fn lm_reranker<B: Backend>(
+        _b: &B,
+        _w: &Weights,
+        _cfg: &serde_json::Value,
+        _ids: (u32, u32),
+    ) -> Option<Result<Classifier<B>, ModelError>> {
+        None
+    }
+
+    /// The masked-LM head SPLADE runs; `None`: not supported for the family.
+    fn splade<B: Backend>(
+        _b: &B,
+        _w: &Weights,
+        _cfg: &serde_json::Value,
+    ) -> Option<Result<Splade<B>, ModelError>> {
+        None
+    }
+}
+
+/// Something to do with a family's [`FamilySpec`] (the spec is a type, so the operation is
+/// generic over it).
+trait Visit {
+    type Out;
+    fn visit<S: FamilySpec>(self) -> Self::Out;
+}
+
+/// The family table: each [`Family`]'s file.
+fn with_spec<V: Visit>(family: Family, v: V) -> V::Out {
+    match family {
+        Family::Bert => v.visit::<bert::Spec>(),
+        Family::XlmRoberta => v.visit::<xlm_roberta::Spec>(),
+        Family::DistilBert => v.visit::<distilbert::Spec>(),
+        Family::MpNet => v.visit::<mpnet::Spec>(),
+        Family::ModernBert => v.visit::<modernbert::Spec>(),
+        Family::NomicBert => v.visit::<nomic::Spec>(),
+        Family::Gte => v.visit::<gte::Spec>(),
+        Family::Qwen3 => v.visit::<qwen3::Spec>(),
+        Family::Qwen2 => v.visit::<qwen2::Spec>(),
+        Family::Mistral => v.visit::<mistral::Spec>(),
+        Family::Llama => v.visit::<llama::Spec>(),
+        Family::Gemma3 => v.visit::<gemma3::Spec>(),
+    }
+}
 
 pub fn facts(family: Family, cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    match family {
-        Family::Bert => bert::facts(cfg),
-        Family::XlmRoberta => xlm_roberta::facts(cfg),
-        Family::DistilBert => distilbert::facts(cfg),
-        Family::MpNet => mpnet::facts(cfg),
-        Family::ModernBert => modernbert::facts(cfg),
-        Family::NomicBert => nomic::facts(cfg),
-        Family::Gte => gte::facts(cfg),
-        Family::Qwen3 => qwen3::facts(cfg),
-        Family::Qwen2 => qwen2::facts(cfg),
-        Family::Mistral => mistral::facts(cfg),
-        Family::Llama => llama::facts(cfg),
-        Family::Gemma3 => gemma3::facts(cfg),
+    struct Op<'a>(&'a serde_json::Value);
+    impl Visit for Op<'_> {
+        type Out = Result<Facts, ModelError>;
+        fn visit<S: FamilySpec>(self) -> Self::Out {
+            S::facts(self.0)
+        }
     }
+    with_spec(family, Op(cfg))
+}
+
+/// An embedder's pooling when neither the checkpoint nor the user names one: decoders pool
+/// their last token, encoders (and bidirectional EmbeddingGemma) the mean.
+pub fn default_pooling(family: Family) -> Pooling {
+    struct Op;
+    impl Visit for Op {
+        type Out = Pooling;
+        fn visit<S: FamilySpec>(self) -> Pooling {
+            S::POOLING
+        }
+    }
+    with_spec(family, Op)
 }
 
 pub fn backbone<B: Backend>(
@@ -62,20 +139,14 @@ pub fn backbone<B: Backend>(
     w: &mut Weights,
     cfg: &serde_json::Value,
 ) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    match family {
-        Family::Bert => bert::backbone(b, w, cfg),
-        Family::XlmRoberta => xlm_roberta::backbone(b, w, cfg),
-        Family::DistilBert => distilbert::backbone(b, w, cfg),
-        Family::MpNet => mpnet::backbone(b, w, cfg),
-        Family::ModernBert => modernbert::backbone(b, w, cfg),
-        Family::NomicBert => nomic::backbone(b, w, cfg),
-        Family::Gte => gte::backbone(b, w, cfg),
-        Family::Qwen3 => qwen3::backbone(b, w, cfg),
-        Family::Qwen2 => qwen2::backbone(b, w, cfg),
-        Family::Mistral => mistral::backbone(b, w, cfg),
-        Family::Llama => llama::backbone(b, w, cfg),
-        Family::Gemma3 => gemma3::backbone(b, w, cfg),
+    struct Op<'a, B>(&'a B, &'a mut Weights, &'a serde_json::Value);
+    impl<B: Backend> Visit for Op<'_, B> {
+        type Out = Result<Box<dyn Backbone<B>>, ModelError>;
+        fn visit<S: FamilySpec>(self) -> Self::Out {
+            S::backbone(self.0, self.1, self.2)
+        }
     }
+    with_spec(family, Op(b, w, cfg))
 }
 
 /// The `*ForSequenceClassification` head (or another task's scoring head).
@@ -86,41 +157,42 @@ pub fn classifier<B: Backend>(
     cfg: &serde_json::Value,
     labels: Vec<String>,
 ) -> Result<Classifier<B>, ModelError> {
-    match arch.family {
-        Family::Bert => bert::classifier(b, w, cfg, labels),
-        Family::XlmRoberta => xlm_roberta::classifier(b, w, cfg, labels),
-        Family::DistilBert => distilbert::classifier(b, w, cfg, labels),
-        Family::MpNet => mpnet::classifier(b, w, cfg, labels),
-        Family::ModernBert => modernbert::classifier(b, w, cfg, labels),
-        Family::NomicBert => nomic::classifier(b, w, cfg, labels),
-        Family::Gte => gte::classifier(b, w, cfg, labels),
-        Family::Qwen3 | Family::Qwen2 | Family::Mistral | Family::Llama | Family::Gemma3 => {
-            Err(ModelError::Unsupported(format!(
-                "{}: only the causal-LM yes/no reranker head (--task rerank)",
-                arch.name
-            )))
+    struct Op<'a, B>(&'a B, &'a Weights, &'a serde_json::Value, Vec<String>);
+    impl<B: Backend> Visit for Op<'_, B> {
+        type Out = Option<Result<Classifier<B>, ModelError>>;
+        fn visit<S: FamilySpec>(self) -> Self::Out {
+            S::classifier(self.0, self.1, self.2, self.3)
         }
     }
+    with_spec(arch.family, Op(b, w, cfg, labels)).unwrap_or_else(|| {
+        Err(ModelError::Unsupported(format!(
+            "{}: only the causal-LM yes/no reranker head (--task rerank)",
+            arch.name
+        )))
+    })
 }
 
-/// A causal LM as a reranker (Qwen3-Reranker): one logit, logit("yes") − logit("no") at the
-/// last token, from two rows of the LM head; `yes_no` are the tokenizer's ids of the words.
+/// A causal LM as a reranker (Qwen3-Reranker), see [`FamilySpec::lm_reranker`].
 pub fn lm_reranker<B: Backend>(
     arch: &Architecture,
     b: &B,
     w: &Weights,
     cfg: &serde_json::Value,
-    yes_no: (u32, u32),
+    ids: (u32, u32),
 ) -> Result<Classifier<B>, ModelError> {
-    match arch.family {
-        Family::Qwen3 | Family::Qwen2 | Family::Mistral | Family::Llama | Family::Gemma3 => {
-            decoder::yes_no(b, w, facts(arch.family, cfg)?.hidden, yes_no)
+    struct Op<'a, B>(&'a B, &'a Weights, &'a serde_json::Value, (u32, u32));
+    impl<B: Backend> Visit for Op<'_, B> {
+        type Out = Option<Result<Classifier<B>, ModelError>>;
+        fn visit<S: FamilySpec>(self) -> Self::Out {
+            S::lm_reranker(self.0, self.1, self.2, self.3)
         }
-        other => Err(ModelError::Unsupported(format!(
-            "{} is not a causal LM: no yes/no reranker head",
-            other.name()
-        ))),
     }
+    with_spec(arch.family, Op(b, w, cfg, ids)).unwrap_or_else(|| {
+        Err(ModelError::Unsupported(format!(
+            "{} is not a causal LM: no yes/no reranker head",
+            arch.family.name()
+        )))
+    })
 }
 
 /// The masked-LM head SPLADE runs.
@@ -130,13 +202,19 @@ pub fn splade<B: Backend>(
     w: &Weights,
     cfg: &serde_json::Value,
 ) -> Result<Splade<B>, ModelError> {
-    match family {
-        Family::Bert => bert::splade(b, w, cfg),
-        other => Err(ModelError::Unsupported(format!(
-            "--pooling splade with a {} masked-LM head (only BERT's is supported)",
-            other.name()
-        ))),
+    struct Op<'a, B>(&'a B, &'a Weights, &'a serde_json::Value);
+    impl<B: Backend> Visit for Op<'_, B> {
+        type Out = Option<Result<Splade<B>, ModelError>>;
+        fn visit<S: FamilySpec>(self) -> Self::Out {
+            S::splade(self.0, self.1, self.2)
+        }
     }
+    with_spec(family, Op(b, w, cfg)).unwrap_or_else(|| {
+        Err(ModelError::Unsupported(format!(
+            "--pooling splade with a {} masked-LM head (only BERT's is supported)",
+            family.name()
+        )))
+    })
 }
 
 /// A family's network up to the last hidden states.
@@ -288,4 +366,44 @@ pub(crate) fn field<T: serde::de::DeserializeOwned>(
         .iter()
         .find_map(|n| cfg.get(n).cloned())
         .and_then(|v| serde_json::from_value(v).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoders_pool_their_last_token_and_the_rest_the_mean() {
+        let pooling = |t: &str| Family::from_model_type(t).map(default_pooling);
+        for t in ["qwen3", "qwen2", "mistral", "llama"] {
+            assert_eq!(pooling(t), Some(Pooling::LastToken), "{t}");
+        }
+        // Bidirectional EmbeddingGemma mean-pools, as the encoders do.
+        for t in [
+            "gemma3_text",
+            "bert",
+            "roberta",
+            "distilbert",
+            "mpnet",
+            "modernbert",
+        ] {
+            assert_eq!(pooling(t), Some(Pooling::Mean), "{t}");
+        }
+    }
+
+    #[test]
+    fn every_family_reads_its_facts_from_its_own_file() {
+        // One config that every family's parser accepts: each file answers, none is a stub.
+        let cfg = serde_json::json!({"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 16,
+            "max_position_embeddings": 64, "n_embd": 8, "n_positions": 64, "dim": 8,
+            "n_layers": 1, "n_heads": 2, "hidden_dim": 16, "n_layer": 1, "n_head": 2,
+            "n_inner": 16, "head_dim": 4, "global_attn_every_n_layers": 1,
+            "local_attention": 8});
+        for t in Family::supported().split(", ") {
+            let family = Family::from_model_type(t).expect("a supported type");
+            let f = facts(family, &cfg).unwrap_or_else(|e| panic!("{t}: {e}"));
+            assert_eq!((f.hidden, f.vocab), (8, 10), "{t}");
+        }
+    }
 }

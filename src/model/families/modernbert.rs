@@ -11,7 +11,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{layer_norm, table, tensor, Backbone, Facts};
+use super::{layer_norm, table, tensor, Backbone, Facts, FamilySpec};
 use crate::model::batch::PackedBatch;
 use crate::model::heads::{Classifier, Dense};
 use crate::model::layers::{Activation, Attention, Backend, Epilogue, Mask, Post, Rope};
@@ -201,13 +201,75 @@ impl ModernBertConfig {
     }
 }
 
-pub fn facts(cfg: &Value) -> Result<Facts, ModelError> {
-    let c = ModernBertConfig::parse(cfg)?;
-    Ok(Facts {
-        hidden: c.hidden,
-        max_positions: c.max_positions,
-        vocab: c.vocab_size,
-    })
+/// ModernBERT in the family table.
+pub struct Spec;
+
+impl FamilySpec for Spec {
+    fn facts(cfg: &Value) -> Result<Facts, ModelError> {
+        let c = ModernBertConfig::parse(cfg)?;
+        Ok(Facts {
+            hidden: c.hidden,
+            max_positions: c.max_positions,
+            vocab: c.vocab_size,
+        })
+    }
+
+    fn backbone<B: Backend>(
+        b: &B,
+        w: &mut Weights,
+        cfg: &Value,
+    ) -> Result<Box<dyn Backbone<B>>, ModelError> {
+        let c = ModernBertConfig::parse(cfg)?;
+        if !w.use_prefix(&["", "model."], "embeddings.tok_embeddings.weight") {
+            return Err(ModelError::Unsupported(
+                "no embeddings.tok_embeddings.weight (with or without a `model.` prefix): not a \
+                 ModernBERT checkpoint"
+                    .into(),
+            ));
+        }
+        let (h, i) = (c.hidden, c.intermediate);
+        let mut layers = Vec::with_capacity(c.global.len());
+        for (l, &global) in c.global.iter().enumerate() {
+            let p = format!("layers.{l}");
+            layers.push(Layer {
+                // transformers makes layer 0's attention norm an identity (the embeddings are
+                // normalised already).
+                attn_norm: if l == 0 {
+                    None
+                } else {
+                    Some(norm(b, w, &c, &format!("{p}.attn_norm"))?)
+                },
+                qkv: linear(b, w, &format!("{p}.attn.Wqkv"), h, 3 * h, c.attention_bias)?,
+                attn_out: linear(b, w, &format!("{p}.attn.Wo"), h, h, c.attention_bias)?,
+                mlp_norm: norm(b, w, &c, &format!("{p}.mlp_norm"))?,
+                mlp_in: linear(b, w, &format!("{p}.mlp.Wi"), h, 2 * i, c.mlp_bias)?,
+                mlp_out: linear(b, w, &format!("{p}.mlp.Wo"), i, h, c.mlp_bias)?,
+                global,
+            });
+        }
+        let d = c.head_dim();
+        Ok(Box::new(ModernBert {
+            word: table(b, w, "embeddings.tok_embeddings.weight", c.vocab_size, h)?,
+            embed_norm: norm(b, w, &c, "embeddings.norm")?,
+            layers,
+            final_norm: norm(b, w, &c, "final_norm")?,
+            heads: c.heads,
+            head_dim: d,
+            gate: c.gate,
+            half_window: c.half_window,
+            global_rope: Rope::new(c.global_theta, d),
+            local_rope: Rope::new(c.local_theta, d),
+        }))
+    }
+
+    fn classifier<B: Backend>(
+        b: &B,
+        w: &Weights,
+        cfg: &serde_json::Value,
+        labels: Vec<String>,
+    ) -> Option<Result<Classifier<B>, ModelError>> {
+        Some(classifier(b, w, cfg, labels))
+    }
 }
 
 /// `{p}.weight` `[out, inp]`, with `{p}.bias` exactly when the config says there is one.
@@ -327,57 +389,9 @@ impl<B: Backend> Backbone<B> for ModernBert<B> {
     }
 }
 
-pub fn backbone<B: Backend>(
-    b: &B,
-    w: &mut Weights,
-    cfg: &Value,
-) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    let c = ModernBertConfig::parse(cfg)?;
-    if !w.use_prefix(&["", "model."], "embeddings.tok_embeddings.weight") {
-        return Err(ModelError::Unsupported(
-            "no embeddings.tok_embeddings.weight (with or without a `model.` prefix): not a \
-             ModernBERT checkpoint"
-                .into(),
-        ));
-    }
-    let (h, i) = (c.hidden, c.intermediate);
-    let mut layers = Vec::with_capacity(c.global.len());
-    for (l, &global) in c.global.iter().enumerate() {
-        let p = format!("layers.{l}");
-        layers.push(Layer {
-            // transformers makes layer 0's attention norm an identity (the embeddings are
-            // normalised already).
-            attn_norm: if l == 0 {
-                None
-            } else {
-                Some(norm(b, w, &c, &format!("{p}.attn_norm"))?)
-            },
-            qkv: linear(b, w, &format!("{p}.attn.Wqkv"), h, 3 * h, c.attention_bias)?,
-            attn_out: linear(b, w, &format!("{p}.attn.Wo"), h, h, c.attention_bias)?,
-            mlp_norm: norm(b, w, &c, &format!("{p}.mlp_norm"))?,
-            mlp_in: linear(b, w, &format!("{p}.mlp.Wi"), h, 2 * i, c.mlp_bias)?,
-            mlp_out: linear(b, w, &format!("{p}.mlp.Wo"), i, h, c.mlp_bias)?,
-            global,
-        });
-    }
-    let d = c.head_dim();
-    Ok(Box::new(ModernBert {
-        word: table(b, w, "embeddings.tok_embeddings.weight", c.vocab_size, h)?,
-        embed_norm: norm(b, w, &c, "embeddings.norm")?,
-        layers,
-        final_norm: norm(b, w, &c, "final_norm")?,
-        heads: c.heads,
-        head_dim: d,
-        gate: c.gate,
-        half_window: c.half_window,
-        global_rope: Rope::new(c.global_theta, d),
-        local_rope: Rope::new(c.local_theta, d),
-    }))
-}
-
 /// `ModernBertForSequenceClassification`: pool (`classifier_pooling`) → `head.dense` → act →
 /// `head.norm` → `classifier`.
-pub fn classifier<B: Backend>(
+fn classifier<B: Backend>(
     b: &B,
     w: &Weights,
     cfg: &Value,

@@ -5,7 +5,7 @@
 
 use super::bert::{BertConfig, BertLike, Embeddings};
 use super::encoder::{Encoder, EncoderLayer, LayerNames};
-use super::{field, tensor, Backbone, Facts};
+use super::{field, tensor, Backbone, Facts, FamilySpec};
 use crate::model::heads::Classifier;
 use crate::model::layers::{Activation, Backend, Buckets};
 use crate::model::weights::Weights;
@@ -37,13 +37,46 @@ fn config(cfg: &serde_json::Value) -> Result<(BertConfig, usize), ModelError> {
     Ok((c, buckets))
 }
 
-pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    let (c, _) = config(cfg)?;
-    Ok(Facts {
-        hidden: c.hidden_size,
-        max_positions: c.max_position_embeddings - pad_id(&c) as usize - 1,
-        vocab: c.vocab_size,
-    })
+/// MPNet in the family table.
+pub struct Spec;
+
+impl FamilySpec for Spec {
+    fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
+        let (c, _) = config(cfg)?;
+        Ok(Facts {
+            hidden: c.hidden_size,
+            max_positions: c.max_position_embeddings - pad_id(&c) as usize - 1,
+            vocab: c.vocab_size,
+        })
+    }
+
+    fn backbone<B: Backend>(
+        b: &B,
+        w: &mut Weights,
+        cfg: &serde_json::Value,
+    ) -> Result<Box<dyn Backbone<B>>, ModelError> {
+        let (c, buckets) = config(cfg)?;
+        if !w.use_prefix(&["", "mpnet."], "embeddings.word_embeddings.weight") {
+            return Err(ModelError::Unsupported(
+                "no embeddings.word_embeddings.weight (with or without an `mpnet.` prefix): not an \
+                 MPNet checkpoint"
+                    .into(),
+            ));
+        }
+        Ok(Box::new(BertLike {
+            embeddings: Embeddings::load(b, w, &c, pad_id(&c) + 1)?,
+            encoder: encoder(b, w, &c, buckets)?,
+        }))
+    }
+
+    fn classifier<B: Backend>(
+        b: &B,
+        w: &Weights,
+        cfg: &serde_json::Value,
+        labels: Vec<String>,
+    ) -> Option<Result<Classifier<B>, ModelError>> {
+        Some(classifier(b, w, cfg, labels))
+    }
 }
 
 const LAYER: LayerNames = LayerNames {
@@ -87,28 +120,9 @@ fn encoder<B: Backend>(
     })
 }
 
-pub fn backbone<B: Backend>(
-    b: &B,
-    w: &mut Weights,
-    cfg: &serde_json::Value,
-) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    let (c, buckets) = config(cfg)?;
-    if !w.use_prefix(&["", "mpnet."], "embeddings.word_embeddings.weight") {
-        return Err(ModelError::Unsupported(
-            "no embeddings.word_embeddings.weight (with or without an `mpnet.` prefix): not an \
-             MPNet checkpoint"
-                .into(),
-        ));
-    }
-    Ok(Box::new(BertLike {
-        embeddings: Embeddings::load(b, w, &c, pad_id(&c) + 1)?,
-        encoder: encoder(b, w, &c, buckets)?,
-    }))
-}
-
 /// `MPNetForSequenceClassification`: RoBERTa's head (`classifier.dense` → tanh →
 /// `classifier.out_proj` on the first token).
-pub fn classifier<B: Backend>(
+fn classifier<B: Backend>(
     b: &B,
     w: &Weights,
     cfg: &serde_json::Value,

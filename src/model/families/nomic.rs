@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use super::encoder::{Encoder, EncoderLayer, RotaryEncoder, TokenEmbeddings};
-use super::{layer_norm, table, tensor, Backbone, Facts};
+use super::{layer_norm, table, tensor, Backbone, Facts, FamilySpec};
 use crate::model::heads::Classifier;
 use crate::model::layers::{Activation, Backend, DynamicNtk, Gate, Rope};
 use crate::model::weights::Weights;
@@ -172,13 +172,74 @@ impl NomicConfig {
     }
 }
 
-pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    let c = NomicConfig::parse(cfg)?;
-    Ok(Facts {
-        hidden: c.n_embd,
-        max_positions: c.n_positions,
-        vocab: c.vocab_size,
-    })
+/// NomicBERT in the family table.
+pub struct Spec;
+
+impl FamilySpec for Spec {
+    fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
+        let c = NomicConfig::parse(cfg)?;
+        Ok(Facts {
+            hidden: c.n_embd,
+            max_positions: c.n_positions,
+            vocab: c.vocab_size,
+        })
+    }
+
+    fn backbone<B: Backend>(
+        b: &B,
+        w: &mut Weights,
+        cfg: &serde_json::Value,
+    ) -> Result<Box<dyn Backbone<B>>, ModelError> {
+        let c = NomicConfig::parse(cfg)?;
+        // NomicBertForPreTraining / *ForSequenceClassification keep the backbone under `bert.`.
+        if !w.use_prefix(&["", "bert."], "embeddings.word_embeddings.weight") {
+            return Err(ModelError::Unsupported(
+                "no embeddings.word_embeddings.weight (with or without a `bert.` prefix): not a \
+                 NomicBERT checkpoint"
+                    .into(),
+            ));
+        }
+        let h = c.n_embd;
+        let embeddings = TokenEmbeddings {
+            word: table(b, w, "embeddings.word_embeddings.weight", c.vocab_size, h)?,
+            token_type: Some(table(
+                b,
+                w,
+                "embeddings.token_type_embeddings.weight",
+                c.type_vocab_size,
+                h,
+            )?),
+            type_vocab_size: c.type_vocab_size,
+            norm: layer_norm(b, w, "emb_ln", h, c.layer_norm_epsilon)?,
+        };
+        let layers = (0..c.n_layer)
+            .map(|l| layer(b, w, &c, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let activation = match c.mlp()? {
+            Mlp::Gated(g) => Activation::Glu(g),
+            Mlp::Plain(a) => a,
+        };
+        Ok(Box::new(RotaryEncoder {
+            embeddings,
+            encoder: Encoder {
+                layers,
+                heads: c.n_head,
+                head_dim: c.head_dim(),
+                activation,
+                rope: Some(c.rope()),
+                bias: None,
+            },
+        }))
+    }
+
+    fn classifier<B: Backend>(
+        b: &B,
+        w: &Weights,
+        cfg: &serde_json::Value,
+        labels: Vec<String>,
+    ) -> Option<Result<Classifier<B>, ModelError>> {
+        Some(classifier(b, w, cfg, labels))
+    }
 }
 
 /// `{p}.weight` (stacked in order) with `{p}.bias` when `bias` says the checkpoint has them.
@@ -241,54 +302,7 @@ fn layer<B: Backend>(
     })
 }
 
-pub fn backbone<B: Backend>(
-    b: &B,
-    w: &mut Weights,
-    cfg: &serde_json::Value,
-) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    let c = NomicConfig::parse(cfg)?;
-    // NomicBertForPreTraining / *ForSequenceClassification keep the backbone under `bert.`.
-    if !w.use_prefix(&["", "bert."], "embeddings.word_embeddings.weight") {
-        return Err(ModelError::Unsupported(
-            "no embeddings.word_embeddings.weight (with or without a `bert.` prefix): not a \
-             NomicBERT checkpoint"
-                .into(),
-        ));
-    }
-    let h = c.n_embd;
-    let embeddings = TokenEmbeddings {
-        word: table(b, w, "embeddings.word_embeddings.weight", c.vocab_size, h)?,
-        token_type: Some(table(
-            b,
-            w,
-            "embeddings.token_type_embeddings.weight",
-            c.type_vocab_size,
-            h,
-        )?),
-        type_vocab_size: c.type_vocab_size,
-        norm: layer_norm(b, w, "emb_ln", h, c.layer_norm_epsilon)?,
-    };
-    let layers = (0..c.n_layer)
-        .map(|l| layer(b, w, &c, l))
-        .collect::<Result<Vec<_>, _>>()?;
-    let activation = match c.mlp()? {
-        Mlp::Gated(g) => Activation::Glu(g),
-        Mlp::Plain(a) => a,
-    };
-    Ok(Box::new(RotaryEncoder {
-        embeddings,
-        encoder: Encoder {
-            layers,
-            heads: c.n_head,
-            head_dim: c.head_dim(),
-            activation,
-            rope: Some(c.rope()),
-            bias: None,
-        },
-    }))
-}
-
-pub fn classifier<B: Backend>(
+fn classifier<B: Backend>(
     _b: &B,
     _w: &Weights,
     _cfg: &serde_json::Value,

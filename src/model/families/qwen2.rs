@@ -2,10 +2,9 @@
 //! q/k/v (not o_proj). Sliding windows only with `use_sliding_window`, then on the layers
 //! from `max_window_layers` on (or as `layer_types` says), as transformers' `Qwen2Config`.
 
-use super::decoder::{self, causal, Decoder, DecoderConfig, DecoderOptions};
-use super::{field, Backbone, Facts};
-use crate::model::layers::{Backend, Mask};
-use crate::model::weights::Weights;
+use super::decoder::{self, causal, DecoderConfig, DecoderOptions, DecoderSpec};
+use super::field;
+use crate::model::layers::Mask;
 use crate::model::ModelError;
 
 /// Qwen2's shapes and masks; `qk_norm` for Qwen3, which shares the rest.
@@ -35,18 +34,13 @@ pub(crate) fn options(
     Ok(o)
 }
 
-pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    Ok(DecoderConfig::parse(cfg)?.facts())
-}
+/// Qwen2 in the family table.
+pub struct Spec;
 
-pub fn backbone<B: Backend>(
-    b: &B,
-    w: &mut Weights,
-    cfg: &serde_json::Value,
-) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    let o = options(cfg, false)?;
-    decoder::use_prefix(w)?;
-    Ok(Box::new(Decoder::load(b, w, o)?))
+impl DecoderSpec for Spec {
+    fn options(cfg: &serde_json::Value) -> Result<DecoderOptions, ModelError> {
+        options(cfg, false)
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! `classifier.out_proj` on the first token (no pooler).
 
 use super::bert::{self, BertConfig, BertLike, Embeddings};
-use super::{Backbone, Facts};
+use super::{Backbone, Facts, FamilySpec};
 use crate::model::heads::Classifier;
 use crate::model::layers::{Activation, Backend};
 use crate::model::weights::Weights;
@@ -33,13 +33,40 @@ fn config(cfg: &serde_json::Value) -> Result<BertConfig, ModelError> {
     Ok(c)
 }
 
-pub fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
-    let c = config(cfg)?;
-    Ok(Facts {
-        hidden: c.hidden_size,
-        max_positions: c.max_position_embeddings - pad_id(&c) as usize - 1,
-        vocab: c.vocab_size,
-    })
+/// RoBERTa / XLM-R in the family table.
+pub struct Spec;
+
+impl FamilySpec for Spec {
+    fn facts(cfg: &serde_json::Value) -> Result<Facts, ModelError> {
+        let c = config(cfg)?;
+        Ok(Facts {
+            hidden: c.hidden_size,
+            max_positions: c.max_position_embeddings - pad_id(&c) as usize - 1,
+            vocab: c.vocab_size,
+        })
+    }
+
+    fn backbone<B: Backend>(
+        b: &B,
+        w: &mut Weights,
+        cfg: &serde_json::Value,
+    ) -> Result<Box<dyn Backbone<B>>, ModelError> {
+        let c = config(cfg)?;
+        use_prefix(w)?;
+        Ok(Box::new(BertLike {
+            embeddings: Embeddings::load(b, w, &c, pad_id(&c) + 1)?,
+            encoder: bert::encoder(b, w, &c)?,
+        }))
+    }
+
+    fn classifier<B: Backend>(
+        b: &B,
+        w: &Weights,
+        cfg: &serde_json::Value,
+        labels: Vec<String>,
+    ) -> Option<Result<Classifier<B>, ModelError>> {
+        Some(classifier(b, w, cfg, labels))
+    }
 }
 
 fn use_prefix(w: &mut Weights) -> Result<(), ModelError> {
@@ -53,19 +80,6 @@ fn use_prefix(w: &mut Weights) -> Result<(), ModelError> {
                 .into(),
         ))
     }
-}
-
-pub fn backbone<B: Backend>(
-    b: &B,
-    w: &mut Weights,
-    cfg: &serde_json::Value,
-) -> Result<Box<dyn Backbone<B>>, ModelError> {
-    let c = config(cfg)?;
-    use_prefix(w)?;
-    Ok(Box::new(BertLike {
-        embeddings: Embeddings::load(b, w, &c, pad_id(&c) + 1)?,
-        encoder: bert::encoder(b, w, &c)?,
-    }))
 }
 
 /// `RobertaClassificationHead`: first token → dense → tanh → out_proj. MPNet's
@@ -87,7 +101,7 @@ pub fn classification_head<B: Backend>(
     )
 }
 
-pub fn classifier<B: Backend>(
+fn classifier<B: Backend>(
     b: &B,
     w: &Weights,
     cfg: &serde_json::Value,
