@@ -282,7 +282,7 @@ fn check_fixture(f: &Fixture) {
     let (f, name) = (f, f.name);
     check_tokens(f);
     let want = f.want();
-    for backend in [CpuBackend::Native, CpuBackend::Candle] {
+    for backend in [CpuBackend::Native, CpuBackend::Reference] {
         let m = f.load(backend);
         assert!(
             want.within(m.summary().available),
@@ -400,7 +400,7 @@ fn check_transformers5_config(name: &'static str) {
     for item in hub.items() {
         batch.push(&ids(&item["input_ids"]), &[]);
     }
-    for backend in [CpuBackend::Native, CpuBackend::Candle] {
+    for backend in [CpuBackend::Native, CpuBackend::Reference] {
         let a = hub
             .load(backend)
             .run(&batch, &vec![want; batch.len()], &mut || {});
@@ -530,7 +530,7 @@ fn decoder_configs_load_alike_in_both_forms() {
         let v4 = Fixture::open(name);
         let v5 = Fixture::with_config(name, "config.transformers5.json");
         let want = v4.want();
-        for backend in [CpuBackend::Native, CpuBackend::Candle] {
+        for backend in [CpuBackend::Native, CpuBackend::Reference] {
             let batch = batch_of(&v4);
             let wants = vec![want; batch.len()];
             let a = v4

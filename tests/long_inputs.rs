@@ -3,7 +3,7 @@
 //! `length x length` score matrix. Peak resident memory (VmHWM, reset through
 //! /proc/self/clear_refs) grows by far less than one head's 4096 x 4096 F32 matrix (64 MiB);
 //! the blocked kernel's result does not depend on the query block; and the model's outputs
-//! equal the candle backend's, which does build the full matrices.
+//! equal the reference backend's, which does build the full matrices.
 //!
 //! One test function: the measurement is per process, so nothing may run beside it.
 
@@ -140,11 +140,11 @@ fn check_model(name: &str) {
     );
     drop(m);
 
-    let m = load(&dir, CpuBackend::Candle);
+    let m = load(&dir, CpuBackend::Reference);
     let (reference, growth) = peak_growth(|| m.run(&one(&ids), &[want], &mut || {}));
-    let reference = reference.expect("4096 tokens on the candle backend");
+    let reference = reference.expect("4096 tokens on the reference backend");
     eprintln!(
-        "{name}: the candle backend (full score matrices) on the same input: peak RSS +{:.1} MiB",
+        "{name}: the reference backend (full score matrices) on the same input: peak RSS +{:.1} MiB",
         growth as f64 / MIB as f64
     );
     let (a, b) = (&native[0], &reference[0]);

@@ -167,8 +167,9 @@ pub struct ModelArgs {
     pub quantization_ranges: Option<PathBuf>,
 
     /// CPU implementation: `native` (spotinfer's own fused kernels, the fast path: float32,
-    /// and float16 where the CPU has AVX512-FP16) or `candle` (the reference; also used for
-    /// bfloat16, and for float16 on CPUs without AVX512-FP16).
+    /// and float16 where the CPU has AVX512-FP16) or `reference` (candle's ops, the backend
+    /// `--gpu-backend reference` runs on a GPU; also used for bfloat16, and for float16 on CPUs
+    /// without AVX512-FP16). `candle` is accepted for `reference`.
     #[arg(long, env = "CPU_BACKEND", value_enum, default_value = "native")]
     pub cpu_backend: CpuBackendArg,
 
@@ -274,8 +275,9 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 512, help_heading = SERVER)]
     pub max_concurrent_requests: usize,
 
-    /// Token budget of one device batch: padded tokens (inputs x longest input) on CUDA and the
-    /// candle CPU backend, real tokens on the native CPU backend (it computes no padding).
+    /// Token budget of one device batch: padded tokens (inputs x longest input) on the
+    /// reference backend (CPU or GPU), real tokens on the native CPU and the fused GPU backends
+    /// (they compute no padding).
     /// Default: 16384, raised to the model's longest input when that is longer (a 32k-context
     /// decoder) and lowered on a GPU to what its free memory holds (both logged at start).
     /// Given explicitly, it must cover the longest input.
@@ -634,7 +636,9 @@ pub enum DTypeArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CpuBackendArg {
     Native,
-    Candle,
+    /// Called `candle` before it had the GPU's name.
+    #[value(alias = "candle")]
+    Reference,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -993,6 +997,22 @@ mod tests {
         }
         // Every hidden flag still parses (tests set it).
         assert!(Cli::try_parse_from(["spotinfer", "serve", "--test-batch-delay-ms", "5"]).is_ok());
+    }
+
+    #[test]
+    fn the_reference_backend_has_one_name_on_both_devices() {
+        let backend =
+            |v: &str| match Cli::try_parse_from(["spotinfer", "serve", "--cpu-backend", v]) {
+                Ok(Cli {
+                    command: Command::Serve(a),
+                    ..
+                }) => Some(a.model.cpu_backend),
+                _ => None,
+            };
+        assert_eq!(backend("reference"), Some(CpuBackendArg::Reference));
+        // The older name still parses.
+        assert_eq!(backend("candle"), Some(CpuBackendArg::Reference));
+        assert_eq!(backend("native"), Some(CpuBackendArg::Native));
     }
 
     #[test]

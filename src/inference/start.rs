@@ -142,7 +142,7 @@ pub async fn start(
         dtype,
         cpu_backend: match args.cpu_backend {
             CpuBackendArg::Native => CpuBackend::Native,
-            CpuBackendArg::Candle => CpuBackend::Candle,
+            CpuBackendArg::Reference => CpuBackend::Reference,
         },
         gpu_backend: match args.gpu_backend {
             GpuBackendArg::Reference => GpuBackend::Reference,

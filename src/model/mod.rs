@@ -99,8 +99,9 @@ pub enum CpuBackend {
     /// Our own F32 kernels (`cpu/`): the fast path.
     #[default]
     Native,
-    /// candle's CPU ops (`reference/`): any dtype; the oracle the native path is tested against.
-    Candle,
+    /// The reference backend (`reference/`, candle's ops; the same one a GPU runs by default):
+    /// any dtype; the oracle the native path is tested against.
+    Reference,
 }
 
 /// Which implementation runs the layers on a CUDA GPU.

@@ -444,7 +444,7 @@ mod tests {
         let st = SentenceTransformerConfig::read(&files).unwrap();
         let opts = LoadOptions {
             dtype: DType::F16,
-            cpu_backend: crate::model::CpuBackend::Candle,
+            cpu_backend: crate::model::CpuBackend::Reference,
             ..LoadOptions::cpu()
         };
         let m = model::load(&files, &st, &opts).unwrap();
