@@ -2,6 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
@@ -57,4 +58,19 @@ pub fn parse_json<T: DeserializeOwned>(
         };
         ApiError::new(kind, format!("invalid JSON body: {e}"))
     })
+}
+
+/// A JSON body as a handler argument, checked as [`parse_json`] does. Its rejection is the
+/// [`ApiError`] (in TEI's dialect) a client can act on, so a handler returns
+/// `Result<_, ApiError>` and never sees a malformed body.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state).await;
+        parse_json(&headers, body).map(JsonBody)
+    }
 }

@@ -9,17 +9,14 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::errors::{ApiError, ErrorKind};
-use super::request::parse_json;
+use super::request::JsonBody;
 use super::{timing, AppState};
 use crate::inference::inputs::parse_inputs;
 use crate::inference::quantize::{render_all, EmbeddingType};
@@ -81,22 +78,15 @@ impl From<Text> for TextOptions {
     }
 }
 
-fn respond(r: Result<Response, ApiError>) -> Response {
-    match r {
-        Ok(v) => v,
-        Err(e) => e.into_response(),
-    }
-}
-
 fn with_timing(inference: &Inference, t: &Timings, body: Value) -> Response {
     (timing::parts(t, &inference.info.device), Json(body)).into_response()
 }
 
 /// A route's answer before it becomes a response (`/vertex` gathers several).
-pub(super) struct Answer {
-    pub inference: Arc<Inference>,
-    pub timings: Timings,
-    pub body: Value,
+pub(crate) struct Answer {
+    pub(super) inference: Arc<Inference>,
+    pub(super) timings: Timings,
+    pub(super) body: Value,
 }
 
 impl IntoResponse for Answer {
@@ -123,17 +113,9 @@ pub(crate) struct EmbedBody {
 
 pub async fn embed(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            Ok(embed_value(&state, parse_json(&headers, body)?)
-                .await?
-                .into_response())
-        }
-        .await,
-    )
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Answer, ApiError> {
+    embed_value(&state, body).await
 }
 
 pub(super) async fn embed_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
@@ -187,24 +169,17 @@ pub(crate) struct InputsBody {
 
 pub async fn embed_all(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            let req: InputsBody = parse_json(&headers, body)?;
-            let inference = state.inference()?;
-            let (tokens, t) = inference
-                .embed_all(
-                    parse_inputs(&req.inputs, "inputs")?,
-                    req.text.into(),
-                    Priority::Online,
-                )
-                .await?;
-            Ok(with_timing(&inference, &t, json!(tokens)))
-        }
-        .await,
-    )
+    JsonBody(req): JsonBody<InputsBody>,
+) -> Result<Response, ApiError> {
+    let inference = state.inference()?;
+    let (tokens, t) = inference
+        .embed_all(
+            parse_inputs(&req.inputs, "inputs")?,
+            req.text.into(),
+            Priority::Online,
+        )
+        .await?;
+    Ok(with_timing(&inference, &t, json!(tokens)))
 }
 
 fn sparse_json(v: &[(u32, f32)]) -> Value {
@@ -217,17 +192,9 @@ fn sparse_json(v: &[(u32, f32)]) -> Value {
 
 pub async fn embed_sparse(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            Ok(embed_sparse_value(&state, parse_json(&headers, body)?)
-                .await?
-                .into_response())
-        }
-        .await,
-    )
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Answer, ApiError> {
+    embed_sparse_value(&state, body).await
 }
 
 pub(super) async fn embed_sparse_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
@@ -265,51 +232,44 @@ pub(crate) struct MultiBody {
 /// bge-m3: `[{"multi_vector": [[f32]], "dense"?: [f32], "sparse"?: [{index, value}]}]`.
 pub async fn embed_multi_vector(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            let req: MultiBody = parse_json(&headers, body)?;
-            let inference = state.inference()?;
-            let want = Want {
-                multi_vector: true,
-                pooled: req.return_dense,
-                sparse: req.return_sparse,
-                ..Want::NONE
-            };
-            let (outputs, t) = inference
-                .embed_multi(
-                    parse_inputs(&req.inputs, "inputs")?,
-                    req.text.into(),
-                    want,
-                    Priority::Online,
-                )
-                .await?;
-            let width = inference.info.hidden_size.max(1);
-            let body: Vec<Value> = outputs
-                .into_iter()
-                .map(|o| {
-                    let vectors: Vec<&[f32]> = o
-                        .multi_vector
-                        .as_deref()
-                        .unwrap_or_default()
-                        .chunks_exact(width)
-                        .collect();
-                    let mut item = json!({"multi_vector": vectors});
-                    if let Some(d) = &o.pooled {
-                        item["dense"] = json!(d);
-                    }
-                    if let Some(s) = &o.sparse {
-                        item["sparse"] = sparse_json(s);
-                    }
-                    item
-                })
+    JsonBody(req): JsonBody<MultiBody>,
+) -> Result<Response, ApiError> {
+    let inference = state.inference()?;
+    let want = Want {
+        multi_vector: true,
+        pooled: req.return_dense,
+        sparse: req.return_sparse,
+        ..Want::NONE
+    };
+    let (outputs, t) = inference
+        .embed_multi(
+            parse_inputs(&req.inputs, "inputs")?,
+            req.text.into(),
+            want,
+            Priority::Online,
+        )
+        .await?;
+    let width = inference.info.hidden_size.max(1);
+    let body: Vec<Value> = outputs
+        .into_iter()
+        .map(|o| {
+            let vectors: Vec<&[f32]> = o
+                .multi_vector
+                .as_deref()
+                .unwrap_or_default()
+                .chunks_exact(width)
                 .collect();
-            Ok(with_timing(&inference, &t, json!(body)))
-        }
-        .await,
-    )
+            let mut item = json!({"multi_vector": vectors});
+            if let Some(d) = &o.pooled {
+                item["dense"] = json!(d);
+            }
+            if let Some(s) = &o.sparse {
+                item["sparse"] = sparse_json(s);
+            }
+            item
+        })
+        .collect();
+    Ok(with_timing(&inference, &t, json!(body)))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -338,17 +298,9 @@ pub(crate) fn rank(scores: Vec<f32>) -> Vec<(usize, f32)> {
 
 pub async fn rerank(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            Ok(rerank_value(&state, parse_json(&headers, body)?)
-                .await?
-                .into_response())
-        }
-        .await,
-    )
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Answer, ApiError> {
+    rerank_value(&state, body).await
 }
 
 pub(super) async fn rerank_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
@@ -434,68 +386,61 @@ fn document_text(d: &Value, fields: Option<&[String]>) -> Option<String> {
 
 pub async fn rerank_cohere(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            let req: CohereBody = parse_json(&headers, body)?;
-            let query = req.query.ok_or_else(|| {
-                ApiError::new(ErrorKind::Validation, "`query` is required").param("query")
-            })?;
-            let docs = req.documents.ok_or_else(|| {
-                ApiError::new(ErrorKind::Validation, "`documents` is required").param("documents")
-            })?;
-            let texts = docs
-                .iter()
-                .map(|d| {
-                    document_text(d, req.rank_fields.as_deref()).ok_or_else(|| {
-                        ApiError::new(
-                            ErrorKind::Validation,
-                            "each document must be a string or an object with `text` (or the \
-                             `rank_fields` named)",
-                        )
-                        .param("documents")
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let inference = state.inference()?;
-            let (scores, t) = inference
-                .rerank(
-                    &query,
-                    texts.clone(),
-                    None,
-                    TextOptions::default(),
-                    false,
-                    Priority::Online,
+    JsonBody(req): JsonBody<CohereBody>,
+) -> Result<Response, ApiError> {
+    let query = req.query.ok_or_else(|| {
+        ApiError::new(ErrorKind::Validation, "`query` is required").param("query")
+    })?;
+    let docs = req.documents.ok_or_else(|| {
+        ApiError::new(ErrorKind::Validation, "`documents` is required").param("documents")
+    })?;
+    let texts = docs
+        .iter()
+        .map(|d| {
+            document_text(d, req.rank_fields.as_deref()).ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Validation,
+                    "each document must be a string or an object with `text` (or the \
+                     `rank_fields` named)",
                 )
-                .await?;
-            let mut ranked = rank(scores);
-            ranked.truncate(req.top_n.unwrap_or(ranked.len()));
-            let results: Vec<Value> = ranked
-                .into_iter()
-                .map(|(index, score)| {
-                    let mut r = json!({"index": index, "relevance_score": score});
-                    if req.return_documents != Some(false) {
-                        r["document"] = match &docs[index] {
-                            Value::Object(o) => Value::Object(o.clone()),
-                            _ => json!({"text": texts[index]}),
-                        };
-                    }
-                    r
-                })
-                .collect();
-            let body = json!({
-                "id": format!("rerank-{:016x}", rand::random::<u64>()),
-                "model": inference.info.served_model_name,
-                "results": results,
-                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
-                "usage": {"total_tokens": t.tokens, "prompt_tokens": t.tokens},
-            });
-            Ok(with_timing(&inference, &t, body))
-        }
-        .await,
-    )
+                .param("documents")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let inference = state.inference()?;
+    let (scores, t) = inference
+        .rerank(
+            &query,
+            texts.clone(),
+            None,
+            TextOptions::default(),
+            false,
+            Priority::Online,
+        )
+        .await?;
+    let mut ranked = rank(scores);
+    ranked.truncate(req.top_n.unwrap_or(ranked.len()));
+    let results: Vec<Value> = ranked
+        .into_iter()
+        .map(|(index, score)| {
+            let mut r = json!({"index": index, "relevance_score": score});
+            if req.return_documents != Some(false) {
+                r["document"] = match &docs[index] {
+                    Value::Object(o) => Value::Object(o.clone()),
+                    _ => json!({"text": texts[index]}),
+                };
+            }
+            r
+        })
+        .collect();
+    let body = json!({
+        "id": format!("rerank-{:016x}", rand::random::<u64>()),
+        "model": inference.info.served_model_name,
+        "results": results,
+        "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+        "usage": {"total_tokens": t.tokens, "prompt_tokens": t.tokens},
+    });
+    Ok(with_timing(&inference, &t, body))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -542,17 +487,9 @@ fn predict_inputs(v: &Value) -> Result<(Vec<Input>, bool), ApiError> {
 
 pub async fn predict(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            Ok(predict_value(&state, parse_json(&headers, body)?)
-                .await?
-                .into_response())
-        }
-        .await,
-    )
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Answer, ApiError> {
+    predict_value(&state, body).await
 }
 
 pub(super) async fn predict_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
@@ -591,17 +528,9 @@ pub(crate) struct SimilarityBody {
 
 pub async fn similarity(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            Ok(similarity_value(&state, parse_json(&headers, body)?)
-                .await?
-                .into_response())
-        }
-        .await,
-    )
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Answer, ApiError> {
+    similarity_value(&state, body).await
 }
 
 async fn similarity_value(state: &AppState, body: Value) -> Result<Answer, ApiError> {
@@ -628,26 +557,19 @@ async fn similarity_value(state: &AppState, body: Value) -> Result<Answer, ApiEr
 /// (huggingface_hub's `sentence_similarity`, which TEI answers with 422).
 pub async fn invocations(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            let body: Value = parse_json(&headers, body)?;
-            let inference = state.inference()?;
-            let answer = match inference.info.task {
-                Task::Classify => predict_value(&state, body).await,
-                Task::Rerank => rerank_value(&state, body).await,
-                Task::Sparse => embed_sparse_value(&state, body).await,
-                Task::Embed if body.get("inputs").is_some_and(Value::is_object) => {
-                    similarity_value(&state, body).await
-                }
-                Task::Embed => embed_value(&state, body).await,
-            };
-            Ok(answer?.into_response())
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let inference = state.inference()?;
+    let answer = match inference.info.task {
+        Task::Classify => predict_value(&state, body).await,
+        Task::Rerank => rerank_value(&state, body).await,
+        Task::Sparse => embed_sparse_value(&state, body).await,
+        Task::Embed if body.get("inputs").is_some_and(Value::is_object) => {
+            similarity_value(&state, body).await
         }
-        .await,
-    )
+        Task::Embed => embed_value(&state, body).await,
+    };
+    Ok(answer?.into_response())
 }
 
 fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
@@ -668,38 +590,31 @@ pub(crate) struct TokenizeBody {
 
 pub async fn tokenize(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            let req: TokenizeBody = parse_json(&headers, body)?;
-            let inference = state.inference()?;
-            let inputs = parse_inputs(&req.inputs, "inputs")?;
-            let inputs = inference.apply_prompt(inputs, req.prompt_name.as_deref())?;
-            let mut texts = Vec::with_capacity(inputs.len());
-            for (i, input) in inputs.into_iter().enumerate() {
-                match input {
-                    Input::Text(t) if !t.is_empty() => texts.push(t),
-                    Input::Text(_) => {
-                        return Err(ApiError::new(
-                            ErrorKind::Empty,
-                            format!("input {i} is empty"),
-                        ))
-                    }
-                    _ => {
-                        return Err(ApiError::new(
-                            ErrorKind::Validation,
-                            "`inputs` must be text for /tokenize",
-                        ))
-                    }
-                }
+    JsonBody(req): JsonBody<TokenizeBody>,
+) -> Result<Response, ApiError> {
+    let inference = state.inference()?;
+    let inputs = parse_inputs(&req.inputs, "inputs")?;
+    let inputs = inference.apply_prompt(inputs, req.prompt_name.as_deref())?;
+    let mut texts = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.into_iter().enumerate() {
+        match input {
+            Input::Text(t) if !t.is_empty() => texts.push(t),
+            Input::Text(_) => {
+                return Err(ApiError::new(
+                    ErrorKind::Empty,
+                    format!("input {i} is empty"),
+                ))
             }
-            let tokens = inference.tokenize(texts, req.add_special_tokens).await?;
-            Ok(Json(tokens).into_response())
+            _ => {
+                return Err(ApiError::new(
+                    ErrorKind::Validation,
+                    "`inputs` must be text for /tokenize",
+                ))
+            }
         }
-        .await,
-    )
+    }
+    let tokens = inference.tokenize(texts, req.add_special_tokens).await?;
+    Ok(Json(tokens).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -714,29 +629,22 @@ pub(crate) struct DecodeBody {
 
 pub async fn decode(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            let req: DecodeBody = parse_json(&headers, body)?;
-            let inference = state.inference()?;
-            let seqs: Vec<Vec<u32>> = parse_inputs(&req.ids, "ids")?
-                .into_iter()
-                .map(|i| match i {
-                    Input::Ids(ids) => Ok(ids),
-                    _ => Err(ApiError::new(
-                        ErrorKind::Validation,
-                        "`ids` must be an array of token ids or an array of arrays of token ids",
-                    )
-                    .param("ids")),
-                })
-                .collect::<Result<_, _>>()?;
-            let texts = inference.decode(seqs, req.skip_special_tokens).await?;
-            Ok(Json(texts).into_response())
-        }
-        .await,
-    )
+    JsonBody(req): JsonBody<DecodeBody>,
+) -> Result<Response, ApiError> {
+    let inference = state.inference()?;
+    let seqs: Vec<Vec<u32>> = parse_inputs(&req.ids, "ids")?
+        .into_iter()
+        .map(|i| match i {
+            Input::Ids(ids) => Ok(ids),
+            _ => Err(ApiError::new(
+                ErrorKind::Validation,
+                "`ids` must be an array of token ids or an array of arrays of token ids",
+            )
+            .param("ids")),
+        })
+        .collect::<Result<_, _>>()?;
+    let texts = inference.decode(seqs, req.skip_special_tokens).await?;
+    Ok(Json(texts).into_response())
 }
 
 /// TEI's `model_type`: `{"embedding": {"pooling"}}`, `{"classifier": {"id2label", "label2id"}}`
