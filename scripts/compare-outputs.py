@@ -4,8 +4,8 @@
     python3 scripts/compare-outputs.py BEFORE_BINARY AFTER_BINARY [fixture ...]
 
 Serves each model under tests/fixtures/ (or the ones named) with each binary, on both CPU
-backends (native and reference), asks every route a fixture may answer (/embed, /embed_all,
-/predict, /rerank, /embed_sparse) the same inputs, and compares the response bodies byte for
+backends (native and reference), reads /info and asks every route a fixture may answer
+(/embed, /embed_all, /predict, /rerank, /embed_sparse) the same inputs, and compares the response bodies byte for
 byte. JSON floats are printed as the shortest text that reads back to the same f32, so equal
 text is equal bits. Exits 1 when any answer differs. For refactors that must not change a
 number: build the binary before and after the change (copy it aside) and run this.
@@ -23,6 +23,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = ["Hello world", "A somewhat longer sentence about spot instances and GPUs.", "x"]
 REQUESTS = [
+    ("/info", None),
     ("/embed", {"inputs": TEXTS}),
     ("/embed_all", {"inputs": TEXTS[:2]}),
     ("/predict", {"inputs": TEXTS}),
@@ -76,7 +77,8 @@ def answers(binary, fixture, backend):
                     if time.monotonic() > deadline:
                         return {"start": "not ready within 120 s"}
                     time.sleep(0.1)
-            return {path: post(port, path, body) for path, body in REQUESTS}
+            return {path: post(port, path, body) if body is not None else get(port, path).decode()
+                    for path, body in REQUESTS}
         finally:
             proc.terminate()
             proc.wait()
@@ -93,7 +95,8 @@ def main():
     for fixture in fixtures:
         for backend in BACKENDS:
             a, b = answers(before, fixture, backend), answers(after, fixture, backend)
-            served = [p for p, v in a.items() if p.startswith("/") and not v.startswith("HTTP")]
+            served = [p for p, v in a.items()
+                      if p.startswith("/") and p != "/info" and not v.startswith("HTTP")]
             print(f"{fixture:28} {backend:7} {'identical' if a == b else 'DIFFERENT'}  "
                   f"answered: {', '.join(served) or 'nothing'}")
             if a != b:

@@ -220,7 +220,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Ok(Some(inference)) => {
                     let inference = Arc::new(inference);
                     let i = &inference.info;
-                    metrics.set_build_info(&i.model_id, &i.revision, &i.dtype, &i.device);
+                    metrics.set_build_info(&i.model_id, &i.revision, i.model.dtype, &i.device);
                     let _ = worker_slot.set(inference.health.clone());
                     let _ = inference_slot.set(inference.clone());
                     if let Some(runner) = state.job_runner.get() {

@@ -27,44 +27,30 @@ use crate::batching::{Admission, AdmissionGuard, InferError, Queue, WorkerHealth
 use crate::metrics::Metrics;
 use crate::model::pooling::finish_embedding;
 use crate::model::template::{self, RerankTemplate};
-use crate::model::{Output, Task, Want};
+use crate::model::{ModelSummary, Output, Task, Want};
 use crate::priority::Priority;
 use crate::tokenize::{EncodeOptions, Input, TokenInfo, TokenizerPool};
 
 pub use start::{start, StartOptions};
 
-/// What the server runs, for /info, logs and responses.
+/// What the server runs, for /info, logs and responses: the loaded model and what this
+/// server was told about it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelInfo {
+    /// What the model is (family, task, sizes, heads), as the worker loaded it.
+    #[serde(flatten)]
+    pub model: ModelSummary,
     pub model_id: String,
     pub served_model_name: String,
     pub revision: String,
     pub source: String,
-    pub dtype: String,
     pub device: String,
-    pub backend: String,
-    pub family: String,
-    pub architecture: String,
-    pub task: Task,
-    pub pooling: Option<String>,
     pub max_input_length: usize,
-    pub hidden_size: usize,
-    /// Width of the pooled vector (after sentence-transformers Dense modules).
-    pub output_size: usize,
-    pub vocab_size: usize,
-    pub parameter_bytes: usize,
     pub prompts: HashMap<String, String>,
     /// Prepended to every embedded text that names no prompt (`--default-prompt`,
     /// `--default-prompt-name`, or the model's `default_prompt_name`).
     pub default_prompt: Option<String>,
     pub normalize_default: bool,
-    /// Classifier labels in logit order.
-    pub labels: Vec<String>,
-    /// How the reranker takes its pairs (a causal LM reranker's texts go through its prompt).
-    #[serde(skip)]
-    pub rerank_template: RerankTemplate,
-    #[serde(skip)]
-    pub available: Want,
 }
 
 /// Per-request limits that do not depend on the caller.
@@ -223,15 +209,15 @@ impl Inference {
     /// The route needs an output this model does not give: TEI's 424, with TEI's message
     /// (`what`, e.g. "Model is not an embedding model") and what the model is.
     fn require(&self, want: Want, what: &str) -> Result<(), ApiError> {
-        if want.within(self.info.available) {
+        if want.within(self.info.model.available) {
             return Ok(());
         }
         Err(ApiError::new(
             ErrorKind::WrongModel,
             format!(
                 "{what} ({} serves task {})",
-                self.info.architecture,
-                self.info.task.as_str()
+                self.info.model.architecture,
+                self.info.model.task.as_str()
             ),
         ))
     }
@@ -385,7 +371,7 @@ impl Inference {
         self.require(Want::POOLED, "Model is not an embedding model")?;
         self.check_count(req.inputs.len(), "input")?;
         if let Some(d) = req.dimensions {
-            let max = self.info.output_size;
+            let max = self.info.model.output_size;
             if d == 0 || d > max {
                 return Err(ApiError::new(
                     ErrorKind::Validation,
@@ -417,7 +403,7 @@ impl Inference {
         let (outputs, timings) = self
             .compute(inputs, self.encode_options(&text), Want::TOKENS, priority)
             .await?;
-        let h = self.info.hidden_size.max(1);
+        let h = self.info.model.hidden_size.max(1);
         let tokens = outputs
             .into_iter()
             .map(|o| {
@@ -495,7 +481,7 @@ impl Inference {
         let (outputs, timings) = self
             .compute(inputs, self.encode_options(&text), Want::SCORES, priority)
             .await?;
-        let labels = &self.info.labels;
+        let labels = &self.info.model.labels;
         let results = outputs
             .into_iter()
             .map(|o| {
@@ -544,13 +530,13 @@ impl Inference {
         if texts.is_empty() {
             return Err(ApiError::new(ErrorKind::Empty, "`texts` cannot be empty").param("texts"));
         }
-        if self.info.task != Task::Rerank {
+        if self.info.model.task != Task::Rerank {
             return Err(ApiError::new(
                 ErrorKind::WrongModel,
                 format!(
                     "model is not a re-ranker model ({} serves task {})",
-                    self.info.architecture,
-                    self.info.task.as_str()
+                    self.info.model.architecture,
+                    self.info.model.task.as_str()
                 ),
             ));
         }
@@ -558,7 +544,7 @@ impl Inference {
         if query.is_empty() {
             return Err(ApiError::new(ErrorKind::Empty, "`query` is empty").param("query"));
         }
-        let inputs = match self.info.rerank_template {
+        let inputs = match self.info.model.rerank_template {
             RerankTemplate::YesNoPrompt => texts
                 .into_iter()
                 .map(|t| {

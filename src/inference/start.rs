@@ -210,6 +210,7 @@ pub async fn start(
             .and_then(|n| st.prompts.get(n).cloned()),
     };
     let info = ModelInfo {
+        model: summary.clone(),
         served_model_name: opts
             .served_model_name
             .clone()
@@ -217,24 +218,11 @@ pub async fn start(
         model_id: args.model_id.clone(),
         revision: args.revision.clone(),
         source: files.source.clone(),
-        dtype: summary.dtype.to_string(),
         device: device_name,
-        backend: summary.backend.to_string(),
-        family: summary.family.to_string(),
-        architecture: summary.architecture.clone(),
-        task: summary.task,
-        pooling: summary.pooling.map(|p| p.as_str().to_string()),
         max_input_length,
-        hidden_size: summary.hidden_size,
-        output_size: summary.output_size,
-        vocab_size: summary.vocab_size,
-        parameter_bytes: summary.parameter_bytes,
         prompts: st.prompts,
         default_prompt,
         normalize_default: st.normalize,
-        labels: summary.labels.clone(),
-        rerank_template: summary.rerank_template,
-        available: summary.available,
     };
     tracing::info!(
         load_ms = loaded.load_time.as_millis() as u64,

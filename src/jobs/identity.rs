@@ -340,11 +340,11 @@ impl LoadedModel {
     pub fn of(info: &ModelInfo, args: &ModelArgs) -> Self {
         Self {
             hub_commit: hub_commit(args),
-            architecture: info.architecture.clone(),
-            task: info.task.as_str().to_string(),
-            dtype: info.dtype.clone(),
-            pooling: info.pooling.clone(),
-            output_size: info.output_size,
+            architecture: info.model.architecture.clone(),
+            task: info.model.task.as_str().to_string(),
+            dtype: info.model.dtype.to_string(),
+            pooling: info.model.pooling.map(|p| p.as_str().to_string()),
+            output_size: info.model.output_size,
             default_prompt: info.default_prompt.clone(),
         }
     }

@@ -45,8 +45,9 @@ use heads::{BgeM3, Dense, Heads};
 use layers::Backend;
 use weights::Weights;
 
-/// What a loaded model is, for the queue, /info and logs.
-#[derive(Debug, Clone)]
+/// What a loaded model is, for the queue, /info and logs (the one description of it: the
+/// server's [`crate::inference::ModelInfo`] holds it whole).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelSummary {
     pub family: &'static str,
     pub architecture: String,
@@ -57,17 +58,21 @@ pub struct ModelSummary {
     /// Width of the pooled vector (after any Dense module).
     pub output_size: usize,
     /// Longest input the position embeddings allow.
+    #[serde(skip)]
     pub max_positions: usize,
     pub vocab_size: usize,
     pub parameter_bytes: usize,
     /// A batch costs `inputs x longest input`: the queue groups similar lengths.
+    #[serde(skip)]
     pub pads_to_longest: bool,
     pub pooling: Option<Pooling>,
     /// Classifier labels in logit order (one for a reranker).
     pub labels: Vec<String>,
     /// The outputs inputs may ask for.
+    #[serde(skip)]
     pub available: Want,
     /// How a reranker takes its pairs (`Pair` for every other task).
+    #[serde(skip)]
     pub rerank_template: template::RerankTemplate,
 }
 

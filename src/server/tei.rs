@@ -249,7 +249,7 @@ pub async fn embed_multi_vector(
             Priority::Online,
         )
         .await?;
-    let width = inference.info.hidden_size.max(1);
+    let width = inference.info.model.hidden_size.max(1);
     let body: Vec<Value> = outputs
         .into_iter()
         .map(|o| {
@@ -560,7 +560,7 @@ pub async fn invocations(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let inference = state.inference()?;
-    let answer = match inference.info.task {
+    let answer = match inference.info.model.task {
         Task::Classify => predict_value(&state, body).await,
         Task::Rerank => rerank_value(&state, body).await,
         Task::Sparse => embed_sparse_value(&state, body).await,
@@ -651,21 +651,23 @@ pub async fn decode(
 /// or `{"reranker": {…}}`.
 fn model_type(i: &crate::inference::ModelInfo) -> Value {
     let id2label: serde_json::Map<String, Value> = i
+        .model
         .labels
         .iter()
         .enumerate()
         .map(|(k, l)| (k.to_string(), json!(l)))
         .collect();
     let label2id: serde_json::Map<String, Value> = i
+        .model
         .labels
         .iter()
         .enumerate()
         .map(|(k, l)| (l.clone(), json!(k)))
         .collect();
-    match i.task {
+    match i.model.task {
         Task::Embed | Task::Sparse => {
             // TEI's spelling of the pooling names.
-            let pooling = i.pooling.as_deref().map(|p| p.replace('-', "_"));
+            let pooling = i.model.pooling.map(|p| p.as_str().replace('-', "_"));
             json!({"embedding": {"pooling": pooling}})
         }
         Task::Classify => json!({"classifier": {"id2label": id2label, "label2id": label2id}}),
@@ -696,16 +698,16 @@ pub async fn info(State(state): State<AppState>) -> Response {
     });
     if let (Some(inference), Value::Object(map)) = (state.inference.get(), &mut info) {
         let i = &inference.info;
-        map.insert("model_dtype".into(), json!(i.dtype));
+        map.insert("model_dtype".into(), json!(i.model.dtype));
         map.insert("model_type".into(), model_type(i));
         map.insert("max_input_length".into(), json!(i.max_input_length));
         map.insert("served_model_name".into(), json!(i.served_model_name));
         map.insert("device".into(), json!(i.device));
-        map.insert("backend".into(), json!(i.backend));
-        map.insert("family".into(), json!(i.family));
-        map.insert("architecture".into(), json!(i.architecture));
-        map.insert("task".into(), json!(i.task));
-        map.insert("hidden_size".into(), json!(i.hidden_size));
+        map.insert("backend".into(), json!(i.model.backend));
+        map.insert("family".into(), json!(i.model.family));
+        map.insert("architecture".into(), json!(i.model.architecture));
+        map.insert("task".into(), json!(i.model.task));
+        map.insert("hidden_size".into(), json!(i.model.hidden_size));
         map.insert("source".into(), json!(i.source));
         map.insert("prompts".into(), json!(i.prompts));
     }

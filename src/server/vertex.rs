@@ -119,7 +119,7 @@ pub async fn predict(
                 format!("{n} instances > maximum allowed {max} (--max-client-batch-size)"),
             ));
         }
-        let task = inference.info.task;
+        let task = inference.info.model.task;
         let answers = futures::future::join_all(
             req.instances
                 .into_iter()

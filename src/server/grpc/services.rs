@@ -283,7 +283,7 @@ impl Grpc {
         let inference = self.state.inference()?;
         let cfg = &self.state.cfg;
         let i = &inference.info;
-        let model_type = match i.task {
+        let model_type = match i.model.task {
             Task::Embed | Task::Sparse => pb::ModelType::Embedding,
             Task::Classify => pb::ModelType::Classifier,
             Task::Rerank => pb::ModelType::Reranker,
@@ -294,7 +294,7 @@ impl Grpc {
             docker_label: None,
             model_id: cfg.model.model_id.clone(),
             model_sha: Some(cfg.model.revision.clone()),
-            model_dtype: i.dtype.clone(),
+            model_dtype: i.model.dtype.to_string(),
             model_type: model_type as i32,
             max_concurrent_requests: u32_of(cfg.max_concurrent_requests),
             max_input_length: u32_of(i.max_input_length),
