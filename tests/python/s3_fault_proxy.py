@@ -2,6 +2,7 @@
 fault tests: at random (seeded) it delays requests, answers 503 SlowDown, answers 409
 ConditionalRequestConflict to create-only writes, and drops connections, some before the
 request reaches the server and some after (the write landed; the client never hears it).
+Each kind is dealt once to the first request it applies to, then the dice decide.
 
 usage: s3_fault_proxy.py UPSTREAM_URL SEED
 Prints "proxy on http://127.0.0.1:PORT" once listening; counts of each fault go to stderr at
@@ -23,10 +24,20 @@ LOCK = threading.Lock()
 COUNTS = {"requests": 0, "delay": 0, "slowdown": 0, "conflict": 0, "drop_before": 0, "drop_after": 0}
 
 
-def roll():
+# A value of `fault` that picks each kind (see relay()).
+FORCE = {"delay": 0.05, "slowdown": 0.12, "conflict": 0.15, "drop_before": 0.18, "drop_after": 0.20}
+
+
+def roll(create_only):
+    """The dice, except that each kind of fault not seen yet is dealt to the next request it
+    applies to: a short run meets every kind, whatever order the requests came in."""
     with LOCK:
         COUNTS["requests"] += 1
-        return RNG.random(), RNG.random()
+        extra = RNG.random()
+        for kind, value in FORCE.items():
+            if COUNTS[kind] == 0 and (kind != "conflict" or create_only):
+                return value, extra
+        return RNG.random(), extra
 
 
 def count(what):
@@ -61,14 +72,15 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     def relay(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        fault, extra = roll()
+        create_only = self.command == "PUT" and self.headers.get("If-None-Match") == "*"
+        fault, extra = roll(create_only)
         if fault < 0.10:
             count("delay")
             time.sleep(extra * 0.2)
         elif fault < 0.14:
             count("slowdown")
             return self.error(503, "SlowDown", "Please reduce your request rate.")
-        elif fault < 0.17 and self.command == "PUT" and self.headers.get("If-None-Match") == "*":
+        elif fault < 0.17 and create_only:
             count("conflict")
             return self.error(409, "ConditionalRequestConflict",
                               "A conflicting conditional operation is currently in progress")
