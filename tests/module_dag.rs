@@ -2,7 +2,8 @@
 //! is an edge `y -> x`, and no chain of edges comes back. So is the file graph: a `crate::` or
 //! `super::` path in a file is an edge to the file that defines the longest module prefix of
 //! that path (re-exports and unit tests aside). Also: model families are written on the layer
-//! seam only, never on a backend, and neither `inference/` nor `model/` knows HTTP.
+//! seam only, never on a backend, neither `inference/` nor `model/` knows HTTP, and a file over
+//! 500 lines (unit tests aside) says in its module doc why it is one concern.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -336,5 +337,33 @@ fn the_checker_finds_cycles() {
     assert_eq!(
         references("use crate::model::x; // crate::jobs"),
         ["jobs".to_string(), "model".to_string()].into()
+    );
+}
+
+#[test]
+fn a_long_file_says_why_it_is_one_concern() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&root, &mut all);
+    let mut unexplained = Vec::new();
+    for f in all {
+        let text = std::fs::read_to_string(&f).expect("read");
+        let code_lines = text
+            .lines()
+            .take_while(|l| !l.starts_with("#[cfg(test)]"))
+            .count();
+        let doc: String = text
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if code_lines > 500 && !doc.contains("on purpose") {
+            unexplained.push(format!("{} ({code_lines} lines)", f.display()));
+        }
+    }
+    assert!(
+        unexplained.is_empty(),
+        "split these along their concerns, or say in the module doc why each is one \
+         (\"... on purpose: ...\"): {unexplained:?}"
     );
 }

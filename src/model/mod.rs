@@ -46,7 +46,7 @@ use layers::Backend;
 use weights::Weights;
 
 /// What a loaded model is, for the queue, /info and logs (the one description of it: the
-/// server's [`crate::inference::ModelInfo`] holds it whole).
+/// server's `ModelInfo` holds it whole).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelSummary {
     pub family: &'static str,

@@ -3,6 +3,9 @@
 //! Environment honoured (the same names as the Python `huggingface_hub`): `HF_ENDPOINT` (a
 //! mirror), `HF_HOME` and `HUGGINGFACE_HUB_CACHE`/`HF_HUB_CACHE` (cache location), `HF_TOKEN`
 //! (gated or private repos), `HF_HUB_OFFLINE=1` (cache only, never the network).
+//!
+//! One concern, over 500 lines on purpose: the one path from a `--model-id` to files on disk
+//! (folder, cache, a Hub download with its progress bar).
 
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,9 @@
 //! from the request types the handlers parse, an example request for each operation (the test
 //! sends every one), and both error shapes: TEI's `{"error","error_type"}` and OpenAI's
 //! `{"error":{...}}`.
+//!
+//! One concern, over 500 lines on purpose: the document is one table of operations and
+//! examples, read (and diffed) as one.
 
 use serde_json::{json, Map, Value};
 use utoipa::{OpenApi, ToSchema};

@@ -1,6 +1,9 @@
 //! The `tei.v1` methods: each reads its message, calls the inference API exactly as the TEI
 //! HTTP route does (`tei.rs`), and writes the answer in TEI's gRPC shape. A streaming method
 //! runs the same per-message handler as its unary twin.
+//!
+//! One concern, over 500 lines on purpose: one method per `tei.v1` RPC, as `tei.rs` has one
+//! handler per route.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
