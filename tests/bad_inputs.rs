@@ -88,6 +88,20 @@ fn battery_of_bad_inputs_gets_json_4xx() {
             415,
         ),
         raw(
+            "a batch that is not JSON",
+            "/v1/batches",
+            Some("text/plain"),
+            b"{}",
+            415,
+        ),
+        raw(
+            "a batch without its fields",
+            "/v1/batches",
+            Some("application/json"),
+            b"{}",
+            422,
+        ),
+        raw(
             "payload over the limit",
             "/embed",
             Some("application/json"),

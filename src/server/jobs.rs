@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Multipart, Path, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::TryStreamExt;
@@ -16,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::errors::{ApiError, ErrorKind, Flavor};
-use super::request::parse_json;
+use super::request::OpenAiJsonBody;
 use super::AppState;
 use crate::jobs::{JobError, JobStore, StoreError};
 
@@ -229,12 +228,10 @@ pub(crate) struct CreateBatch {
 
 pub async fn create_batch(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    OpenAiJsonBody(req): OpenAiJsonBody<CreateBatch>,
 ) -> Response {
     respond(
         async {
-            let req: CreateBatch = parse_json(&headers, body)?;
             let store = store(&state)?;
             let batch = store
                 .create_batch(

@@ -1,26 +1,21 @@
 //! OpenAI-compatible routes: `POST /v1/embeddings` (and `/embeddings`), `GET /v1/models`.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
 use super::errors::{ApiError, Flavor};
-use super::request::parse_json;
+use super::request::OpenAiJsonBody;
 use super::{timing, AppState};
 use crate::priority::Priority;
 use crate::protocol::openai::{Embeddings, EmbeddingsBody};
 
 pub async fn embeddings(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    OpenAiJsonBody(body): OpenAiJsonBody<EmbeddingsBody>,
 ) -> Response {
     let result = async {
-        let body: EmbeddingsBody = parse_json(&headers, body)?;
         let req = Embeddings::from_body(body)?;
         let inference = state.inference()?;
         let (value, timings) = req.respond(&inference, Priority::Online).await?;

@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
-use super::errors::{ApiError, ErrorKind};
+use super::errors::{ApiError, ErrorKind, Flavor};
 
 /// Parses a JSON body. Missing content type is accepted (curl users); a non-JSON one is 415;
 /// over the payload limit is 413; syntax errors are 400 and type errors 422, as axum's `Json`.
@@ -72,5 +72,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let headers = req.headers().clone();
         let body = Bytes::from_request(req, state).await;
         parse_json(&headers, body).map(JsonBody)
+    }
+}
+
+/// [`JsonBody`] on an OpenAI route: the same checks, rejected in OpenAI's error dialect.
+pub struct OpenAiJsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match JsonBody::from_request(req, state).await {
+            Ok(JsonBody(t)) => Ok(OpenAiJsonBody(t)),
+            Err(e) => Err(e.flavor(Flavor::OpenAi)),
+        }
     }
 }
