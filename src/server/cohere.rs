@@ -3,17 +3,14 @@
 //! renders the same vectors as float, int8, uint8, binary, ubinary or base64
 //! (`inference/quantize.rs`); `output_dimension` is Matryoshka truncation.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::errors::{ApiError, ErrorKind};
-use super::request::parse_json;
+use super::request::JsonBody;
 use super::{timing, AppState};
 use crate::inference::quantize::{render_all, EmbeddingType};
 use crate::inference::{Direction, EmbedRequest, TextOptions};
@@ -73,18 +70,16 @@ enum Version {
 
 pub async fn embed_v1(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<EmbedBody>,
 ) -> Response {
-    embed(state, headers, body, Version::V1).await
+    embed(state, body, Version::V1).await
 }
 
 pub async fn embed_v2(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<EmbedBody>,
 ) -> Response {
-    embed(state, headers, body, Version::V2).await
+    embed(state, body, Version::V2).await
 }
 
 fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
@@ -184,14 +179,8 @@ fn embedding_types(v: Option<&[String]>) -> Result<Vec<EmbeddingType>, ApiError>
     Ok(out)
 }
 
-async fn embed(
-    state: AppState,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    version: Version,
-) -> Response {
+async fn embed(state: AppState, mut body: EmbedBody, version: Version) -> Response {
     let result = async {
-        let mut body: EmbedBody = parse_json(&headers, body)?;
         let texts = texts_of(&mut body)?;
         let types = embedding_types(body.embedding_types.as_deref())?;
         let (truncate, direction) = truncation(body.truncate.as_deref())?;

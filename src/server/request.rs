@@ -1,4 +1,5 @@
-//! Request bodies: content type, size limit and JSON parsing with errors a client can act on.
+//! Request bodies: content type, size limit and JSON parsing with errors a client can act on,
+//! as the extractors every JSON route takes ([`JsonBody`], [`OpenAiJsonBody`]).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -10,7 +11,7 @@ use super::errors::{ApiError, ErrorKind, Flavor};
 
 /// Parses a JSON body. Missing content type is accepted (curl users); a non-JSON one is 415;
 /// over the payload limit is 413; syntax errors are 400 and type errors 422, as axum's `Json`.
-pub fn parse_json<T: DeserializeOwned>(
+fn parse_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {

@@ -5,16 +5,13 @@
 
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::errors::{ApiError, ErrorKind};
-use super::request::parse_json;
+use super::request::JsonBody;
 use super::tei::{self, Answer};
 use super::AppState;
 use crate::inference::Timings;
@@ -98,12 +95,10 @@ async fn one(state: &AppState, task: Task, instance: Value) -> Result<Answer, Ap
 
 pub async fn predict(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(req): JsonBody<VertexRequest>,
 ) -> Response {
     let result = async {
         let started = Instant::now();
-        let req: VertexRequest = parse_json(&headers, body)?;
         let inference = state.inference()?;
         let n = req.instances.len();
         let max = inference.limits().max_client_batch_size;
