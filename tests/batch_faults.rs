@@ -47,21 +47,12 @@ fn jsonl(texts: &[String]) -> String {
         .collect()
 }
 
-fn create_job(server: &Server, file_id: &str) -> String {
-    let (status, b) = server.post_json(
-        "/v1/batches",
-        json!({"input_file_id": file_id, "endpoint": "/v1/embeddings", "completion_window": "24h"}),
-    );
-    assert_eq!(status, 200, "{b}");
-    b["id"].as_str().unwrap().to_string()
-}
-
 /// Uploads `texts` as a job's input and creates the job.
 fn submit(server: &Server, dir: &Path, name: &str, texts: &[String]) -> (String, String) {
     let input = dir.join(format!("{name}.jsonl"));
     std::fs::write(&input, jsonl(texts)).unwrap();
     let file_id = server.upload_batch(&input);
-    (file_id.clone(), create_job(server, &file_id))
+    (file_id.clone(), server.create_batch(&file_id))
 }
 
 fn job(server: &Server, id: &str) -> Value {
@@ -154,19 +145,7 @@ fn check_output(server: &Server, lines: &[Value], ids: &[String], texts: &[Strin
         .map(|l| l["custom_id"].as_str().unwrap_or("<none>"))
         .collect();
     assert_eq!(order, ids, "every custom_id once, in input order");
-    let want: Vec<Vec<f32>> = texts
-        .chunks(32)
-        .flat_map(|chunk| {
-            let (status, body) = server.post_json("/v1/embeddings", json!({"input": chunk}));
-            assert_eq!(status, 200, "{body}");
-            body["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| as_vec(&d["embedding"]))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let want = server.embeddings(texts);
     for (l, w) in lines.iter().zip(&want) {
         assert_eq!(l["response"]["status_code"], 200, "{l}");
         let c = cosine(&as_vec(&l["response"]["body"]["data"][0]["embedding"]), w);
@@ -724,7 +703,7 @@ fn a_32_mb_job_line_fails_alone_with_bounded_memory() {
     let file_id = server.upload_batch(&input);
     let upload_mb = grew_mb(pid, start, "upload");
     let start = reset_peak(pid);
-    let id = create_job(&server, &file_id);
+    let id = server.create_batch(&file_id);
     let j = wait_completed(&server, &id, Duration::from_secs(180));
     let job_mb = grew_mb(pid, start, "job");
 

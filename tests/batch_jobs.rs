@@ -61,7 +61,8 @@ fn write_input(path: &Path, texts: &[String]) {
 
 /// The vectors direct requests give, by the custom_id of each text's job line.
 fn want(server: &Server, texts: &[String]) -> HashMap<String, Vec<f32>> {
-    direct(server, texts)
+    server
+        .embeddings(texts)
         .into_iter()
         .enumerate()
         .map(|(i, v)| (format!("req-{i}"), v))
@@ -117,23 +118,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// Direct /v1/embeddings vectors for some texts, to compare batch output against.
-fn direct(server: &Server, texts: &[String]) -> Vec<Vec<f32>> {
-    texts
-        .chunks(16)
-        .flat_map(|chunk| {
-            let (status, body) = server.post_json("/v1/embeddings", json!({"input": chunk}));
-            assert_eq!(status, 200);
-            body["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| as_vec(&d["embedding"]))
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 /// Checks output lines: every custom_id exactly once, all 200, vectors equal to `want`.

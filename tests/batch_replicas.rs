@@ -281,24 +281,6 @@ impl Load {
     }
 }
 
-/// Direct /v1/embeddings vectors from a replica of its own (local state, no delay).
-fn direct(texts: &[String]) -> Vec<Vec<f32>> {
-    let server = Server::builder(&tiny_model_dir()).start();
-    texts
-        .chunks(32)
-        .flat_map(|chunk| {
-            let (status, body) = server.post_json("/v1/embeddings", json!({"input": chunk}));
-            assert_eq!(status, 200, "{body}");
-            body["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| as_vec(&d["embedding"]))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The two scenarios take turns: six replicas at once would share two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -477,7 +459,8 @@ fn three_replicas_through_a_kill_and_a_stop(prefix: &str, hostnames: [&str; 3]) 
         .unwrap()
         .text()
         .unwrap();
-    let want = direct(&t);
+    // From a replica of its own (local state, no delay).
+    let want = Server::builder(&tiny_model_dir()).start().embeddings(&t);
     let mut n = 0;
     for (i, line) in text.lines().enumerate() {
         let l: Value = serde_json::from_str(line).unwrap();

@@ -63,15 +63,6 @@ fn replica(state: &Path, delay_ms: u64, extra: &[&str]) -> Server {
         .start()
 }
 
-fn create_job(server: &Server, file_id: &str) -> String {
-    let (status, b) = server.post_json(
-        "/v1/batches",
-        json!({"input_file_id": file_id, "endpoint": "/v1/embeddings", "completion_window": "24h"}),
-    );
-    assert_eq!(status, 200, "{b}");
-    b["id"].as_str().unwrap().to_string()
-}
-
 fn job(server: &Server, id: &str) -> Value {
     let (status, b) = server.get_json(&format!("/v1/batches/{id}"));
     assert_eq!(status, 200, "{b}");
@@ -129,24 +120,6 @@ fn output_lines(server: &Server, file_id: &str) -> Vec<Value> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// Direct /v1/embeddings vectors from a fresh replica without delay.
-fn direct(texts: &[String]) -> Vec<Vec<f32>> {
-    let server = Server::builder(&tiny_model_dir()).start();
-    texts
-        .chunks(32)
-        .flat_map(|chunk| {
-            let (status, body) = server.post_json("/v1/embeddings", json!({"input": chunk}));
-            assert_eq!(status, 200);
-            body["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| as_vec(&d["embedding"]))
-                .collect::<Vec<_>>()
-        })
         .collect()
 }
 
@@ -259,7 +232,7 @@ fn one_job_runs_on_the_whole_fleet_through_kills_exactly_once() {
     assert_eq!(status, 503, "the intake replica runs no model");
 
     let file_id = intake.upload_batch(&input);
-    let id = create_job(&intake, &file_id);
+    let id = intake.create_batch(&file_id);
     wait_until("validation", Duration::from_secs(30), || {
         progress(&job(&intake, &id)).2 == n as u64
     });
@@ -402,7 +375,10 @@ fn one_job_runs_on_the_whole_fleet_through_kills_exactly_once() {
     assert_eq!(b["request_counts"]["failed"], 0);
     assert!(b["error_file_id"].is_null());
     let lines = output_lines(&intake, b["output_file_id"].as_str().unwrap());
-    check_in_order(&lines, &direct(&t));
+    check_in_order(
+        &lines,
+        &Server::builder(&tiny_model_dir()).start().embeddings(&t),
+    );
     // Cost per job: device seconds x $3.60/h, as string metadata.
     let secs: f64 = b["metadata"]["spotinfer_device_seconds"]
         .as_str()
@@ -447,7 +423,7 @@ fn jobs_wait_on_an_intake_replica_until_a_worker_starts_and_cancel_stops_every_s
     write_input(&input, &texts(n));
     let intake = replica(&state, 0, &["--intake-only"]);
     let file_id = intake.upload_batch(&input);
-    let first = create_job(&intake, &file_id);
+    let first = intake.create_batch(&file_id);
     // Validated by the intake (no model needed); the backlog is visible; nothing runs.
     wait_until("validation", Duration::from_secs(30), || {
         progress(&job(&intake, &first)) == ("in_progress".into(), 0, n as u64)
@@ -462,7 +438,7 @@ fn jobs_wait_on_an_intake_replica_until_a_worker_starts_and_cancel_stops_every_s
     // it, is cancelled mid-run and stops everywhere.
     let a = replica(&state, 40, &[]);
     let b = replica(&state, 40, &[]);
-    let second = create_job(&intake, &file_id);
+    let second = intake.create_batch(&file_id);
     wait_until("the second job to start", Duration::from_secs(60), || {
         progress(&job(&intake, &second)).1 >= 100
     });

@@ -485,6 +485,36 @@ impl Server {
         v["id"].as_str().expect("file id").to_string()
     }
 
+    /// This server's own `/v1/embeddings` vectors for `texts` (16 per request): what a batch
+    /// job's output lines are compared with.
+    pub fn embeddings(&self, texts: &[String]) -> Vec<Vec<f32>> {
+        texts
+            .chunks(16)
+            .flat_map(|chunk| {
+                let (status, body) =
+                    self.post_json("/v1/embeddings", serde_json::json!({"input": chunk}));
+                assert_eq!(status, 200, "{body}");
+                body["data"]
+                    .as_array()
+                    .expect("data")
+                    .iter()
+                    .map(|d| as_vec(&d["embedding"]))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Creates a `/v1/embeddings` batch job (24h window) on an uploaded file; returns its id.
+    pub fn create_batch(&self, file_id: &str) -> String {
+        let (status, b) = self.post_json(
+            "/v1/batches",
+            serde_json::json!({"input_file_id": file_id, "endpoint": "/v1/embeddings",
+                "completion_window": "24h"}),
+        );
+        assert_eq!(status, 200, "{b}");
+        b["id"].as_str().expect("batch id").to_string()
+    }
+
     pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = blocking_client()
             .get(self.url(path))
